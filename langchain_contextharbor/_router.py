@@ -1,0 +1,475 @@
+"""Router state and the I/O that feeds it: probes, NVML, counters, breakers.
+
+Why a separate object: the chat model is a pydantic value users copy and bind; the
+router is the mutable, lock-protected state behind it (one per HybridChatOllama). It
+turns what it has observed into :class:`~langchain_contextharbor.routing.BackendSnapshot`
+values and hands them to the pure :func:`~langchain_contextharbor.routing.plan_route`.
+
+Probes (``/api/version``, ``/api/tags``, ``/api/ps``, and ``/api/show`` per model) run on a
+small thread pool, at most one at a time per backend; sync callers wait on the same
+``concurrent.futures.Future`` that async callers await, so both share a probe. On the hot
+path a stale cache only *schedules* a refresh; a call never waits for a probe unless it
+asks to (``refresh()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from langchain_contextharbor.backends import BackendConfig
+from langchain_contextharbor.breaker import BreakerPolicy, CircuitBreaker
+from langchain_contextharbor.classify import Classification, FailoverCategory
+from langchain_contextharbor.routing import (
+    BackendSnapshot,
+    LoadedModel,
+    RoutePlan,
+    RoutePolicy,
+    RouteRequest,
+    plan_route,
+)
+from langchain_contextharbor.sizing import (
+    ArchInfo,
+    estimate_model_bytes,
+    estimate_request_bytes,
+    normalize_model_name,
+)
+from langchain_contextharbor._stats import BackendStats
+
+logger = logging.getLogger("langchain_contextharbor")
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class ProbeResult:
+    ok: bool
+    at: float
+    latency_ms: float
+    version: str | None = None
+    reason: str | None = None
+    models: dict[str, int] | None = None
+    """normalized name -> size bytes, from /api/tags"""
+    loaded: dict[str, LoadedModel] | None = None
+    gpu_free: int | None = None
+    gpu_total: int | None = None
+    host_available: int | None = None
+    capacity_source: str = "unknown"
+
+
+@dataclass
+class BackendRuntime:
+    config: BackendConfig
+    index: int
+    breaker: CircuitBreaker
+    in_flight: int = 0
+    probe: ProbeResult | None = None
+    probe_future: concurrent.futures.Future[ProbeResult] | None = None
+    shows: dict[str, tuple[float, ArchInfo | None]] = field(default_factory=dict)
+    show_futures: dict[str, concurrent.futures.Future[ArchInfo | None]] = field(
+        default_factory=dict)
+    missing: dict[str, float] = field(default_factory=dict)
+    """normalized model -> until (learned 404)"""
+    oom: dict[str, tuple[int, float, str]] = field(default_factory=dict)
+    """normalized model -> (num_ctx, until, message) (learned out-of-memory)"""
+    stats: BackendStats = field(default_factory=BackendStats)
+    client: httpx.Client | None = None
+
+
+def _parse_loaded(items: Iterable[Mapping[str, Any]]) -> dict[str, LoadedModel]:
+    out: dict[str, LoadedModel] = {}
+    for m in items:
+        try:
+            name = str(m.get("model") or m.get("name") or "")
+            if not name:
+                continue
+            size = int(m.get("size") or 0)
+            out[normalize_model_name(name)] = LoadedModel(
+                name=name,
+                size=size,
+                size_vram=int(m.get("size_vram") or 0),
+                expires_at=m.get("expires_at"),
+                context_length=int(m["context_length"]) if m.get("context_length") else None,
+            )
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def _parse_tags(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for m in items:
+        name = m.get("model") or m.get("name")
+        if isinstance(name, str) and name:
+            try:
+                out[normalize_model_name(name)] = int(m.get("size") or 0)
+            except (TypeError, ValueError):
+                out[normalize_model_name(name)] = 0
+    return out
+
+
+def _json_list(resp: httpx.Response, key: str) -> list[Mapping[str, Any]]:
+    resp.raise_for_status()
+    data = resp.json()
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise ValueError(f"malformed {resp.request.url.path} reply: no {key!r} list")
+    return [x for x in data[key] if isinstance(x, dict)]
+
+
+class Router:
+    """Mutable routing state of one HybridChatOllama. Thread- and task-safe."""
+
+    def __init__(
+        self,
+        backends: Sequence[BackendConfig],
+        *,
+        clock: Clock = time.monotonic,
+        breaker_policy: BreakerPolicy | None = None,
+        probe_ttl: float = 10.0,
+        show_ttl: float = 600.0,
+        oom_cooldown: float = 120.0,
+        missing_ttl: float = 60.0,
+        background_probes: bool = True,
+        nvml: Any = None,
+        host_memory: Callable[[], int | None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.probe_ttl = probe_ttl
+        self.show_ttl = show_ttl
+        self.oom_cooldown = oom_cooldown
+        self.missing_ttl = missing_ttl
+        self.background_probes = background_probes
+        self._lock = threading.RLock()
+        self._backends = [
+            BackendRuntime(cfg, i, CircuitBreaker(breaker_policy)) for i, cfg in enumerate(backends)
+        ]
+        self._by_name = {b.config.name: b for b in self._backends}
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._nvml_arg = nvml
+        self._nvml_reader: Any = None
+        self._host_memory = host_memory
+
+    # ------------------------------------------------------------------ access
+    @property
+    def backends(self) -> list[BackendRuntime]:
+        return self._backends
+
+    def get(self, name: str) -> BackendRuntime:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(
+                f"no backend named {name!r}; configured: {sorted(self._by_name)}") from None
+
+    # ------------------------------------------------------------------ planning
+    def plan(
+        self,
+        model: str,
+        *,
+        num_ctx: int,
+        sizes: Mapping[str, float],
+        policy: RoutePolicy,
+        schedule_refresh: bool = True,
+    ) -> RoutePlan:
+        now = self.clock()
+        key = normalize_model_name(model)
+        if schedule_refresh and self.background_probes:
+            self._schedule_stale(now, key)
+        with self._lock:
+            snaps, tags_size, arch = self._snapshots(key, now)
+        weights = estimate_model_bytes(
+            model, sizes=sizes, tags_size=tags_size,
+            parameter_count=arch.parameter_count if arch else None)
+        parallel = 1
+        foot = estimate_request_bytes(weights, num_ctx=num_ctx, arch=arch, parallel=parallel)
+        req = RouteRequest(model, num_ctx, weights.bytes, foot.total_bytes, weights.detail,
+                           foot.describe())
+        return plan_route(req, snaps, policy)
+
+    def _snapshots(
+        self, key: str, now: float
+    ) -> tuple[list[BackendSnapshot], int | None, ArchInfo | None]:
+        snaps: list[BackendSnapshot] = []
+        tags_size: int | None = None
+        arch: ArchInfo | None = None
+        stale_after = self.probe_ttl * 3
+        for b in self._backends:
+            cfg = b.config
+            p = b.probe if (b.probe and now - b.probe.at <= stale_after) else None
+            has_model: bool | None = None
+            model_reason = None
+            until = b.missing.get(key)
+            if until is not None and now < until:
+                has_model = False
+                model_reason = f"model {key!r} not found here (404, remembered {until - now:.0f}s)"
+            elif p is not None and p.ok and p.models is not None:
+                has_model = key in p.models
+                if has_model:
+                    size = p.models[key]
+                    if size > 0 and tags_size is None:
+                        tags_size = size
+                else:
+                    model_reason = f"model {key!r} not in this server's /api/tags"
+            shown = b.shows.get(key)
+            if arch is None and shown is not None and shown[1] is not None:
+                arch = shown[1]
+            loaded = p.loaded.get(key) if (p and p.loaded) else None
+            evictable = 0
+            if p and p.loaded:
+                evictable = sum(
+                    (m.size_vram if cfg.kind == "gpu" else m.size) for m in p.loaded.values())
+            free, source = self._capacity(cfg, p)
+            oom_reason = None
+            mark = b.oom.get(key)
+            if mark is not None and now < mark[1]:
+                oom_reason = f"num_ctx >= {mark[0]}: {mark[2]}"
+            br = b.breaker
+            retry_at = br.retry_at()
+            snaps.append(BackendSnapshot(
+                name=cfg.name, kind=cfg.kind, url=cfg.safe_url, index=b.index,
+                priority=cfg.priority, max_parallel=cfg.max_parallel, in_flight=b.in_flight,
+                circuit=br.state, circuit_allows=br.would_allow(now),
+                retry_in=(retry_at - now) if retry_at is not None else None,
+                healthy=(p.ok if p is not None else None),
+                health_reason=(p.reason if p is not None else None),
+                has_model=has_model, model_reason=model_reason, loaded=loaded,
+                evictable_bytes=evictable, free_bytes=free, capacity_source=source,
+                oom_reason=oom_reason,
+            ))
+        return snaps, tags_size, arch
+
+    def _capacity(self, cfg: BackendConfig, p: ProbeResult | None) -> tuple[int | None, str]:
+        if cfg.max_memory_gb is not None:
+            used = 0
+            if p and p.loaded:
+                used = sum((m.size_vram if cfg.kind == "gpu" else m.size)
+                           for m in p.loaded.values())
+            return max(0, int(cfg.max_memory_gb * 1024**3) - used), "max_memory_gb"
+        if p is None:
+            return None, "unknown"
+        if cfg.kind == "gpu" and p.gpu_free is not None:
+            return p.gpu_free, "nvml free VRAM"
+        if cfg.kind == "cpu" and p.host_available is not None:
+            return p.host_available, "MemAvailable"
+        return None, p.capacity_source
+
+    # ------------------------------------------------------------------ call lifecycle
+    def acquire(self, name: str) -> bool:
+        """Reserve a call on ``name`` (breaker permitting) and count it in flight."""
+        b = self._by_name[name]
+        with self._lock:
+            if not b.breaker.acquire(self.clock()):
+                return False
+            b.in_flight += 1
+            b.stats.requests += 1
+            return True
+
+    def release(self, name: str) -> None:
+        b = self._by_name[name]
+        with self._lock:
+            b.in_flight -= 1
+            b.breaker.release()
+
+    def record_success(self, name: str, latency: float, ttft: float | None) -> None:
+        b = self._by_name[name]
+        with self._lock:
+            b.breaker.record_success()
+            b.stats.successes += 1
+            b.stats.latency.add(latency)
+            if ttft is not None:
+                b.stats.ttft.add(ttft)
+
+    def record_failure(
+        self, name: str, model: str, num_ctx: int, c: Classification, message: str,
+        *, fell_back: bool, interrupted: bool = False,
+    ) -> None:
+        b = self._by_name[name]
+        now = self.clock()
+        key = normalize_model_name(model)
+        with self._lock:
+            b.stats.failures[c.category.value] += 1
+            if fell_back:
+                b.stats.fallbacks += 1
+            if interrupted:
+                b.stats.interrupted += 1
+            if c.counts_against_backend:
+                b.breaker.record_failure(now)
+            if c.category is FailoverCategory.MODEL_NOT_FOUND:
+                b.missing[key] = now + self.missing_ttl
+            elif c.category is FailoverCategory.OUT_OF_MEMORY:
+                old = b.oom.get(key)
+                ctx = min(num_ctx, old[0]) if (old and now < old[1]) else num_ctx
+                b.oom[key] = (ctx, now + self.oom_cooldown, message[:200])
+
+    # ------------------------------------------------------------------ probes
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            with self._lock:
+                if self._executor is None:
+                    self._executor = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=max(2, len(self._backends)),
+                        thread_name_prefix="contextharbor-probe")
+        return self._executor
+
+    def _schedule_stale(self, now: float, key: str) -> None:
+        for b in self._backends:
+            p = b.probe
+            if (p is None or now - p.at > self.probe_ttl) and b.probe_future is None:
+                self._submit_probe(b)
+            shown = b.shows.get(key)
+            if (shown is None or now - shown[0] > self.show_ttl) and key not in b.show_futures \
+                    and b.probe is not None and b.probe.ok and b.probe.models \
+                    and key in b.probe.models:
+                self._submit_show(b, key)
+
+    def _submit_probe(self, b: BackendRuntime) -> concurrent.futures.Future[ProbeResult]:
+        with self._lock:
+            fut = b.probe_future
+            if fut is not None:
+                return fut
+            fut = self._pool().submit(self._run_probe, b)
+            b.probe_future = fut
+            return fut
+
+    def _submit_show(self, b: BackendRuntime, key: str) -> None:
+        with self._lock:
+            if key in b.show_futures:
+                return
+            b.show_futures[key] = self._pool().submit(self._run_show, b, key)
+
+    def _http(self, b: BackendRuntime) -> httpx.Client:
+        if b.client is None:
+            cfg = b.config
+            kw = {k: v for k, v in cfg.client_kwargs.items() if k != "async_transport"}
+            kw.setdefault("verify", cfg.verify)
+            b.client = httpx.Client(
+                base_url=cfg.base_url, headers=cfg.headers,
+                timeout=httpx.Timeout(cfg.timeouts.probe, connect=min(
+                    cfg.timeouts.connect, cfg.timeouts.probe)), **kw)
+        return b.client
+
+    def _run_probe(self, b: BackendRuntime) -> ProbeResult:
+        t0 = time.perf_counter()
+        res: ProbeResult
+        try:
+            c = self._http(b)
+            r = c.get("/api/version")
+            r.raise_for_status()
+            version = r.json().get("version") if r.headers.get(
+                "content-type", "").startswith("application/json") else None
+            models = _parse_tags(_json_list(c.get("/api/tags"), "models"))
+            loaded = _parse_loaded(_json_list(c.get("/api/ps"), "models"))
+            res = ProbeResult(True, self.clock(), (time.perf_counter() - t0) * 1000,
+                              version=version, models=models, loaded=loaded)
+            self._read_capacity(b.config, res)
+        except Exception as exc:  # a probe never raises into callers
+            res = ProbeResult(False, self.clock(), (time.perf_counter() - t0) * 1000,
+                              reason=f"{type(exc).__name__}: {exc}"[:300])
+        with self._lock:
+            b.probe = res
+            b.probe_future = None
+        if res.ok:
+            logger.debug("probe %s ok in %.1f ms: %d models, %d loaded", b.config.name,
+                         res.latency_ms, len(res.models or {}), len(res.loaded or {}))
+        else:
+            logger.info("probe %s failed: %s", b.config.name, res.reason)
+        return res
+
+    def _read_capacity(self, cfg: BackendConfig, res: ProbeResult) -> None:
+        if not cfg.is_local:
+            res.capacity_source = "remote (set max_memory_gb)"
+            return
+        if cfg.kind == "gpu":
+            if self._nvml_reader is None:
+                from langchain_contextharbor.gpu import NvmlReader
+
+                self._nvml_reader = NvmlReader(self._nvml_arg)
+            snap = self._nvml_reader.read()
+            res.gpu_free = snap.total_free()
+            res.gpu_total = snap.total()
+            res.capacity_source = snap.source
+        else:
+            if self._host_memory is not None:
+                res.host_available = self._host_memory()
+            else:
+                from langchain_contextharbor.gpu import read_host_memory_available
+
+                res.host_available = read_host_memory_available()
+            res.capacity_source = "MemAvailable"
+
+    def _run_show(self, b: BackendRuntime, key: str) -> ArchInfo | None:
+        arch: ArchInfo | None = None
+        try:
+            r = self._http(b).post("/api/show", json={"model": key})
+            r.raise_for_status()
+            arch = ArchInfo.from_show(r.json())
+        except Exception as exc:
+            logger.debug("show %s on %s failed: %s", key, b.config.name, exc)
+        with self._lock:
+            b.shows[key] = (self.clock(), arch)
+            b.show_futures.pop(key, None)
+        return arch
+
+    def refresh(self, model: str | None = None) -> dict[str, ProbeResult]:
+        """Probe every backend now (sharing any probe already running) and wait."""
+        futs = {b.config.name: self._submit_probe(b) for b in self._backends}
+        out = {n: f.result() for n, f in futs.items()}
+        if model:
+            key = normalize_model_name(model)
+            for b in self._backends:
+                p = b.probe
+                if p and p.ok and p.models and key in p.models:
+                    self._submit_show(b, key)
+            for b in self._backends:
+                f = b.show_futures.get(key)
+                if f is not None:
+                    f.result()
+        return out
+
+    async def arefresh(self, model: str | None = None) -> dict[str, ProbeResult]:
+        futs = {b.config.name: self._submit_probe(b) for b in self._backends}
+        out = {n: await asyncio.wrap_future(f) for n, f in futs.items()}
+        if model:
+            key = normalize_model_name(model)
+            for b in self._backends:
+                p = b.probe
+                if p and p.ok and p.models and key in p.models:
+                    self._submit_show(b, key)
+            for b in self._backends:
+                f = b.show_futures.get(key)
+                if f is not None:
+                    await asyncio.wrap_future(f)
+        return out
+
+    def close(self) -> None:
+        for b in self._backends:
+            if b.client is not None:
+                b.client.close()
+                b.client = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def stats(self) -> dict[str, Any]:
+        now = self.clock()
+        out: dict[str, Any] = {}
+        with self._lock:
+            for b in self._backends:
+                d = b.stats.as_dict()
+                d["circuit"] = b.breaker.state
+                d["consecutive_failures"] = b.breaker.failures
+                ra = b.breaker.retry_at()
+                d["retry_in_s"] = round(ra - now, 3) if ra is not None else None
+                d["in_flight"] = b.in_flight
+                d["url"] = b.config.safe_url
+                d["kind"] = b.config.kind
+                out[b.config.name] = d
+        return out

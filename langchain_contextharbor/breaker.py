@@ -1,0 +1,120 @@
+"""A per-backend circuit breaker as a small, pure state machine.
+
+Why pure: a breaker is about time, and tests of time must not sleep. Every method takes
+``now`` (seconds from any monotonic clock) and nothing here reads a clock or a lock —
+the router owns both. States:
+
+* ``closed`` — calls flow; consecutive counted failures accumulate.
+* ``open`` — ``failure_threshold`` consecutive failures happened; calls skip this backend
+  (and pay nothing for it) until ``opened_at + cooldown``.
+* ``half_open`` — the cooldown passed; exactly one trial call is let through. Success
+  closes the circuit, failure re-opens it with the cooldown multiplied by ``backoff``
+  (capped at ``max_cooldown``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["BreakerPolicy", "CircuitBreaker", "CircuitState"]
+
+CircuitState = Literal["closed", "open", "half_open"]
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    failure_threshold: int = 1
+    """Consecutive counted failures that open the circuit. 1: a dead or hung server is
+    paid for once, then skipped until its trial call."""
+    cooldown: float = 15.0
+    """Seconds an opened circuit stays open before the trial call."""
+    backoff: float = 2.0
+    """Cooldown multiplier after a failed trial call."""
+    max_cooldown: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 1:
+            raise ValueError("failure_threshold must be >= 1")
+        for name in ("cooldown", "backoff", "max_cooldown"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+
+
+class CircuitBreaker:
+    """State of one backend's circuit. Not thread-safe by itself: the router locks."""
+
+    __slots__ = ("_cooldown", "_trial_in_flight", "failures", "opened_at", "policy", "state")
+
+    def __init__(self, policy: BreakerPolicy | None = None) -> None:
+        self.policy = policy or BreakerPolicy()
+        self.state: CircuitState = "closed"
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._cooldown = self.policy.cooldown
+        self._trial_in_flight = False
+
+    @property
+    def cooldown(self) -> float:
+        return self._cooldown
+
+    def retry_at(self) -> float | None:
+        """When an open circuit lets its trial call through (None unless open)."""
+        if self.state != "open" or self.opened_at is None:
+            return None
+        return self.opened_at + self._cooldown
+
+    def would_allow(self, now: float) -> bool:
+        """Whether a call may be tried now, without changing state (for planning)."""
+        if self.state == "closed":
+            return True
+        if self.state == "open":
+            at = self.retry_at()
+            return at is not None and now >= at
+        return not self._trial_in_flight
+
+    def acquire(self, now: float) -> bool:
+        """Ask to send a call now; moves open→half_open and reserves the trial call."""
+        if self.state == "closed":
+            return True
+        if self.state == "open":
+            at = self.retry_at()
+            if at is None or now < at:
+                return False
+            self.state = "half_open"
+            self._trial_in_flight = True
+            return True
+        if self._trial_in_flight:
+            return False
+        self._trial_in_flight = True
+        return True
+
+    def record_success(self) -> None:
+        self.state = "closed"
+        self.failures = 0
+        self.opened_at = None
+        self._cooldown = self.policy.cooldown
+        self._trial_in_flight = False
+
+    def record_failure(self, now: float) -> None:
+        """A counted failure (the classifier said it counts against the backend)."""
+        self.failures += 1
+        if self.state == "half_open":
+            self._cooldown = min(self._cooldown * self.policy.backoff, self.policy.max_cooldown)
+            self._open(now)
+        elif self.state == "closed" and self.failures >= self.policy.failure_threshold:
+            self._open(now)
+
+    def release(self) -> None:
+        """The call ended without a verdict on the backend (e.g. 400, cancelled)."""
+        self._trial_in_flight = False
+        if self.state == "half_open":
+            # No verdict: keep it half-open so the next call becomes the trial.
+            pass
+
+    def _open(self, now: float) -> None:
+        self.state = "open"
+        self.opened_at = now
+        self._trial_in_flight = False

@@ -1,0 +1,842 @@
+"""HybridChatOllama: one LangChain chat model over several Ollama servers.
+
+Why a chat model and not ``gpu.with_fallbacks([cpu])``: ``RunnableWithFallbacks`` is not a
+``BaseChatModel`` (agents and LangGraph prebuilt helpers reject it), it falls back on a
+stream only before the first chunk, it keeps paying for a dead server on every call, and
+it has no idea which server should take a model in the first place. This class is a real
+``BaseChatModel`` that wraps one ``ChatOllama`` per backend, plans every call with the
+pure router (:mod:`langchain_contextharbor.routing`) and fails over inside the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from operator import itemgetter
+from typing import Any, Literal
+
+import httpx
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import LanguageModelInput
+from langchain_core.language_models.chat_models import BaseChatModel, LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.output_parsers import JsonOutputKeyToolsParser, JsonOutputParser
+from langchain_core.output_parsers.openai_tools import PydanticToolsParser
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.tools import BaseTool
+from langchain_core.utils import from_env
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from langchain_ollama import ChatOllama
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from langchain_contextharbor._router import Router
+from langchain_contextharbor._transport import AsyncPhaseTimeoutTransport, PhaseTimeoutTransport
+from langchain_contextharbor.backends import (
+    CPU_URL_ENV,
+    DEFAULT_CPU_URL,
+    DEFAULT_GPU_URL,
+    GPU_URL_ENV,
+    BackendConfig,
+    Timeouts,
+    backends_from_env,
+    coerce_backends,
+    redact_url,
+)
+from langchain_contextharbor.breaker import BreakerPolicy
+from langchain_contextharbor.classify import Classification, FailoverCategory, classify_exception
+from langchain_contextharbor.errors import (
+    AllBackendsFailedError,
+    AttemptRecord,
+    ConfigurationError,
+    EmptyResponseError,
+    ModelNotAvailableError,
+    NoBackendAvailableError,
+    SkipRecord,
+    StreamInterruptedError,
+)
+from langchain_contextharbor.routing import RoutePlan, RoutePolicy
+from langchain_contextharbor.sizing import (
+    DEFAULT_MODEL_SIZES,
+    DEFAULT_NUM_CTX,
+    GIB,
+    validate_model_sizes,
+)
+
+__all__ = ["HybridChatOllama"]
+
+logger = logging.getLogger("langchain_contextharbor")
+
+# ChatOllama parameters that apply to every inner model unchanged.
+_PASSTHROUGH = (
+    "temperature", "num_ctx", "num_gpu", "num_thread", "num_predict", "keep_alive",
+    "reasoning", "format", "seed", "top_k", "top_p", "mirostat", "mirostat_eta",
+    "mirostat_tau", "repeat_last_n", "repeat_penalty", "tfs_z",
+)
+
+_METADATA_KEY = "contextharbor"
+
+
+def _substantive(chunk: ChatGenerationChunk) -> bool:
+    """Whether a chunk carries something the caller sees (the stream's commit point)."""
+    msg = chunk.message
+    if msg.content:
+        return True
+    if isinstance(msg, AIMessageChunk) and (msg.tool_call_chunks or msg.tool_calls):
+        return True
+    return bool(msg.additional_kwargs.get("reasoning_content"))
+
+
+class _Call:
+    """Book-keeping of one routed call: plan, attempts and the exceptions behind them."""
+
+    __slots__ = ("attempts", "exceptions", "model", "num_ctx", "plan", "skipped")
+
+    def __init__(self, model: str, num_ctx: int, plan: RoutePlan) -> None:
+        self.model = model
+        self.num_ctx = num_ctx
+        self.plan = plan
+        self.attempts: list[AttemptRecord] = []
+        self.exceptions: list[BaseException] = []
+        self.skipped: list[SkipRecord] = list(plan.skipped)
+
+
+class HybridChatOllama(BaseChatModel):
+    """Chat model that routes each call to the best of several Ollama servers.
+
+    Setup:
+        Run two Ollama servers, a GPU one on ``127.0.0.1:11434`` and a CPU-only one on
+        ``127.0.0.1:11435`` (see ``scripts/setup_hybrid_ollama.sh``), then
+        ``pip install langchain-contextharbor``.
+
+    Key init args:
+        model: the Ollama model tag (``"llama3.1:8b"``).
+        backends: explicit list of :class:`BackendConfig` (or dicts). Default: from
+            ``OLLAMA_GPU_URL`` / ``OLLAMA_CPU_URL``; an empty value disables one.
+        temperature, num_ctx, num_predict/max_tokens, keep_alive, reasoning, format, stop,
+        seed, ...: every ChatOllama parameter, applied on every backend.
+        size_threshold_gb: models at or above this go CPU first when GPU capacity is unknown.
+        timeouts / timeout: connect, first-token, idle and probe timeouts.
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_contextharbor import HybridChatOllama
+
+            llm = HybridChatOllama(model="llama3.1:8b", temperature=0)
+
+    Invoke / stream / async:
+        .. code-block:: python
+
+            llm.invoke("Why is the sky blue?").response_metadata["backend"]  # "gpu"
+            for chunk in llm.stream("Tell me a story"):
+                print(chunk.content, end="")
+            await llm.ainvoke("hi")
+
+    Tool calling and structured output:
+        .. code-block:: python
+
+            llm.bind_tools([get_weather]).invoke("Weather in Paris?").tool_calls
+            llm.with_structured_output(Joke).invoke("Tell me a joke")
+
+    Routing and failover:
+        ``llm.select_backend()`` returns the :class:`RoutePlan` with the reason for each
+        position. A failed backend (refused, hung, 5xx, out of memory, 404) is left for the
+        next one invisibly — in a stream too, as long as nothing reached the caller yet —
+        and its circuit breaker keeps later calls off it until a trial call.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+
+    model: str
+    """Model tag, e.g. ``"llama3.1:8b"``."""
+    backends: list[BackendConfig] | None = None
+    """Explicit backends; when None, built from ``gpu_url`` and ``cpu_url``."""
+    gpu_url: str | None = Field(
+        default_factory=from_env(GPU_URL_ENV, default=DEFAULT_GPU_URL), repr=False)
+    """GPU server (env ``OLLAMA_GPU_URL``); empty string disables it."""
+    cpu_url: str | None = Field(
+        default_factory=from_env(CPU_URL_ENV, default=DEFAULT_CPU_URL), repr=False)
+    """CPU server (env ``OLLAMA_CPU_URL``); empty string disables it."""
+
+    # --- ChatOllama parameters, applied to every inner model -------------------------
+    temperature: float | None = None
+    num_ctx: int | None = None
+    num_gpu: int | None = None
+    num_thread: int | None = None
+    num_predict: int | None = None
+    max_tokens: int | None = None
+    """Standard name for ``num_predict``."""
+    keep_alive: int | str | None = None
+    reasoning: bool | str | None = None
+    format: Literal["", "json"] | dict[str, Any] | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    mirostat: int | None = None
+    mirostat_eta: float | None = None
+    mirostat_tau: float | None = None
+    repeat_last_n: int | None = None
+    repeat_penalty: float | None = None
+    tfs_z: float | None = None
+    timeout: float | None = None
+    """Standard request timeout: sets the first-token and idle timeouts of every backend
+    that does not configure its own."""
+    max_retries: int = 0
+    """Extra passes over the candidates when every backend failed (breakers permitting)."""
+
+    # --- routing ---------------------------------------------------------------------
+    timeouts: Timeouts | None = None
+    """Default timeouts of backends that do not set their own."""
+    size_threshold_gb: float = 8.0
+    model_sizes: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MODEL_SIZES))
+    """Weights size (GiB) per model; ``llm.model_sizes.update({...})`` to override."""
+    prefer_warm: bool = False
+    """Prefer a server that already has the model loaded even across GPU/CPU tiers."""
+    spillover: bool = True
+    """When the best backend is saturated, use another fitting one with a free slot."""
+    breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)
+    probe_ttl: float = 10.0
+    """Seconds a health/status probe stays fresh."""
+    background_probes: bool = True
+    """Refresh stale probes off the hot path (False: only on ``refresh()``)."""
+    oom_cooldown: float = 120.0
+    """Seconds an out-of-memory answer keeps that model/context off that backend."""
+    exceptions_to_handle: tuple[type[BaseException] | FailoverCategory, ...] | None = None
+    """Replace the built-in classifier's decision: fail over only on these exception types
+    or categories (like ``with_fallbacks``)."""
+    clock: Callable[[], float] | None = Field(default=None, exclude=True, repr=False)
+    """Monotonic clock for breakers and caches (tests inject a fake one)."""
+    nvml: Any = Field(default=None, exclude=True, repr=False)
+    """A pynvml-compatible module (tests inject a fake); default: real pynvml, lazily."""
+    host_memory: Callable[[], int | None] | None = Field(default=None, exclude=True, repr=False)
+
+    _configs: list[BackendConfig] = PrivateAttr(default_factory=list)
+    _router: Router = PrivateAttr()
+    _sync_inner: dict[str, ChatOllama] = PrivateAttr(default_factory=dict)
+    _async_inner: dict[tuple[str, int], tuple[Any, ChatOllama]] = PrivateAttr(
+        default_factory=dict)
+    _build_lock: Any = PrivateAttr(default=None)
+
+    # ------------------------------------------------------------------ construction
+    @model_validator(mode="after")
+    def _setup(self) -> HybridChatOllama:
+        import threading
+
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigurationError("model must be a non-empty model tag, e.g. 'llama3.1:8b'")
+        if self.backends is not None:
+            configs = coerce_backends(self.backends)
+        else:
+            configs = coerce_backends(
+                backends_from_env({}, gpu_url=self.gpu_url or "", cpu_url=self.cpu_url or ""))
+        default_t = self.timeouts
+        if default_t is None and self.timeout is not None:
+            if not (math.isfinite(self.timeout) and self.timeout > 0):
+                raise ConfigurationError(f"timeout must be > 0 seconds, got {self.timeout!r}")
+            default_t = Timeouts(first_token=self.timeout, idle=self.timeout)
+        if default_t is not None:
+            configs = [
+                c if "timeouts" in c.model_fields_set else c.model_copy(update={"timeouts": default_t})
+                for c in configs
+            ]
+        self._configs = configs
+        try:
+            self.model_sizes = validate_model_sizes(self.model_sizes)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        if not (math.isfinite(self.size_threshold_gb) and self.size_threshold_gb > 0):
+            raise ConfigurationError(
+                f"size_threshold_gb must be a finite number > 0, got {self.size_threshold_gb!r}")
+        if self.max_retries < 0:
+            raise ConfigurationError("max_retries must be >= 0")
+        if self.max_tokens is not None and self.num_predict is None:
+            self.num_predict = self.max_tokens
+        self._router = Router(
+            configs,
+            clock=self.clock or time.monotonic,
+            breaker_policy=self.breaker,
+            probe_ttl=self.probe_ttl,
+            oom_cooldown=self.oom_cooldown,
+            background_probes=self.background_probes,
+            nvml=self.nvml,
+            host_memory=self.host_memory,
+        )
+        self._build_lock = threading.Lock()
+        return self
+
+    @property
+    def backend_configs(self) -> list[BackendConfig]:
+        """The resolved backends, in configuration order."""
+        return list(self._configs)
+
+    @property
+    def router(self) -> Router:
+        return self._router
+
+    def _inner_params(self) -> dict[str, Any]:
+        params = {k: getattr(self, k) for k in _PASSTHROUGH if getattr(self, k) is not None}
+        return params
+
+    def _build_inner(self, cfg: BackendConfig) -> ChatOllama:
+        extra = dict(cfg.client_kwargs)
+        sync_t = extra.pop("transport", None)
+        async_t = extra.pop("async_transport", None)
+        tkw: dict[str, Any] = {"verify": cfg.verify}
+        if "cert" in extra:
+            tkw["cert"] = extra.pop("cert")
+        return ChatOllama(
+            model=self.model,
+            base_url=cfg.base_url,
+            client_kwargs={"headers": dict(cfg.headers), **extra},
+            sync_client_kwargs={
+                "transport": PhaseTimeoutTransport(cfg.timeouts, sync_t, **tkw)},
+            async_client_kwargs={
+                "transport": AsyncPhaseTimeoutTransport(cfg.timeouts, async_t, **tkw)},
+            **self._inner_params(),
+        )
+
+    def backend_model(self, name: str) -> ChatOllama:
+        """The inner ChatOllama of backend ``name`` (for sync use), built on first use."""
+        inner = self._sync_inner.get(name)
+        if inner is None:
+            cfg = self._router.get(name).config
+            with self._build_lock:
+                inner = self._sync_inner.get(name)
+                if inner is None:
+                    inner = self._build_inner(cfg)
+                    self._sync_inner[name] = inner
+        return inner
+
+    @property
+    def inner_models(self) -> dict[str, ChatOllama]:
+        """One ChatOllama per backend name (built on access)."""
+        return {c.name: self.backend_model(c.name) for c in self._configs}
+
+    def _async_backend_model(self, name: str) -> ChatOllama:
+        # ollama.AsyncClient binds its connection pool to the loop of its first request;
+        # keep one inner model per running loop so a second asyncio.run() still works.
+        loop = asyncio.get_running_loop()
+        key = (name, id(loop))
+        entry = self._async_inner.get(key)
+        if entry is not None and entry[0]() is loop:
+            return entry[1]
+        cfg = self._router.get(name).config
+        with self._build_lock:
+            for k, (ref, _) in list(self._async_inner.items()):
+                lp = ref()
+                if lp is None or lp.is_closed():
+                    del self._async_inner[k]
+            inner = self._build_inner(cfg)
+            self._async_inner[key] = (weakref.ref(loop), inner)
+        return inner
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def _llm_type(self) -> str:
+        return "hybrid-chat-ollama"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "backends": [f"{c.name}={c.safe_url}" for c in self._configs],
+            **self._inner_params(),
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="ollama",
+            ls_model_name=str(kwargs.get("model") or self.model),
+            ls_model_type="chat",
+        )
+        temperature = kwargs.get("temperature", self.temperature)
+        if temperature is not None:
+            params["ls_temperature"] = temperature
+        max_tokens = kwargs.get("num_predict", self.num_predict)
+        if max_tokens is not None:
+            params["ls_max_tokens"] = max_tokens
+        if ls_stop := stop or self.stop:
+            params["ls_stop"] = ls_stop
+        return params
+
+    # ------------------------------------------------------------------ routing
+    def _policy(self) -> RoutePolicy:
+        return RoutePolicy(
+            size_threshold_bytes=int(self.size_threshold_gb * GIB),
+            prefer_warm=self.prefer_warm,
+            spillover=self.spillover,
+        )
+
+    def _num_ctx(self, kwargs: Mapping[str, Any]) -> int:
+        options = kwargs.get("options")
+        if isinstance(options, Mapping) and isinstance(options.get("num_ctx"), int):
+            return int(options["num_ctx"])
+        return self.num_ctx or DEFAULT_NUM_CTX
+
+    def select_backend(self, model: str | None = None, **request: Any) -> RoutePlan:
+        """The ordered candidates for a call, with the reason for each position.
+
+        ``request`` takes what a call would: ``num_ctx=``, ``options={"num_ctx": ...}``.
+        Pure over the router's current knowledge; it schedules a stale probe but never
+        waits for one (call :meth:`refresh` first to plan on fresh data).
+        """
+        if "num_ctx" in request:
+            request = {**request, "options": {**request.get("options", {}),
+                                              "num_ctx": request.pop("num_ctx")}}
+        try:
+            sizes = validate_model_sizes(self.model_sizes)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        return self._router.plan(
+            model or self.model, num_ctx=self._num_ctx(request), sizes=sizes,
+            policy=self._policy())
+
+    def _select_backend(self, name: str | None = None) -> tuple[str | None, str | None]:
+        """The design's ``(primary, fallback)`` pair of backend URLs (credentials removed)."""
+        plan = self.select_backend(name)
+        urls = {c.name: c.safe_url for c in self._configs}
+        return (urls.get(plan.primary or ""), urls.get(plan.fallback or ""))
+
+    def refresh(self, model: str | None = None) -> dict[str, Any]:
+        """Probe every backend now and wait (shares a probe already running)."""
+        return self._router.refresh(model or self.model)
+
+    async def arefresh(self, model: str | None = None) -> dict[str, Any]:
+        return await self._router.arefresh(model or self.model)
+
+    def stats(self) -> dict[str, Any]:
+        """Per-backend counters: requests, successes, failures by class, fallbacks,
+        circuit state, in-flight, latency and time-to-first-token summaries."""
+        return self._router.stats()
+
+    def close(self) -> None:
+        """Stop the probe threads and close the probe clients."""
+        self._router.close()
+
+    # ------------------------------------------------------------------ failover core
+    def _start(self, kwargs: dict[str, Any]) -> _Call:
+        model = str(kwargs.get("model") or self.model)
+        num_ctx = self._num_ctx(kwargs)
+        plan = self.select_backend(model, **({"options": kwargs["options"]}
+                                             if "options" in kwargs else {}))
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("route %s: %s -> %s", model, plan.summary, plan.backends or "none")
+        return _Call(model, num_ctx, plan)
+
+    def _should_failover(self, exc: BaseException, c: Classification) -> bool:
+        handled = self.exceptions_to_handle
+        if handled is None:
+            return c.failover
+        types = tuple(h for h in handled if isinstance(h, type))
+        cats = {h for h in handled if isinstance(h, FailoverCategory)}
+        return (bool(types) and isinstance(exc, types)) or c.category in cats
+
+    def _on_failure(
+        self, call: _Call, cfg: BackendConfig, exc: Exception, started: float, delivered: int
+    ) -> Classification:
+        c = classify_exception(exc)
+        msg = _scrub(str(exc) or type(exc).__name__, cfg)
+        call.attempts.append(AttemptRecord(
+            cfg.name, cfg.safe_url, c.category.value, type(exc).__name__, msg,
+            (time.perf_counter() - started) * 1000, delivered))
+        call.exceptions.append(exc)
+        logger.warning("backend %s failed for %s: %s: %s", cfg.name, call.model,
+                       type(exc).__name__, msg)
+        return c
+
+    def _metadata(self, call: _Call, cfg: BackendConfig, reasons: Sequence[str]) -> dict[str, Any]:
+        return {
+            "backend": cfg.name,
+            _METADATA_KEY: {
+                "backend": cfg.name,
+                "kind": cfg.kind,
+                "base_url": cfg.safe_url,
+                "model": call.model,
+                "fallback": bool(call.attempts),
+                "attempts": [a.as_dict() for a in call.attempts],
+                "reason": "; ".join(reasons),
+                "route": call.plan.backends,
+                "route_summary": call.plan.summary,
+                "skipped": [{"backend": s.backend, "reason": s.reason} for s in call.skipped],
+            },
+        }
+
+    def _all_failed(self, call: _Call) -> AllBackendsFailedError:
+        cats = {a.category for a in call.attempts}
+        skip_missing = all("not found" in s.reason or "not in this server" in s.reason
+                           for s in call.skipped)
+        cls: type[AllBackendsFailedError] = AllBackendsFailedError
+        hint = None
+        if (not call.attempts or cats == {FailoverCategory.MODEL_NOT_FOUND.value}) \
+                and skip_missing and (call.attempts or call.skipped):
+            cls = ModelNotAvailableError
+            targets = [c for c in self._configs]
+            pulls = [f"OLLAMA_HOST={_hostport(c)} ollama pull {call.model}  ({c.name})"
+                     for c in targets]
+            hint = "pull it first: " + "; ".join(pulls)
+        elif not call.attempts:
+            cls = NoBackendAvailableError
+        err = cls(call.model, call.attempts, call.skipped, call.exceptions, hint)
+        if call.exceptions:
+            err.__cause__ = call.exceptions[-1]
+        return err
+
+    def _candidates(self, call: _Call) -> Iterator[tuple[BackendConfig, Sequence[str]]]:
+        """Yield each candidate whose breaker admits the call, planning again per round."""
+        for round_ in range(self.max_retries + 1):
+            if round_:
+                call.plan = self.select_backend(call.model, options={"num_ctx": call.num_ctx})
+                call.skipped = list(call.plan.skipped)
+            tried = False
+            for cand in call.plan.candidates:
+                cfg = self._router.get(cand.backend).config
+                if not self._router.acquire(cfg.name):
+                    call.skipped.append(SkipRecord(cfg.name, cfg.safe_url,
+                                                   "circuit opened during this call"))
+                    continue
+                tried = True
+                yield cfg, cand.reasons
+            if not tried:
+                return
+
+    def _effective_stop(self, stop: list[str] | None) -> list[str] | None:
+        return stop if stop is not None else (self.stop or None)
+
+    # ------------------------------------------------------------------ sync
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        final: ChatGenerationChunk | None = None
+        for chunk in self._routed_stream(messages, stop, None, gate=False, **kwargs):
+            final = chunk if final is None else final + chunk
+        assert final is not None
+        return _to_result(final)
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        yield from self._routed_stream(messages, stop, run_manager, gate=True, **kwargs)
+
+    def _routed_stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | None,
+        *,
+        gate: bool,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        """Try candidates in order. With ``gate`` (streaming), chunks are held back until
+        the first substantive one; without it (invoke), the whole answer is gathered first
+        so even a death mid-generation falls back."""
+        call = self._start(kwargs)
+        stop = self._effective_stop(stop)
+        router = self._router
+        for cfg, reasons in self._candidates(call):
+            inner = self.backend_model(cfg.name)
+            started = time.perf_counter()
+            ttft: float | None = None
+            held: list[ChatGenerationChunk] = []
+            delivered = 0
+            chars = 0
+            committed = False
+            stream = inner._iterate_over_stream(messages, stop, **kwargs)
+            try:
+                try:
+                    for chunk in stream:
+                        if committed:
+                            delivered += 1
+                            chars += len(chunk.text)
+                            if run_manager:
+                                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                            yield chunk
+                            continue
+                        held.append(chunk)
+                        if gate and _substantive(chunk):
+                            committed = True
+                            ttft = time.perf_counter() - started
+                            held[0].message.response_metadata.update(
+                                self._metadata(call, cfg, reasons))
+                            for c in held:
+                                delivered += 1
+                                chars += len(c.text)
+                                if run_manager:
+                                    run_manager.on_llm_new_token(c.text, chunk=c)
+                                yield c
+                            held = []
+                    if not held and not committed:
+                        raise EmptyResponseError(cfg.name)
+                except GeneratorExit:
+                    raise
+                except Exception as exc:
+                    c = self._on_failure(call, cfg, exc, started, delivered)
+                    if committed:
+                        router.record_failure(cfg.name, call.model, call.num_ctx, c, str(exc),
+                                              fell_back=False, interrupted=True)
+                        raise StreamInterruptedError(
+                            backend=cfg.name, url=cfg.safe_url, delivered_chunks=delivered,
+                            delivered_chars=chars, cause=exc) from exc
+                    if not self._should_failover(exc, c):
+                        router.record_failure(cfg.name, call.model, call.num_ctx,
+                                              _no_verdict(c), str(exc), fell_back=False)
+                        raise
+                    router.record_failure(cfg.name, call.model, call.num_ctx, c, str(exc),
+                                          fell_back=True)
+                    continue
+                finally:
+                    stream.close()
+                if held:  # not streaming (or a stream with no visible content)
+                    held[0].message.response_metadata.update(self._metadata(call, cfg, reasons))
+                    for c in held:
+                        if run_manager:
+                            run_manager.on_llm_new_token(c.text, chunk=c)
+                        yield c
+                router.record_success(cfg.name, time.perf_counter() - started, ttft)
+                return
+            finally:
+                router.release(cfg.name)
+        raise self._all_failed(call)
+
+    # ------------------------------------------------------------------ async
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        final: ChatGenerationChunk | None = None
+        async for chunk in self._arouted_stream(messages, stop, None, gate=False, **kwargs):
+            final = chunk if final is None else final + chunk
+        assert final is not None
+        return _to_result(final)
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        async for chunk in self._arouted_stream(messages, stop, run_manager, gate=True,
+                                                **kwargs):
+            yield chunk
+
+    async def _arouted_stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+        *,
+        gate: bool,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        """The async twin of :meth:`_routed_stream`; the decisions are shared."""
+        call = self._start(kwargs)
+        stop = self._effective_stop(stop)
+        router = self._router
+        for cfg, reasons in self._candidates(call):
+            started = time.perf_counter()
+            ttft: float | None = None
+            held: list[ChatGenerationChunk] = []
+            delivered = 0
+            chars = 0
+            committed = False
+            try:
+                inner = self._async_backend_model(cfg.name)
+                stream = inner._aiterate_over_stream(messages, stop, **kwargs)
+                try:
+                    async for chunk in stream:
+                        if committed:
+                            delivered += 1
+                            chars += len(chunk.text)
+                            if run_manager:
+                                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                            yield chunk
+                            continue
+                        held.append(chunk)
+                        if gate and _substantive(chunk):
+                            committed = True
+                            ttft = time.perf_counter() - started
+                            held[0].message.response_metadata.update(
+                                self._metadata(call, cfg, reasons))
+                            for c in held:
+                                delivered += 1
+                                chars += len(c.text)
+                                if run_manager:
+                                    await run_manager.on_llm_new_token(c.text, chunk=c)
+                                yield c
+                            held = []
+                    if not held and not committed:
+                        raise EmptyResponseError(cfg.name)
+                except (GeneratorExit, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    c = self._on_failure(call, cfg, exc, started, delivered)
+                    if committed:
+                        router.record_failure(cfg.name, call.model, call.num_ctx, c, str(exc),
+                                              fell_back=False, interrupted=True)
+                        raise StreamInterruptedError(
+                            backend=cfg.name, url=cfg.safe_url, delivered_chunks=delivered,
+                            delivered_chars=chars, cause=exc) from exc
+                    if not self._should_failover(exc, c):
+                        router.record_failure(cfg.name, call.model, call.num_ctx,
+                                              _no_verdict(c), str(exc), fell_back=False)
+                        raise
+                    router.record_failure(cfg.name, call.model, call.num_ctx, c, str(exc),
+                                          fell_back=True)
+                    continue
+                finally:
+                    await stream.aclose()
+                if held:
+                    held[0].message.response_metadata.update(self._metadata(call, cfg, reasons))
+                    for c in held:
+                        if run_manager:
+                            await run_manager.on_llm_new_token(c.text, chunk=c)
+                        yield c
+                router.record_success(cfg.name, time.perf_counter() - started, ttft)
+                return
+            finally:
+                router.release(cfg.name)
+        raise self._all_failed(call)
+
+    # ------------------------------------------------------------------ tools & structure
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: dict[str, Any] | str | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools, converted once and sent unchanged to whichever backend serves.
+
+        Ollama has no ``tool_choice``; it is honoured as far as the protocol allows:
+        ``"none"`` sends no tools, a tool name (or ``{"function": {"name": ...}}``) sends
+        only that tool, ``"auto"``/``"any"``/``"required"``/``True`` send them all.
+        """
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        names = [t["function"]["name"] for t in formatted]
+        chosen: str | None = None
+        if isinstance(tool_choice, dict):
+            chosen = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
+        elif isinstance(tool_choice, str) and tool_choice not in ("auto", "any", "required",
+                                                                  "none"):
+            chosen = tool_choice
+        if tool_choice in ("none", False):
+            formatted = []
+        elif chosen is not None:
+            if chosen not in names:
+                raise ValueError(f"tool_choice {chosen!r} is not one of the bound tools {names}")
+            formatted = [t for t in formatted if t["function"]["name"] == chosen]
+        return super().bind(tools=formatted, **kwargs)
+
+    def with_structured_output(  # type: ignore[override]
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["function_calling", "json_mode", "json_schema"] = "json_schema",
+        include_raw: bool = False,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Structured output with the same three methods as ChatOllama.
+
+        ``json_schema`` (default) sends the schema as Ollama's ``format`` (the server
+        constrains decoding); ``function_calling`` binds the schema as the only tool;
+        ``json_mode`` sends ``format="json"`` (describe the shape in the prompt).
+        """
+        if kwargs:
+            raise ValueError(f"unsupported arguments: {sorted(kwargs)}")
+        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        parser: Runnable[Any, Any]
+        if method == "function_calling":
+            if schema is None:
+                raise ValueError("schema is required for method='function_calling'")
+            tool = convert_to_openai_tool(schema)
+            name = tool["function"]["name"]
+            llm = self.bind_tools([schema], tool_choice=name, ls_structured_output_format={
+                "kwargs": {"method": method}, "schema": tool})
+            if is_pydantic:
+                parser = PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+            else:
+                parser = JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+        elif method == "json_mode":
+            llm = self.bind(format="json", ls_structured_output_format={
+                "kwargs": {"method": method}, "schema": schema})
+            parser = _pydantic_parser(schema) if is_pydantic else JsonOutputParser()
+        elif method == "json_schema":
+            if schema is None:
+                raise ValueError("schema is required for method='json_schema'")
+            json_schema = (schema.model_json_schema() if is_pydantic  # type: ignore[union-attr]
+                           else convert_to_json_schema(schema))
+            llm = self.bind(format=json_schema, ls_structured_output_format={
+                "kwargs": {"method": method}, "schema": json_schema})
+            parser = _pydantic_parser(schema) if is_pydantic else JsonOutputParser()
+        else:
+            raise ValueError(f"unknown method {method!r}; use json_schema, function_calling "
+                             "or json_mode")
+        if not include_raw:
+            return llm | parser
+        parser_assign = RunnablePassthrough.assign(
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+        parser_none = RunnablePassthrough.assign(parsed=lambda _: None)
+        with_fallback = parser_assign.with_fallbacks([parser_none], exception_key="parsing_error")
+        return RunnableMap(raw=llm) | with_fallback
+
+
+def _pydantic_parser(schema: Any) -> Runnable[Any, Any]:
+    from langchain_core.output_parsers import PydanticOutputParser
+
+    return PydanticOutputParser(pydantic_object=schema)
+
+
+def _no_verdict(c: Classification) -> Classification:
+    """A fatal error says nothing about the backend's health: don't feed the breaker."""
+    return Classification(c.category, False, False, c.status_code)
+
+
+def _scrub(message: str, cfg: BackendConfig) -> str:
+    if cfg.base_url in message:
+        message = message.replace(cfg.base_url, cfg.safe_url)
+    userinfo = httpx.URL(cfg.base_url).userinfo
+    if userinfo:
+        message = message.replace(userinfo.decode(errors="replace"), "***")
+    return message
+
+
+def _hostport(cfg: BackendConfig) -> str:
+    u = httpx.URL(cfg.base_url)
+    return f"{u.host}:{u.port or (443 if u.scheme == 'https' else 80)}"
+
+
+def _to_result(final: ChatGenerationChunk) -> ChatResult:
+    msg = final.message
+    tool_calls = msg.tool_calls if isinstance(msg, AIMessageChunk) else []
+    usage = msg.usage_metadata if isinstance(msg, AIMessageChunk) else None
+    message = AIMessage(
+        content=msg.content,
+        additional_kwargs=msg.additional_kwargs,
+        response_metadata=msg.response_metadata,
+        tool_calls=tool_calls,
+        usage_metadata=usage,
+        id=msg.id,
+    )
+    return ChatResult(generations=[ChatGeneration(message=message,
+                                                  generation_info=final.generation_info)])
+
+
+_ = (redact_url,)

@@ -1,0 +1,130 @@
+"""The one place that decides what an exception means for failover.
+
+Why one function: string-matching errors in several places is how routers end up
+pinning a model to the CPU forever or missing Ollama's out-of-memory text. Everything
+that needs to know "try the next backend?", "count it against the backend's breaker?"
+or "remember that this model does not fit here?" asks :func:`classify_exception`.
+
+The facts behind the table come from what ollama-python and httpx actually raise
+(see the project's reference notes): a closed port is ``httpx.ConnectError`` on the
+streaming path (builtin ``ConnectionError`` on the non-streaming one), a stall is
+``httpx.ReadTimeout``, a cut stream ``httpx.RemoteProtocolError``, an ``{"error"}``
+line mid-stream ``ollama.ResponseError`` with ``status_code == -1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from enum import Enum
+
+import httpx
+
+from langchain_contextharbor.errors import EmptyResponseError
+
+__all__ = ["Classification", "FailoverCategory", "classify_exception"]
+
+
+class FailoverCategory(str, Enum):
+    """What kind of failure an exception is, from a router's point of view."""
+
+    CONNECT = "connect"
+    """The server could not be reached (refused, DNS, connect timeout)."""
+    TIMEOUT = "timeout"
+    """The server accepted but stalled past a read timeout (hang, first token, idle)."""
+    TRANSPORT = "transport"
+    """The connection broke (cut mid-stream, protocol error)."""
+    SERVER_ERROR = "server_error"
+    """A 5xx other than out-of-memory, or a 401/403 from a proxy in front of Ollama."""
+    OUT_OF_MEMORY = "out_of_memory"
+    """The model does not fit on that server right now (Ollama's 500 memory texts)."""
+    BUSY = "busy"
+    """503: Ollama's queue is full; the server is healthy but saturated."""
+    MODEL_NOT_FOUND = "model_not_found"
+    """404: the model is not pulled on that server."""
+    STREAM_ERROR = "stream_error"
+    """An ``{"error": ...}`` line in the middle of a stream (status -1)."""
+    MALFORMED = "malformed"
+    """The server sent something that is not the protocol (bad JSON line, empty stream)."""
+    FATAL = "fatal"
+    """The request itself is wrong (400, validation, parsing): another backend won't help."""
+    CANCELLED = "cancelled"
+    """The caller cancelled; never retried."""
+
+
+@dataclass(frozen=True)
+class Classification:
+    category: FailoverCategory
+    failover: bool
+    """Try the next backend (when nothing has reached the caller yet)."""
+    counts_against_backend: bool
+    """Feed the backend's circuit breaker."""
+    status_code: int | None = None
+
+    @property
+    def is_oom(self) -> bool:
+        return self.category is FailoverCategory.OUT_OF_MEMORY
+
+
+_OOM_MARKERS = (
+    "requires more system memory",
+    "out of memory",
+    "cudamalloc failed",
+    "memory layout cannot be allocated",
+    "failed to commit memory",
+    "insufficient memory",
+    "not enough memory",
+)
+
+
+def _c(cat: FailoverCategory, failover: bool, counts: bool, status: int | None = None) -> Classification:
+    return Classification(cat, failover, counts, status)
+
+
+def _classify_response_error(status: int, text: str) -> Classification:
+    low = text.lower()
+    if status == -1:
+        if any(m in low for m in _OOM_MARKERS):
+            return _c(FailoverCategory.OUT_OF_MEMORY, True, False, status)
+        return _c(FailoverCategory.STREAM_ERROR, True, True, status)
+    if status == 404:
+        return _c(FailoverCategory.MODEL_NOT_FOUND, True, False, status)
+    if status == 503:
+        return _c(FailoverCategory.BUSY, True, False, status)
+    if status == 499:
+        return _c(FailoverCategory.CANCELLED, False, False, status)
+    if status >= 500:
+        if any(m in low for m in _OOM_MARKERS):
+            return _c(FailoverCategory.OUT_OF_MEMORY, True, False, status)
+        return _c(FailoverCategory.SERVER_ERROR, True, True, status)
+    if status in (401, 403, 407, 429):
+        # Not Ollama's own answers: a proxy or auth layer in front of one server.
+        return _c(FailoverCategory.SERVER_ERROR, True, True, status)
+    return _c(FailoverCategory.FATAL, False, False, status)
+
+
+def classify_exception(exc: BaseException) -> Classification:
+    """Classify ``exc`` for failover. Pure; never raises."""
+    # Imported here so that importing this module stays cheap; ollama is a dependency
+    # of langchain-ollama and is always installed.
+    from ollama import ResponseError
+
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)):
+        return _c(FailoverCategory.CANCELLED, False, False)
+    if isinstance(exc, ResponseError):
+        return _classify_response_error(int(exc.status_code), str(exc.error))
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return _c(FailoverCategory.CONNECT, True, True)
+    if isinstance(exc, httpx.TimeoutException):
+        return _c(FailoverCategory.TIMEOUT, True, True)
+    if isinstance(exc, httpx.TransportError):
+        return _c(FailoverCategory.TRANSPORT, True, True)
+    if isinstance(exc, httpx.HTTPStatusError):
+        return _classify_response_error(exc.response.status_code, exc.response.text)
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        cat = FailoverCategory.TIMEOUT if isinstance(exc, TimeoutError) else FailoverCategory.CONNECT
+        return _c(cat, True, True)
+    if isinstance(exc, (json.JSONDecodeError, EmptyResponseError)):
+        return _c(FailoverCategory.MALFORMED, True, True)
+    return _c(FailoverCategory.FATAL, False, False)

@@ -1,0 +1,171 @@
+"""Typed errors of langchain-contextharbor.
+
+Why a hierarchy of our own: callers of a router need to tell "every backend failed"
+(retry later, page someone) from "the stream broke after text was shown" (the caller
+must discard or mark the partial answer) from "your configuration is wrong" (fix the
+code). Each error carries the structured facts (backends tried, error class, how much
+was delivered) so nobody has to parse messages, and chains the original exception.
+
+    ContextHarborError
+    ├── ConfigurationError (also ValueError)      bad URL, duplicate backend, bad size ...
+    ├── EmptyResponseError                        a backend closed the stream with no chunk
+    ├── StreamInterruptedError                    failure after the first chunk reached you
+    └── AllBackendsFailedError                    every candidate failed; .attempts lists them
+        ├── NoBackendAvailableError               nothing could be tried (circuits open, down)
+        └── ModelNotAvailableError                no backend has the model (names the pull)
+
+URLs in messages are always redacted (credentials removed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+__all__ = [
+    "AllBackendsFailedError",
+    "AttemptRecord",
+    "ConfigurationError",
+    "ContextHarborError",
+    "EmptyResponseError",
+    "ModelNotAvailableError",
+    "NoBackendAvailableError",
+    "SkipRecord",
+    "StreamInterruptedError",
+]
+
+
+class ContextHarborError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigurationError(ContextHarborError, ValueError):
+    """The configuration cannot work (raised at construction, before any I/O)."""
+
+
+class EmptyResponseError(ContextHarborError):
+    """A backend answered 200 but its stream ended without a single chunk."""
+
+    def __init__(self, backend: str) -> None:
+        super().__init__(f"backend {backend!r} closed the stream without sending any chunk")
+        self.backend = backend
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One try on one backend, as reported in errors and ``response_metadata``."""
+
+    backend: str
+    url: str
+    category: str
+    error_class: str
+    message: str
+    elapsed_ms: float
+    delivered_chunks: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "backend": self.backend,
+            "url": self.url,
+            "category": self.category,
+            "error_class": self.error_class,
+            "message": self.message,
+            "elapsed_ms": round(self.elapsed_ms, 3),
+            "delivered_chunks": self.delivered_chunks,
+        }
+
+    def describe(self) -> str:
+        return f"{self.backend} ({self.url}): {self.error_class} [{self.category}]: {self.message}"
+
+
+@dataclass(frozen=True)
+class SkipRecord:
+    """A backend that was not tried, and why (circuit open, known down, model missing)."""
+
+    backend: str
+    url: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.backend} ({self.url}): skipped: {self.reason}"
+
+
+class StreamInterruptedError(ContextHarborError):
+    """The serving backend failed after content had already been delivered to the caller.
+
+    Nothing is retried at that point: a retry on another backend would repeat or splice
+    tokens. ``delivered_chunks``/``delivered_chars`` say how much the caller already has.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: str,
+        url: str,
+        delivered_chunks: int,
+        delivered_chars: int,
+        cause: BaseException,
+    ) -> None:
+        super().__init__(
+            f"stream from backend {backend!r} ({url}) failed after {delivered_chunks} chunk(s) "
+            f"/ {delivered_chars} character(s) were delivered: "
+            f"{type(cause).__name__}: {cause}"
+        )
+        self.backend = backend
+        self.url = url
+        self.delivered_chunks = delivered_chunks
+        self.delivered_chars = delivered_chars
+
+
+@dataclass
+class _FailureSummary:
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    skipped: list[SkipRecord] = field(default_factory=list)
+
+
+class AllBackendsFailedError(ContextHarborError):
+    """Every candidate backend failed (or none could be tried).
+
+    ``attempts`` lists every try in order; ``exceptions`` holds the original exceptions
+    in the same order, and the last one is chained as ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        attempts: Sequence[AttemptRecord],
+        skipped: Sequence[SkipRecord] = (),
+        exceptions: Sequence[BaseException] = (),
+        hint: str | None = None,
+    ) -> None:
+        self.model = model
+        self.attempts = list(attempts)
+        self.skipped = list(skipped)
+        self.exceptions = list(exceptions)
+        self.hint = hint
+        super().__init__(self._render())
+
+    def _headline(self) -> str:
+        return f"all backends failed for model {self.model!r}"
+
+    def _render(self) -> str:
+        lines = [f"{self._headline()} ({len(self.attempts)} attempt(s), {len(self.skipped)} skipped)"]
+        lines += [f"  - {a.describe()}" for a in self.attempts]
+        lines += [f"  - {s.describe()}" for s in self.skipped]
+        if self.hint:
+            lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+
+class NoBackendAvailableError(AllBackendsFailedError):
+    """No backend could be tried at all: every one is skipped (circuit open, known down)."""
+
+    def _headline(self) -> str:
+        return f"no backend available for model {self.model!r}"
+
+
+class ModelNotAvailableError(AllBackendsFailedError):
+    """No backend has the model; the hint names the ``ollama pull`` to run and where."""
+
+    def _headline(self) -> str:
+        return f"model {self.model!r} is not available on any backend"

@@ -1,0 +1,284 @@
+"""The routing decision as a pure function over plain values.
+
+Why pure: "which server, in which order, and why" is the part of a router that must be
+right and explainable, and it is easiest to get right as a table of cases. Everything
+here is data in, data out; the probes, NVML readings and counters that produce the
+snapshots live in :mod:`langchain_contextharbor._router`.
+
+The order of preference, most important first:
+
+1. skip what cannot serve: circuit open, known down (fresh failed probe), model known
+   to be absent (404 or not in ``/api/tags``);
+2. demote a backend where this model at this context size ran out of memory recently;
+3. demote a backend whose known capacity cannot hold the request (weights + KV cache
+   + overhead, counting memory the model already holds there);
+4. with spill-over on, demote a saturated backend (in-flight >= max_parallel);
+5. the preferred tier: GPU first when the request fits the GPU (capacity known) or,
+   capacity unknown, when the weights are below the size threshold; CPU first otherwise;
+6. within a tier (or across tiers with ``prefer_warm``), prefer the backend that has the
+   model loaded fully, then partially, then cold;
+7. configured priority, then configuration order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_contextharbor.errors import SkipRecord
+from langchain_contextharbor.sizing import format_bytes
+
+__all__ = [
+    "BackendSnapshot",
+    "Candidate",
+    "LoadedModel",
+    "RoutePlan",
+    "RoutePolicy",
+    "RouteRequest",
+    "plan_route",
+]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model as ``/api/ps`` lists it on one server."""
+
+    name: str
+    size: int
+    size_vram: int
+    expires_at: str | None = None
+    context_length: int | None = None
+
+    @property
+    def gpu_percent(self) -> int:
+        return round(100 * self.size_vram / self.size) if self.size > 0 else 0
+
+    @property
+    def placement(self) -> str:
+        """Ollama's own words: "100% GPU", "100% CPU" or "48%/52% CPU/GPU"."""
+        if self.size_vram <= 0:
+            return "100% CPU"
+        if self.size_vram >= self.size:
+            return "100% GPU"
+        g = self.gpu_percent
+        return f"{100 - g}%/{g}% CPU/GPU"
+
+    @property
+    def fully_in_gpu(self) -> bool:
+        return self.size > 0 and self.size_vram >= self.size
+
+
+@dataclass(frozen=True)
+class BackendSnapshot:
+    """Everything the router knows about one backend at planning time."""
+
+    name: str
+    kind: str
+    url: str
+    index: int = 0
+    priority: int = 0
+    max_parallel: int = 1
+    in_flight: int = 0
+    circuit: str = "closed"
+    circuit_allows: bool = True
+    retry_in: float | None = None
+    healthy: bool | None = None
+    health_reason: str | None = None
+    has_model: bool | None = None
+    model_reason: str | None = None
+    loaded: LoadedModel | None = None
+    evictable_bytes: int = 0
+    """Memory held on this backend by models Ollama can unload to make room."""
+    free_bytes: int | None = None
+    """Free VRAM (gpu) or available RAM (cpu) in bytes; None when unknown."""
+    capacity_source: str = "unknown"
+    oom_reason: str | None = None
+    """Set while a learned out-of-memory mark for this model/context is active."""
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    model: str
+    num_ctx: int
+    weights_bytes: int
+    needed_bytes: int
+    size_detail: str
+    footprint_detail: str = ""
+
+
+@dataclass(frozen=True)
+class RoutePolicy:
+    size_threshold_bytes: int
+    prefer_warm: bool = False
+    """Prefer a backend that has the model loaded even across tiers (skip a GPU load)."""
+    spillover: bool = True
+    """Send to another fitting backend with a free slot when the best one is saturated."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    backend: str
+    kind: str
+    url: str
+    reasons: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "kind": self.kind, "url": self.url,
+                "reasons": list(self.reasons)}
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    """Ordered candidates for one request, each with the reasons for its position."""
+
+    model: str
+    request: RouteRequest
+    candidates: tuple[Candidate, ...]
+    skipped: tuple[SkipRecord, ...] = ()
+    summary: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def backends(self) -> list[str]:
+        return [c.backend for c in self.candidates]
+
+    @property
+    def primary(self) -> str | None:
+        return self.candidates[0].backend if self.candidates else None
+
+    @property
+    def fallback(self) -> str | None:
+        return self.candidates[1].backend if len(self.candidates) > 1 else None
+
+    def explain(self) -> str:
+        lines = [f"route for {self.model!r}: {self.summary}"]
+        for i, c in enumerate(self.candidates, 1):
+            lines.append(f"  {i}. {c.backend} [{c.kind}] {c.url}")
+            lines += [f"       - {r}" for r in c.reasons]
+        for s in self.skipped:
+            lines.append(f"  skipped {s.backend} [{s.url}]: {s.reason}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "num_ctx": self.request.num_ctx,
+            "weights_bytes": self.request.weights_bytes,
+            "needed_bytes": self.request.needed_bytes,
+            "size": self.request.size_detail,
+            "footprint": self.request.footprint_detail,
+            "summary": self.summary,
+            "candidates": [c.as_dict() for c in self.candidates],
+            "skipped": [{"backend": s.backend, "url": s.url, "reason": s.reason}
+                        for s in self.skipped],
+            "notes": list(self.notes),
+        }
+
+
+def _available(b: BackendSnapshot) -> int | None:
+    if b.free_bytes is None:
+        return None
+    held = b.loaded.size_vram if (b.loaded and b.kind == "gpu") else 0
+    if b.kind == "cpu" and b.loaded:
+        held = b.loaded.size
+    return b.free_bytes + max(held, b.evictable_bytes)
+
+
+def _fits(b: BackendSnapshot, req: RouteRequest) -> bool | None:
+    avail = _available(b)
+    if avail is None:
+        return None
+    return req.needed_bytes <= avail
+
+
+def plan_route(
+    req: RouteRequest, backends: Sequence[BackendSnapshot], policy: RoutePolicy
+) -> RoutePlan:
+    """Order ``backends`` for ``req``. Pure and deterministic."""
+    skipped: list[SkipRecord] = []
+    usable: list[BackendSnapshot] = []
+    for b in backends:
+        if not b.circuit_allows:
+            wait = f", trial call in {b.retry_in:.1f}s" if b.retry_in is not None else ""
+            skipped.append(SkipRecord(b.name, b.url, f"circuit {b.circuit}{wait}"))
+        elif b.healthy is False:
+            skipped.append(SkipRecord(b.name, b.url, f"down: {b.health_reason or 'probe failed'}"))
+        elif b.has_model is False:
+            skipped.append(SkipRecord(
+                b.name, b.url, b.model_reason or f"model {req.model!r} not on this server"))
+        else:
+            usable.append(b)
+
+    gpus = [b for b in usable if b.kind == "gpu"]
+    gpu_fit = [_fits(b, req) for b in gpus]
+    need = format_bytes(req.needed_bytes)
+    if any(f is True for f in gpu_fit):
+        tier = "gpu"
+        why_tier = f"gpu first: the request ({need}) fits a GPU's free memory"
+    elif gpus and all(f is False for f in gpu_fit):
+        tier = "cpu"
+        why_tier = f"cpu first: the request ({need}) does not fit any GPU's free memory"
+    elif req.weights_bytes < policy.size_threshold_bytes:
+        tier = "gpu"
+        why_tier = (f"gpu first: weights {format_bytes(req.weights_bytes)} < threshold "
+                    f"{format_bytes(policy.size_threshold_bytes)} (GPU capacity unknown)")
+    else:
+        tier = "cpu"
+        why_tier = (f"cpu first: weights {format_bytes(req.weights_bytes)} >= threshold "
+                    f"{format_bytes(policy.size_threshold_bytes)}")
+
+    any_free_slot = any(b.in_flight < b.max_parallel for b in usable)
+    scored: list[tuple[tuple[int, ...], BackendSnapshot, list[str]]] = []
+    for b in usable:
+        reasons: list[str] = []
+        oom = 1 if b.oom_reason else 0
+        if oom:
+            reasons.append(f"demoted: recent out-of-memory here ({b.oom_reason})")
+        fits = _fits(b, req)
+        avail = _available(b)
+        mem_word = "VRAM" if b.kind == "gpu" else "RAM"
+        if fits is False:
+            reasons.append(f"demoted: needs {need}, only {format_bytes(avail or 0)} {mem_word} "
+                           f"available ({b.capacity_source})")
+        elif fits is True:
+            reasons.append(f"fits: needs {need}, {format_bytes(avail or 0)} {mem_word} "
+                           f"available ({b.capacity_source})")
+        else:
+            reasons.append("capacity unknown")
+        saturated = b.in_flight >= b.max_parallel
+        sat = 1 if (policy.spillover and saturated and any_free_slot) else 0
+        load = f"{b.in_flight}/{b.max_parallel} in flight"
+        if sat:
+            reasons.append(f"demoted: saturated ({load}), spilling over")
+        elif saturated:
+            reasons.append(f"saturated ({load}), will queue" if not policy.spillover
+                           else f"saturated ({load}), every backend is")
+        else:
+            reasons.append(load)
+        tier_rank = 0 if b.kind == tier else 1
+        reasons.append(f"{b.kind} tier ({'preferred' if tier_rank == 0 else 'fallback'})")
+        if b.loaded is None:
+            warm = 2
+            reasons.append("model not loaded (cold load)")
+        elif b.loaded.fully_in_gpu or b.kind == "cpu":
+            warm = 0
+            reasons.append(f"model loaded ({b.loaded.placement})")
+        else:
+            warm = 1
+            reasons.append(f"model partially offloaded ({b.loaded.placement})")
+        if b.priority:
+            reasons.append(f"priority {b.priority}")
+        if b.circuit == "half_open" or (b.circuit == "open" and b.circuit_allows):
+            reasons.append("circuit half-open: this is its trial call")
+        if policy.prefer_warm:
+            key = (oom, 1 if fits is False else 0, sat, warm, tier_rank, b.priority, b.index)
+        else:
+            key = (oom, 1 if fits is False else 0, sat, tier_rank, warm, b.priority, b.index)
+        scored.append((key, b, reasons))
+    scored.sort(key=lambda t: t[0])
+    candidates = tuple(Candidate(b.name, b.kind, b.url, tuple(r)) for _, b, r in scored)
+    summary = f"{req.size_detail}; {req.footprint_detail}; {why_tier}" if req.footprint_detail \
+        else f"{req.size_detail}; {why_tier}"
+    return RoutePlan(req.model, req, candidates, tuple(skipped), summary)

@@ -1,0 +1,300 @@
+"""What generates the tokens behind a stand-in: the engine protocol and the scripted engine.
+
+The HTTP server owns everything Ollama-specific (validation, loading, queueing, stop
+sequences, ``num_predict``, NDJSON framing, faults); an engine only turns a ``ChatTurn`` into
+a stream of events. That split lets the same server run a deterministic scripted engine for
+protocol tests and a real llama.cpp model (``LlamaCppEngine``) for end-to-end ones.
+
+``ScriptedEngine`` answers so that tests can tell *which* instance served a request
+("Hello from gpu (llama3.2:1b). You said: ..."), streams word-sized tokens so a stream has
+several chunks, calls a bound tool with schema-valid arguments mined from the prompt, and
+answers ``format`` requests with valid JSON - enough for langchain-tests' standard
+integration suite to pass against plain ``ChatOllama``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from langchain_contextharbor.testing._schema import PromptHints, instance_for
+from langchain_contextharbor.testing.models import StandInModel
+
+__all__ = [
+    "ChatTurn",
+    "DoneEvent",
+    "Engine",
+    "EngineEvent",
+    "ScriptedEngine",
+    "TextToken",
+    "ThinkingToken",
+    "ToolCallEvent",
+    "ToolDecision",
+    "count_words",
+    "embed_text",
+    "split_tokens",
+]
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """Everything an engine needs to answer one ``/api/chat`` request.
+
+    ``model`` is the request string (echoed on the wire), ``spec`` the resolved model.
+    ``think`` is already resolved by the server: ``True``/a level string when the model should
+    think, ``False``/``None`` when not. ``format`` is ``None``, ``"json"`` or a schema dict.
+    """
+
+    model: str
+    spec: StandInModel
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    format: str | dict[str, Any] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    think: bool | str | None = None
+    instance: str = "ollama"
+
+    @property
+    def last_user_text(self) -> str:
+        """Content of the last ``user`` message ("" if there is none)."""
+        for msg in reversed(self.messages):
+            if msg.get("role") == "user":
+                return _content_text(msg.get("content"))
+        return ""
+
+    @property
+    def last_message(self) -> dict[str, Any]:
+        """The final message of the conversation (``{}`` if none)."""
+        return self.messages[-1] if self.messages else {}
+
+
+@dataclass(frozen=True)
+class TextToken:
+    """A piece of answer text (one NDJSON chunk before stop-sequence processing)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ThinkingToken:
+    """A piece of reasoning text (``message.thinking``)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallEvent:
+    """A complete tool call; ``arguments`` is an object, never a string (as in Ollama)."""
+
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    """End of generation. Counts left ``None`` are filled in by the server."""
+
+    done_reason: str = "stop"
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+
+
+EngineEvent = TextToken | ThinkingToken | ToolCallEvent | DoneEvent
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Generates the events of one chat turn. Called from server threads, possibly at once."""
+
+    def chat(self, turn: ChatTurn) -> Iterator[EngineEvent]:
+        """Yield tokens / tool calls, optionally ending with a ``DoneEvent``."""
+        ...
+
+
+@dataclass(frozen=True)
+class ToolDecision:
+    """A custom tool policy's answer: call ``name`` with ``arguments`` (``None`` = derive)."""
+
+    name: str
+    arguments: dict[str, Any] | None = None
+
+
+ToolPolicy = Literal["auto", "first", "never"] | Callable[[ChatTurn], ToolDecision | None]
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content
+        ).strip()
+    return "" if content is None else str(content)
+
+
+def split_tokens(text: str) -> list[str]:
+    """Split text into word-level tokens that concatenate back to ``text`` exactly."""
+    return re.findall(r"\s*\S+|\s+$", text) or ([text] if text else [])
+
+
+def count_words(messages: Sequence[dict[str, Any]]) -> int:
+    """Rough prompt size: words of all message contents (at least 1)."""
+    return max(1, sum(len(_content_text(m.get("content")).split()) for m in messages))
+
+
+def embed_text(model: str, text: str, dimensions: int) -> list[float]:
+    """Deterministic, L2-normalised pseudo-embedding of ``text`` for ``model``."""
+    seed = int.from_bytes(hashlib.sha256(f"{model}\0{text}".encode()).digest()[:8], "big")
+    rng = random.Random(seed)
+    vec = [rng.gauss(0.0, 1.0) for _ in range(max(1, dimensions))]
+    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+    return [v / norm for v in vec]
+
+
+def _name_words(name: str) -> set[str]:
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", name)
+    return {w.lower() for w in re.split(r"[\W_]+", spaced) if len(w) > 2}
+
+
+def _tool_function(tool: dict[str, Any]) -> dict[str, Any]:
+    fn = tool.get("function", tool)
+    return fn if isinstance(fn, dict) else {}
+
+
+def _best_tool(tools: Sequence[dict[str, Any]], text: str) -> dict[str, Any]:
+    lowered = text.lower()
+    words = {w.lower() for w in re.findall(r"\w+", text)}
+    best, best_score = tools[0], -1
+    for tool in tools:
+        name = str(_tool_function(tool).get("name", ""))
+        if name and name.lower() in lowered:
+            score = 1000 + len(name)
+        else:
+            score = len(_name_words(name) & words)
+        if score > best_score:
+            best, best_score = tool, score
+    return best
+
+
+@dataclass
+class ScriptedEngine:
+    """Deterministic engine whose answers name the instance and model that produced them.
+
+    ``reply_template`` is formatted with ``instance``, ``model`` and ``prompt`` (the last user
+    message). ``tool_policy``: ``"auto"`` (default) calls the bound tool whose name best matches
+    the last user message (the first tool when nothing matches) unless the last message is a
+    tool result, which is answered in text quoting that result; ``"first"`` always picks the
+    first tool; ``"never"`` never calls tools; a callable gets the turn and returns a
+    ``ToolDecision`` or ``None`` (answer in text). ``format="json"`` yields an object whose keys
+    are the quoted identifiers of the prompt (``'setup'`` and ``'punchline'``) or ``answer``;
+    a schema ``format`` yields a valid instance of it.
+    """
+
+    reply_template: str = "Hello from {instance} ({model}). You said: {prompt}"
+    tool_policy: ToolPolicy = "auto"
+    thinking_template: str = "The user wrote {prompt!r}; I will answer from {instance}."
+
+    # ------------------------------------------------------------------ entry point
+    def chat(self, turn: ChatTurn) -> Iterator[EngineEvent]:
+        """Yield the scripted answer of ``turn`` as events."""
+        prompt = turn.last_user_text
+        if turn.think:
+            thought = self.thinking_template.format(
+                prompt=prompt, instance=turn.instance, model=turn.model
+            )
+            for tok in split_tokens(thought):
+                yield ThinkingToken(tok)
+
+        call = self._decide_tool(turn)
+        if call is not None:
+            yield call
+            yield DoneEvent("stop", prompt_eval_count=count_words(turn.messages))
+            return
+
+        for tok in split_tokens(self._answer_text(turn)):
+            yield TextToken(tok)
+        yield DoneEvent("stop", prompt_eval_count=count_words(turn.messages))
+
+    # ------------------------------------------------------------------ tools
+    def _decide_tool(self, turn: ChatTurn) -> ToolCallEvent | None:
+        tools = [t for t in turn.tools if _tool_function(t).get("name")]
+        if not tools or self.tool_policy == "never":
+            return None
+        if callable(self.tool_policy):
+            decision = self.tool_policy(turn)
+            if decision is None:
+                return None
+            if decision.arguments is not None:
+                return ToolCallEvent(decision.name, dict(decision.arguments))
+            chosen = next(
+                (t for t in tools if _tool_function(t).get("name") == decision.name), None
+            )
+            if chosen is None:
+                return ToolCallEvent(decision.name, {})
+            return ToolCallEvent(decision.name, self._arguments(chosen, turn.last_user_text))
+        if turn.last_message.get("role") == "tool":
+            return None
+        chosen = tools[0] if self.tool_policy == "first" else _best_tool(tools, turn.last_user_text)
+        name = str(_tool_function(chosen)["name"])
+        return ToolCallEvent(name, self._arguments(chosen, turn.last_user_text))
+
+    @staticmethod
+    def _arguments(tool: dict[str, Any], prompt: str) -> dict[str, Any]:
+        params = _tool_function(tool).get("parameters")
+        if not isinstance(params, dict) or not params.get("properties"):
+            return {}
+        # Mention of the tool's own name, e.g. "magic_function(3)", must not feed string args.
+        name = str(_tool_function(tool).get("name", ""))
+        text = prompt.replace(name, " ") if name else prompt
+        value = instance_for(params, PromptHints(text), optional=False)
+        return value if isinstance(value, dict) else {}
+
+    # ------------------------------------------------------------------ text answers
+    def _answer_text(self, turn: ChatTurn) -> str:
+        if turn.format is not None:
+            return self._structured(turn)
+        last = turn.last_message
+        if last.get("role") == "tool":
+            tool_name = last.get("tool_name") or self._last_called_tool(turn) or "tool"
+            result = _content_text(last.get("content"))
+            return f"From {turn.instance} ({turn.model}): the {tool_name} tool returned {result}."
+        return self.reply_template.format(
+            instance=turn.instance, model=turn.model, prompt=turn.last_user_text
+        )
+
+    @staticmethod
+    def _last_called_tool(turn: ChatTurn) -> str | None:
+        for msg in reversed(turn.messages):
+            calls = msg.get("tool_calls")
+            if msg.get("role") == "assistant" and isinstance(calls, list) and calls:
+                fn = calls[0].get("function", {}) if isinstance(calls[0], dict) else {}
+                name = fn.get("name") if isinstance(fn, dict) else None
+                return str(name) if name else None
+        return None
+
+    def _structured(self, turn: ChatTurn) -> str:
+        prompt = turn.last_user_text
+        label = f"from {turn.instance}"
+        if isinstance(turn.format, dict):
+            value = instance_for(turn.format, PromptHints(prompt, strings=False), label=label)
+        else:
+            keys: list[str] = []
+            for m in re.finditer(r"'([A-Za-z_]\w*)'|\"([A-Za-z_]\w*)\"", prompt):
+                key = m.group(1) or m.group(2)
+                if key not in keys:
+                    keys.append(key)
+            if keys:
+                value = {k: f"{k} {label}" for k in keys}
+            else:
+                value = {
+                    "answer": self.reply_template.format(
+                        instance=turn.instance, model=turn.model, prompt=prompt
+                    )
+                }
+        return json.dumps(value, ensure_ascii=False)

@@ -1,0 +1,579 @@
+"""scripts/setup_hybrid_ollama.sh, run for real against fake tools.
+
+Each run gets a hermetic PATH: a directory of fakes (nvidia-smi, ollama, systemctl, ...)
+followed by a directory of links to the few real tools the script needs (bash,
+coreutils, grep, awk, curl). Nothing from the host leaks in: a host with a real GPU,
+ollama or user bus behaves like any other. The fake systemctl records its arguments.
+The "servers" are a small HTTP stub in a subprocess on ephemeral loopback ports.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "setup_hybrid_ollama.sh"
+TEMPLATES = REPO / "systemd"
+
+REAL_TOOLS = [
+    "bash",
+    "sh",
+    "awk",
+    "basename",
+    "cat",
+    "chmod",
+    "cmp",
+    "cp",
+    "dirname",
+    "grep",
+    "head",
+    "id",
+    "mkdir",
+    "mktemp",
+    "mv",
+    "rm",
+    "sed",
+    "sleep",
+    "timeout",
+    "tr",
+    "curl",
+]
+
+FAKE_SYSTEMCTL = r"""#!/bin/sh
+printf '%s\n' "$*" >> "$SYSTEMCTL_LOG"
+if [ "$1" != "--user" ]; then echo "fake systemctl: only --user is expected" >&2; exit 64; fi
+shift
+case "$1" in
+  show-environment)
+    if [ "${FAKE_USER_BUS:-1}" = 0 ]; then
+      echo "Failed to connect to bus: No medium found" >&2
+      exit 1
+    fi
+    echo "HOME=/nonexistent"
+    exit 0 ;;
+  is-active) exit "${FAKE_IS_ACTIVE:-0}" ;;
+esac
+if [ "$1" = "${FAKE_FAIL:-}" ]; then echo "Job for $2 failed." >&2; exit 1; fi
+exit 0
+"""
+
+GPU_TOOLS = {
+    "nvidia": ("nvidia-smi", "echo 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0000)'"),
+    "amd": (
+        "rocm-smi",
+        "printf '===== ROCm System Management Interface =====\\n"
+        "GPU[0]\\t\\t: Card series: \\t\\tNavi 21 [Radeon RX 6800]\\n'",
+    ),
+    "vulkan": (
+        "vulkaninfo",
+        "printf 'GPU0:\\n\\tdeviceType         = PHYSICAL_DEVICE_TYPE_DISCRETE_GPU\\n"
+        "\\tdeviceName         = AMD Radeon RX 7900 XTX (RADV NAVI31)\\n'",
+    ),
+    # Software rasteriser only: not a GPU.
+    "llvmpipe": (
+        "vulkaninfo",
+        "printf 'GPU0:\\n\\tdeviceType         = PHYSICAL_DEVICE_TYPE_CPU\\n"
+        "\\tdeviceName         = llvmpipe (LLVM 15.0.6, 256 bits)\\n'",
+    ),
+    # Installed but the driver is not loaded.
+    "broken-nvidia": (
+        "nvidia-smi",
+        "echo 'NVIDIA-SMI has failed because it could not communicate with the driver.'; exit 9",
+    ),
+}
+
+STUB_SERVER = r"""
+import http.server, socket, sys, threading
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/api/version":
+            body = b'{"version":"0.14.3"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            self.send_error(404)
+    def log_message(self, *args):
+        pass
+
+mode, count = sys.argv[1], int(sys.argv[2])
+if mode == "free":
+    socks = [socket.socket() for _ in range(count)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    print(" ".join(str(s.getsockname()[1]) for s in socks), flush=True)
+    sys.exit(0)
+servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(count)]
+for server in servers:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+print(" ".join(str(s.server_address[1]) for s in servers), flush=True)
+sys.stdin.read()
+"""
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+    calls: list[str]
+    seconds: float
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+@dataclass
+class Host:
+    """A sandbox: fake tools, a HOME, a unit dir, a log of systemctl calls."""
+
+    root: Path
+    fakes: Path
+    tools: Path
+    home: Path
+    tmp: Path
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def unit_dir(self) -> Path:
+        return self.root / "units"
+
+    @property
+    def default_unit_dir(self) -> Path:
+        return self.home / ".config" / "systemd" / "user"
+
+    def fake(self, name: str, body: str) -> Path:
+        path = self.fakes / name
+        path.write_text("#!/bin/sh\n" + body + "\n")
+        path.chmod(0o755)
+        return path
+
+    def remove(self, name: str) -> None:
+        (self.fakes / name).unlink()
+
+    def gpu(self, kind: str) -> None:
+        tool, body = GPU_TOOLS[kind]
+        self.fake(tool, body)
+
+    def python_with_package(self) -> None:
+        # A wrapper (not a symlink) so that a virtualenv interpreter keeps its venv.
+        self.fake(
+            "python3",
+            f'PYTHONPATH="{REPO}${{PYTHONPATH:+:$PYTHONPATH}}" exec "{sys.executable}" "$@"',
+        )
+
+    def run(self, *args: str, **env: str) -> Result:
+        if self.log.exists():
+            self.log.unlink()
+        full_env = {
+            "PATH": f"{self.fakes}:{self.tools}",
+            "HOME": str(self.home),
+            "TMPDIR": str(self.tmp),
+            "SYSTEMCTL_LOG": str(self.log),
+            "LC_ALL": "C",
+            **self.env,
+            **env,
+        }
+        start = time.monotonic()
+        proc = subprocess.run(
+            ["bash", str(SCRIPT), *args],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            cwd=self.root,
+            timeout=60,
+        )
+        calls = self.log.read_text().splitlines() if self.log.exists() else []
+        return Result(proc.returncode, proc.stdout, proc.stderr, calls, time.monotonic() - start)
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Host:
+    fakes, tools, tmp = tmp_path / "fakes", tmp_path / "tools", tmp_path / "tmp"
+    for d in (fakes, tools, tmp):
+        d.mkdir()
+    for name in REAL_TOOLS:
+        real = shutil.which(name)
+        if real is not None:
+            (tools / name).symlink_to(real)
+    if not (tools / "curl").exists():
+        # Without curl the script probes with python3: a bare one (no site-packages),
+        # so that it does not see this package.
+        py = tools / "python3"
+        py.write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "$@"\n')
+        py.chmod(0o755)
+    h = Host(tmp_path, fakes, tools, tmp_path / "home", tmp, tmp_path / "systemctl.log")
+    h.fake("ollama", "exit 0")
+    h.fake("systemctl", FAKE_SYSTEMCTL)
+    return h
+
+
+@pytest.fixture
+def stub_ports() -> Iterator[tuple[int, int]]:
+    """Two loopback ports that answer GET /api/version like Ollama."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUB_SERVER, "serve", "2"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        gpu, cpu = (int(p) for p in proc.stdout.readline().split())
+        yield gpu, cpu
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def free_ports(count: int) -> list[int]:
+    out = subprocess.run(
+        [sys.executable, "-c", STUB_SERVER, "free", str(count)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return [int(p) for p in out.split()]
+
+
+def mutating(calls: list[str]) -> list[str]:
+    """systemctl calls that change something (probes filtered out)."""
+    return [c for c in calls if c.split()[1] not in {"show-environment", "is-active"}]
+
+
+def written_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def rendered(kind: str, ollama: Path) -> str:
+    """What the script should write: the template with ExecStart= and PATH= filled in."""
+    text = (TEMPLATES / f"ollama-{kind}@.service").read_text()
+    text = text.replace("ExecStart=/usr/local/bin/ollama serve", f"ExecStart={ollama} serve")
+    return re.sub(r'^Environment="PATH=', f'Environment="PATH={ollama.parent}:', text, flags=re.M)
+
+
+# ---------------------------------------------------------------- help and usage
+
+
+def test_help_documents_flags_and_exit_codes(host: Host) -> None:
+    r = host.run("--help")
+    assert r.rc == 0
+    for flag in (
+        "--dry-run",
+        "--unit-dir",
+        "--ollama-bin",
+        "--gpu-port",
+        "--cpu-port",
+        "--no-start",
+        "--wait-timeout",
+        "--gpu",
+        "--help",
+    ):
+        assert flag in r.out
+    for code in range(8):
+        assert re.search(rf"^  {code}  ", r.out, re.M), f"exit code {code} undocumented"
+    assert r.calls == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--bogus"],
+        ["--gpu-port", "70000"],
+        ["--cpu-port", "x"],
+        ["--gpu-port", "11435"],
+        ["--gpu", "maybe"],
+        ["--wait-timeout", "-1"],
+        ["--unit-dir"],
+    ],
+)
+def test_usage_errors_exit_2(host: Host, args: list[str]) -> None:
+    r = host.run(*args)
+    assert r.rc == 2, r.text
+    assert "error:" in r.err
+    assert mutating(r.calls) == []
+
+
+# ---------------------------------------------------------------- dry run
+
+
+def test_dry_run_on_a_gpu_host_shows_both_units_and_writes_nothing(host: Host) -> None:
+    host.gpu("nvidia")
+    r = host.run("--dry-run")
+    assert r.rc == 0, r.text
+    assert "GPU: nvidia (nvidia-smi -L: GPU 0: NVIDIA H100" in r.out
+    ollama = host.fakes / "ollama"
+    for kind in ("gpu", "cpu"):
+        target = host.default_unit_dir / f"ollama-{kind}@.service"
+        assert f"[dry-run] would create {target} with:" in r.out
+        block = f"----- {target} -----\n{rendered(kind, ollama)}----- end of {target} -----"
+        assert block in r.out
+    for command in (
+        "daemon-reload",
+        "enable ollama-gpu@11434.service",
+        "enable ollama-cpu@11435.service",
+        "start ollama-gpu@11434.service",
+        "start ollama-cpu@11435.service",
+    ):
+        assert f"[dry-run] would run: systemctl --user {command}\n" in r.out
+    assert "would wait up to 30s for GET http://127.0.0.1:11435/api/version" in r.out
+    assert "OLLAMA_GPU_URL=http://127.0.0.1:11434" in r.out
+    assert not host.home.exists()
+    assert written_files(host.tmp) == []
+    assert mutating(r.calls) == []
+
+
+def test_dry_run_on_a_host_without_gpu_shows_the_cpu_unit_only(host: Host) -> None:
+    r = host.run("--dry-run")
+    assert r.rc == 0, r.text
+    assert "GPU: none detected" in r.out
+    assert "ollama-cpu@.service with:" in r.out
+    assert "ollama-gpu@" not in r.out
+    assert "[dry-run] would run: systemctl --user enable ollama-cpu@11435.service" in r.out
+    assert "only the CPU-only server" in r.out
+    assert re.search(r"OLLAMA_GPU_URL= ", r.out)
+    assert not host.home.exists()
+    assert mutating(r.calls) == []
+
+
+@pytest.mark.parametrize(
+    ("tool", "reported", "gpu_unit"),
+    [
+        ("amd", "GPU: amd (rocm-smi", True),
+        ("vulkan", "GPU: vulkan (vulkaninfo --summary: AMD Radeon RX 7900 XTX", True),
+        ("llvmpipe", "GPU: none detected", False),
+        ("broken-nvidia", "GPU: none detected", False),
+    ],
+)
+def test_gpu_detection_by_vendor_tool(host: Host, tool: str, reported: str, gpu_unit: bool) -> None:
+    host.gpu(tool)
+    r = host.run("--dry-run")
+    assert r.rc == 0, r.text
+    assert reported in r.out
+    assert ("ollama-gpu@.service with:" in r.out) is gpu_unit
+    if tool == "vulkan":
+        # Ollama's Vulkan backend is opt-in: say so, or the "GPU" server runs on the CPU.
+        assert "OLLAMA_VULKAN=1" in r.err
+    if tool == "broken-nvidia":
+        assert "nvidia-smi is installed but lists no GPU" in r.out
+
+
+def test_gpu_mode_overrides_detection(host: Host) -> None:
+    host.gpu("nvidia")
+    assert "ollama-gpu@" not in host.run("--dry-run", "--gpu", "no").out
+    host.remove("nvidia-smi")
+    assert "ollama-gpu@.service with:" in host.run("--dry-run", "--gpu=yes").out
+
+
+def test_dry_run_works_without_systemd(host: Host) -> None:
+    host.remove("systemctl")
+    r = host.run("--dry-run")
+    assert r.rc == 0, r.text
+    assert "systemctl is not installed" in r.out
+    assert "exit code 4" in r.out
+    assert "[dry-run] would run: systemctl --user daemon-reload" in r.out
+    assert not host.home.exists()
+
+
+# ---------------------------------------------------------------- writing the units
+
+
+def test_no_start_writes_and_enables_then_second_run_changes_nothing(host: Host) -> None:
+    host.gpu("nvidia")
+    r = host.run("--unit-dir", str(host.unit_dir), "--no-start")
+    assert r.rc == 0, r.text
+    ollama = host.fakes / "ollama"
+    for kind in ("gpu", "cpu"):
+        path = host.unit_dir / f"ollama-{kind}@.service"
+        assert path.read_text() == rendered(kind, ollama)
+        assert f"{path}: created" in r.out
+        assert path.stat().st_mode & 0o777 == 0o644
+    assert mutating(r.calls) == [
+        "--user daemon-reload",
+        "--user enable ollama-gpu@11434.service",
+        "--user enable ollama-cpu@11435.service",
+    ]
+    assert "--no-start: enabled, not started" in r.out
+    assert sorted(p.name for p in host.unit_dir.iterdir()) == [
+        "ollama-cpu@.service",
+        "ollama-gpu@.service",
+    ]
+
+    # Backdate the files so that any rewrite would show in the mtime.
+    for path in host.unit_dir.iterdir():
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    r2 = host.run("--unit-dir", str(host.unit_dir), "--no-start")
+    assert r2.rc == 0, r2.text
+    for kind in ("gpu", "cpu"):
+        path = host.unit_dir / f"ollama-{kind}@.service"
+        assert f"{path}: unchanged" in r2.out
+        assert path.stat().st_mtime_ns == 1_000_000_000
+    assert not any(c.split()[1] in {"start", "restart"} for c in r2.calls)
+    assert written_files(host.tmp) == []
+
+
+def test_no_start_with_unit_dir_works_without_systemd(host: Host) -> None:
+    host.remove("systemctl")
+    r = host.run("--unit-dir", str(host.unit_dir), "--no-start")
+    assert r.rc == 0, r.text
+    assert "only writing the unit files" in r.out
+    assert (host.unit_dir / "ollama-cpu@.service").is_file()
+    assert not (host.unit_dir / "ollama-gpu@.service").exists()
+
+
+def test_ollama_bin_flag_and_unsafe_paths(host: Host) -> None:
+    host.remove("ollama")
+    other = host.root / "opt" / "ollama-0.14.3"
+    other.mkdir(parents=True)
+    binary = other / "ollama"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    r = host.run("--dry-run", "--ollama-bin", str(binary))
+    assert r.rc == 0, r.text
+    assert f"ExecStart={binary} serve\n" in r.out
+    assert f'Environment="PATH={other}:/usr/local/sbin:' in r.out
+
+    spaced = host.root / "my apps" / "ollama"
+    spaced.parent.mkdir()
+    spaced.write_text("#!/bin/sh\n")
+    spaced.chmod(0o755)
+    r = host.run("--dry-run", "--ollama-bin", str(spaced))
+    assert r.rc == 2
+    assert "unsafe in a unit file" in r.err
+
+
+# ---------------------------------------------------------------- starting and waiting
+
+
+def test_full_run_starts_and_waits_for_both_servers(
+    host: Host, stub_ports: tuple[int, int]
+) -> None:
+    gpu, cpu = stub_ports
+    host.gpu("nvidia")
+    args = ("--unit-dir", str(host.unit_dir), "--gpu-port", str(gpu), "--cpu-port", str(cpu))
+    r = host.run(*args)
+    assert r.rc == 0, r.text
+    assert mutating(r.calls) == [
+        "--user daemon-reload",
+        f"--user enable ollama-gpu@{gpu}.service",
+        f"--user enable ollama-cpu@{cpu}.service",
+        f"--user start ollama-gpu@{gpu}.service",
+        f"--user start ollama-cpu@{cpu}.service",
+    ]
+    assert f'127.0.0.1:{gpu} (ollama-gpu@{gpu}) answers: {{"version":"0.14.3"}}' in r.out
+    assert f'127.0.0.1:{cpu} (ollama-cpu@{cpu}) answers: {{"version":"0.14.3"}}' in r.out
+    assert f"OLLAMA_GPU_URL=http://127.0.0.1:{gpu} OLLAMA_CPU_URL=http://127.0.0.1:{cpu}" in r.out
+    assert "loginctl enable-linger" in r.out
+
+    # A changed unit file is rewritten and its running server restarted.
+    cpu_unit = host.unit_dir / "ollama-cpu@.service"
+    cpu_unit.write_text(cpu_unit.read_text().replace("RestartSec=3", "RestartSec=5"))
+    r2 = host.run(*args)
+    assert r2.rc == 0, r2.text
+    assert f"{cpu_unit}: updated" in r2.out
+    assert "RestartSec=3\n" in cpu_unit.read_text()
+    assert f"--user restart ollama-cpu@{cpu}.service" in r2.calls
+    assert f"--user start ollama-gpu@{gpu}.service" in r2.calls
+
+
+def test_wait_times_out_with_a_pointer_to_the_journal(host: Host) -> None:
+    gpu, cpu = free_ports(2)
+    r = host.run(
+        "--unit-dir",
+        str(host.unit_dir),
+        "--gpu-port",
+        str(gpu),
+        "--cpu-port",
+        str(cpu),
+        "--wait-timeout",
+        "1",
+        FAKE_IS_ACTIVE="3",
+    )
+    assert r.rc == 6, r.text
+    assert "no answer from GET /api/version within 1s" in r.err
+    assert f"journalctl --user -u ollama-cpu@{cpu}" in r.err
+    assert 1 <= r.seconds < 10
+
+
+def test_port_taken_by_another_server_exits_7(host: Host, stub_ports: tuple[int, int]) -> None:
+    # Our unit is not active, yet the port answers: the system ollama.service, say.
+    _, cpu = stub_ports
+    r = host.run("--unit-dir", str(host.unit_dir), "--cpu-port", str(cpu), FAKE_IS_ACTIVE="3")
+    assert r.rc == 7, r.text
+    assert "already taken by an Ollama server" in r.err
+    assert "--gpu no" in r.err
+    assert not any(c.split()[1] in {"start", "restart"} for c in r.calls)
+
+
+def test_systemctl_failure_exits_5(host: Host) -> None:
+    r = host.run("--unit-dir", str(host.unit_dir), "--no-start", FAKE_FAIL="enable")
+    assert r.rc == 5, r.text
+    assert "'systemctl --user enable ollama-cpu@11435.service' failed" in r.err
+
+
+# ---------------------------------------------------------------- missing pieces
+
+
+def test_missing_ollama_exits_3_before_writing(host: Host) -> None:
+    host.remove("ollama")
+    r = host.run("--unit-dir", str(host.unit_dir))
+    assert r.rc == 3, r.text
+    assert "ollama is not installed" in r.err
+    assert "https://ollama.com/install.sh" in r.err
+    assert "--ollama-bin" in r.err
+    assert not host.unit_dir.exists()
+    assert mutating(r.calls) == []
+
+    r = host.run("--dry-run", "--ollama-bin", str(host.root / "nope"))
+    assert r.rc == 3
+    assert "is not an executable file" in r.err
+
+
+@pytest.mark.parametrize("no_bus", ["no user bus", "no systemctl"])
+def test_without_a_user_service_manager_exits_4_before_writing(host: Host, no_bus: str) -> None:
+    if no_bus == "no systemctl":
+        host.remove("systemctl")
+        expected = "systemctl is not installed"
+    else:
+        host.env["FAKE_USER_BUS"] = "0"
+        expected = "Failed to connect to bus: No medium found"
+    for args in ((), ("--no-start",), ("--unit-dir", str(host.unit_dir))):
+        r = host.run(*args)
+        assert r.rc == 4, (args, r.text)
+        assert "cannot reach your user service manager" in r.err
+        assert expected in r.err
+        assert "--dry-run" in r.err
+        assert not host.home.exists() and not host.unit_dir.exists()
+        assert mutating(r.calls) == []
+
+
+# ---------------------------------------------------------------- the closing hint
+
+
+def test_closing_hint_names_the_check_command_that_exists(host: Host) -> None:
+    r = host.run("--dry-run")
+    assert "pip install langchain-contextharbor" in r.out
+
+    host.python_with_package()
+    r = host.run("--dry-run")
+    assert "Check the setup with: python3 -m langchain_contextharbor check" in r.out
+
+    host.fake("contextharbor", "exit 0")
+    r = host.run("--dry-run")
+    assert "Check the setup with: contextharbor check" in r.out
