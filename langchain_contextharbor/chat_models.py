@@ -759,6 +759,7 @@ class HybridChatOllama(BaseChatModel):
         constrains decoding); ``function_calling`` binds the schema as the only tool;
         ``json_mode`` sends ``format="json"`` (describe the shape in the prompt).
         """
+        kwargs.pop("strict", None)  # Ollama's format is always enforced; nothing to relax
         if kwargs:
             raise ValueError(f"unsupported arguments: {sorted(kwargs)}")
         is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
@@ -781,10 +782,11 @@ class HybridChatOllama(BaseChatModel):
         elif method == "json_schema":
             if schema is None:
                 raise ValueError("schema is required for method='json_schema'")
-            json_schema = (schema.model_json_schema() if is_pydantic  # type: ignore[union-attr]
+            json_schema = (schema.model_json_schema()  # type: ignore[union-attr]
+                           if is_pydantic and hasattr(schema, "model_json_schema")
                            else convert_to_json_schema(schema))
             llm = self.bind(format=json_schema, ls_structured_output_format={
-                "kwargs": {"method": method}, "schema": json_schema})
+                "kwargs": {"method": method}, "schema": convert_to_json_schema(schema)})
             parser = _pydantic_parser(schema) if is_pydantic else JsonOutputParser()
         else:
             raise ValueError(f"unknown method {method!r}; use json_schema, function_calling "
