@@ -32,6 +32,7 @@ import socketserver
 import string
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -161,7 +162,8 @@ class StandInConfig:
     more wait for a slot and any beyond get Ollama's 503. ``keep_alive`` (seconds, negative =
     forever) is the default residency after a request. ``hang_cap`` bounds every injected hang
     so nothing can block forever. ``available_memory`` is the "available" figure of the OOM
-    fault's text (0 = a third of what the model needs).
+    fault's text (0 = a third of what the model needs). ``max_log`` bounds the request log
+    (oldest entries are dropped), so a long-running CLI instance does not grow without end.
     """
 
     name: str = "ollama"
@@ -179,6 +181,7 @@ class StandInConfig:
     num_ctx: int = DEFAULT_NUM_CTX
     hang_cap: float = 60.0
     available_memory: int = 0
+    max_log: int = 10_000
     engine: Engine | None = None
 
 
@@ -611,7 +614,7 @@ class OllamaStandIn:
         for name in cfg.loaded:
             self.set_loaded(name)
         self._faults = FaultTable()
-        self._log: list[RequestRecord] = []
+        self._log: deque[RequestRecord] = deque(maxlen=max(1, cfg.max_log))
         self._log_lock = threading.Lock()
         self._slots = threading.Condition()
         self._active = 0
@@ -980,8 +983,7 @@ class OllamaStandIn:
         if rule is not None and rule.fault is Fault.ACCEPT_HANG:
             ex.rule = None
             ex.record.fault = rule.fault
-            ex.hang(rule)
-            ex.abort()
+            ex.hang(rule)  # released by clear_faults(): answer normally, like the other hangs
         if rule is not None and rule.fault.is_error_response:
             ex.rule = None
             ex.record.fault = rule.fault

@@ -9,23 +9,11 @@ import pytest
 
 from langchain_contextharbor import BackendConfig, HybridChatOllama, Timeouts
 from langchain_contextharbor.testing import OllamaStandIn, StandInModel
+from langchain_contextharbor.testing.clock import FakeClock
 from langchain_contextharbor.testing.pytest_plugin import StandInFactory
 
 MODEL = "llama3.2:1b"
 OVERRIDE_MODEL = "qwen2.5:0.5b"
-
-
-class FakeClock:
-    """A monotonic clock the test moves by hand: breakers and caches never need sleep."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

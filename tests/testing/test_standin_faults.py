@@ -300,3 +300,19 @@ def test_finite_hang_resumes(srv: OllamaStandIn) -> None:
     t0 = time.monotonic()
     out = chat_model(srv, timeout=5).invoke("x")
     assert time.monotonic() - t0 >= 0.2 and "from gpu" in str(out.content)
+
+
+def test_clear_faults_releases_accept_hang(srv: OllamaStandIn) -> None:
+    srv.inject(Fault.ACCEPT_HANG)
+    result: list[int] = []
+    worker = threading.Thread(
+        target=lambda: result.append(httpx.get(srv.url + "/api/version", timeout=10).status_code)
+    )
+    worker.start()
+    deadline = time.monotonic() + 5
+    while not srv.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert srv.requests[-1].status is None  # accepted, unanswered
+    srv.clear_faults()
+    worker.join(5)
+    assert result == [200]

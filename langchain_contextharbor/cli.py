@@ -1,0 +1,290 @@
+"""``contextharbor``: look at the Ollama servers the router uses, from a shell.
+
+Why a CLI: after setting up a GPU and a CPU server, the first questions are "are both up,
+is the model loaded on the GPU or spilled to the CPU, which models exist on only one of
+them, and where would my model go" - and they must be answerable by a script (``--json``,
+exit codes) without writing Python. The commands are thin printers over the public helpers
+of :mod:`langchain_contextharbor.health`, so they report what the chat model sees.
+
+The original ``hybrid_router.py --check`` / ``--models`` flags still work and still print
+JSON, so scripts written for it keep working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from langchain_contextharbor import (
+    BackendHealth,
+    ConfigurationError,
+    __version__,
+    check_backends,
+    health_report,
+    list_models,
+    models_on_one_backend,
+    preview_route,
+)
+
+__all__ = [
+    "EXIT_ALL_DOWN",
+    "EXIT_CONFIG",
+    "EXIT_DEGRADED",
+    "EXIT_INTERRUPTED",
+    "EXIT_NO_ROUTE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+]
+
+EXIT_OK = 0
+EXIT_CONFIG = 1
+EXIT_USAGE = 2  # argparse's own code for a usage error
+EXIT_DEGRADED = 3
+EXIT_ALL_DOWN = 4
+EXIT_NO_ROUTE = 5
+EXIT_INTERRUPTED = 130
+
+_EPILOG = f"""\
+configuration:
+  OLLAMA_GPU_URL  GPU server (default http://127.0.0.1:11434); empty disables it
+  OLLAMA_CPU_URL  CPU server (default http://127.0.0.1:11435); empty disables it
+  --gpu-url / --cpu-url override them. Credentials in URLs are never printed.
+
+exit codes:
+  {EXIT_OK}    every configured backend is healthy (route: a backend can serve the model)
+  {EXIT_CONFIG}    configuration error (bad URL, no backend configured)
+  {EXIT_USAGE}    usage error (bad command line)
+  {EXIT_DEGRADED}    some backends are down (the others answered)
+  {EXIT_ALL_DOWN}    every configured backend is down
+  {EXIT_NO_ROUTE}    route: no backend can serve the model
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+"""
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed so ``--help`` can be tested and documented)."""
+    # Shared options, accepted before or after the subcommand. SUPPRESS as default keeps a
+    # subparser from overwriting a value given before the subcommand with its own default.
+    common = argparse.ArgumentParser(add_help=False)
+    opts = common.add_argument_group("common options")
+    opts.add_argument("--gpu-url", metavar="URL", default=argparse.SUPPRESS,
+                      help="GPU server URL (overrides OLLAMA_GPU_URL; '' disables it)")
+    opts.add_argument("--cpu-url", metavar="URL", default=argparse.SUPPRESS,
+                      help="CPU server URL (overrides OLLAMA_CPU_URL; '' disables it)")
+    opts.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=argparse.SUPPRESS,
+                      help="probe timeout per server (default 1.5); nothing waits longer")
+    opts.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                      help="print JSON instead of a table")
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="contextharbor", parents=[common], formatter_class=fmt, epilog=_EPILOG,
+        description="Check the Ollama servers langchain-contextharbor routes across, list "
+                    "their models, and show where a model would be routed.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    legacy = parser.add_mutually_exclusive_group()
+    legacy.add_argument("--check", dest="legacy", action="store_const", const="check",
+                        help="the original script's flag: same as 'check --json'")
+    legacy.add_argument("--models", dest="legacy", action="store_const", const="models",
+                        help="the original script's flag: same as 'models --json'")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser(
+        "check", parents=[common], formatter_class=fmt, epilog=_EPILOG,
+        help="health of each server: status, version, latency, memory, loaded models",
+        description="Probe each configured server (/api/version, /api/tags, /api/ps) and "
+                    "report its status, Ollama version, probe latency, memory and the loaded "
+                    "models with their GPU/CPU split.")
+    p_models = sub.add_parser(
+        "models", parents=[common], formatter_class=fmt, epilog=_EPILOG,
+        help="models per server; marks models only one server has (no fallback)",
+        description="List the models of each server. A model that only one answering "
+                    "server has is marked: if that server fails, there is no fallback.")
+    p_models.add_argument("--detail", action="store_true",
+                          help="with --json: per-model detail instead of the original "
+                               "{backend: [models]} shape")
+    p_route = sub.add_parser(
+        "route", parents=[common], formatter_class=fmt, epilog=_EPILOG,
+        help="where a call for MODEL would go now, with every reason",
+        description="Probe the servers, then show the ordered candidates for a call to "
+                    "MODEL with the reason for each position and for each skipped server.")
+    p_route.add_argument("model", metavar="MODEL", help="model tag, e.g. llama3.1:8b")
+    p_route.add_argument("--num-ctx", type=_positive_int, metavar="N",
+                         help="context size of the call (default: the model's 4096)")
+    return parser
+
+
+# ---------------------------------------------------------------------------- printing
+def _gb(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f} GiB"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in rows]
+
+
+def _memory(h: BackendHealth) -> str:
+    if h.max_memory_gb is None and h.free_memory_gb is None:
+        return "unknown"
+    parts = []
+    if h.max_memory_gb is not None:
+        parts.append(f"{_gb(h.max_memory_gb)} total")
+    if h.free_memory_gb is not None:
+        parts.append(f"{_gb(h.free_memory_gb)} free")
+    return ", ".join(parts)
+
+
+def _print_check(healths: Sequence[BackendHealth], out: TextIO) -> None:
+    rows = [("BACKEND", "KIND", "STATUS", "VERSION", "LATENCY", "MEMORY", "URL")]
+    rows += [(h.name, h.kind, h.status, h.version or "-", f"{h.latency_ms:.0f} ms",
+              _memory(h), h.url) for h in healths]
+    header, *lines = _table(rows)
+    print(header, file=out)
+    for h, line in zip(healths, lines, strict=True):
+        print(line, file=out)
+        if not h.healthy:
+            print(f"    error: {h.error}", file=out)
+            continue
+        if h.memory_source != "unknown":
+            print(f"    memory source: {h.memory_source}", file=out)
+        if not h.loaded:
+            print(f"    loaded: none ({len(h.models or ())} models available)", file=out)
+        for m in h.loaded:
+            ctx = f", ctx {m.context_length}" if m.context_length else ""
+            print(f"    loaded: {m.name}  {m.placement}  ({_gb(m.size / 1024**3)}{ctx})",
+                  file=out)
+    up = sum(h.healthy for h in healths)
+    print(f"{up}/{len(healths)} backends healthy", file=out)
+
+
+def _print_models(healths: Sequence[BackendHealth], out: TextIO) -> None:
+    only = models_on_one_backend(healths)
+    names = sorted({m for h in healths for m in (h.models or ())})
+    rows: list[tuple[str, ...]] = [("MODEL", *(h.name for h in healths), "")]
+    for m in names:
+        cells = ["yes" if m in (h.models or ()) else ("?" if h.models is None else "-")
+                 for h in healths]
+        note = f"* only on {only[m]}: no fallback" if m in only else ""
+        rows.append((m, *cells, note))
+    for line in _table(rows):
+        print(line, file=out)
+    if not names:
+        print("(no models listed)", file=out)
+    for h in healths:
+        if h.models is None:
+            print(f"{h.name}: down, its models are unknown ({h.error})", file=out)
+    if only:
+        print(f"{len(only)} model(s) on one backend only (marked *): a failure there "
+              "cannot fall back", file=out)
+
+
+def _models_detail(healths: Sequence[BackendHealth]) -> dict[str, Any]:
+    only = models_on_one_backend(healths)
+    names = sorted({m for h in healths for m in (h.models or ())})
+    loaded = {(h.name, m.name): m.placement for h in healths for m in h.loaded}
+    return {
+        "backends": {h.name: {"status": h.status, "url": h.url, "is_gpu": h.is_gpu,
+                              "error": h.error,
+                              "models": None if h.models is None else list(h.models)}
+                     for h in healths},
+        "models": {m: {"backends": [h.name for h in healths if m in (h.models or ())],
+                       "only_on": only.get(m),
+                       "loaded": {h.name: loaded[(h.name, m)] for h in healths
+                                  if (h.name, m) in loaded}}
+                   for m in names},
+    }
+
+
+def _health_exit(healths: Sequence[BackendHealth]) -> int:
+    up = sum(h.healthy for h in healths)
+    if up == len(healths):
+        return EXIT_OK
+    return EXIT_ALL_DOWN if up == 0 else EXIT_DEGRADED
+
+
+def _dump(obj: Any, out: TextIO) -> None:
+    print(json.dumps(obj, indent=2), file=out)
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (the console script passes it to ``sys.exit``)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: keep argparse's codes
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    command = args.command
+    as_json = bool(getattr(args, "json", False))
+    if args.legacy is not None:
+        if command is not None:
+            parser.print_usage(sys.stderr)
+            print(f"contextharbor: error: --{args.legacy} cannot be combined with the "
+                  f"'{command}' command", file=sys.stderr)
+            return EXIT_USAGE
+        command, as_json = args.legacy, True
+    if command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    config = {"gpu_url": getattr(args, "gpu_url", None),
+              "cpu_url": getattr(args, "cpu_url", None),
+              "timeout": getattr(args, "timeout", None)}
+    out = sys.stdout
+    try:
+        if command == "route":
+            plan = preview_route(args.model, num_ctx=args.num_ctx, **config)
+            if as_json:
+                _dump(plan.as_dict(), out)
+            else:
+                print(plan.explain(), file=out)
+            return EXIT_OK if plan.candidates else EXIT_NO_ROUTE
+        healths = check_backends(**config)
+        if command == "check":
+            if as_json:
+                _dump(health_report(healths), out)
+            else:
+                _print_check(healths, out)
+        elif as_json:
+            _dump(_models_detail(healths) if getattr(args, "detail", False) else list_models(healths=healths),
+                  out)
+        else:
+            _print_models(healths, out)
+        return _health_exit(healths)
+    except ConfigurationError as exc:
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"contextharbor: error: {message}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("contextharbor: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m langchain_contextharbor.cli`
+    sys.exit(main())
