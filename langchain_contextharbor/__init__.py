@@ -25,6 +25,15 @@ from langchain_contextharbor.errors import (
     SkipRecord,
     StreamInterruptedError,
 )
+from langchain_contextharbor.health import (
+    BackendHealth,
+    check_backends,
+    health_report,
+    list_models,
+    models_on_one_backend,
+    preview_route,
+    resolve_backends,
+)
 from langchain_contextharbor.routing import (
     BackendSnapshot,
     Candidate,
@@ -35,6 +44,7 @@ from langchain_contextharbor.routing import (
     plan_route,
 )
 from langchain_contextharbor.sizing import DEFAULT_MODEL_SIZES
+from langchain_contextharbor.smart import get_default_model, reset_default_model, smart_chat
 
 __version__ = "0.1.0"
 
@@ -45,6 +55,7 @@ __all__ = [
     "AllBackendsFailedError",
     "AttemptRecord",
     "BackendConfig",
+    "BackendHealth",
     "BackendSnapshot",
     "BreakerPolicy",
     "Candidate",
@@ -66,7 +77,16 @@ __all__ = [
     "Timeouts",
     "__version__",
     "backends_from_env",
+    "check_backends",
     "classify_exception",
+    "get_default_model",
+    "health_report",
+    "list_models",
+    "models_on_one_backend",
     "plan_route",
+    "preview_route",
     "redact_url",
+    "reset_default_model",
+    "resolve_backends",
+    "smart_chat",
 ]

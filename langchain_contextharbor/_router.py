@@ -184,7 +184,7 @@ class Router:
         if schedule_refresh and self.background_probes:
             self._schedule_stale(now, key)
         with self._lock:
-            snaps, tags_size, arch = self._snapshots(key, now)
+            snaps, tags_size, arch = self._snapshots(key, num_ctx, now)
         weights = estimate_model_bytes(
             model, sizes=sizes, tags_size=tags_size,
             parameter_count=arch.parameter_count if arch else None)
@@ -195,7 +195,7 @@ class Router:
         return plan_route(req, snaps, policy)
 
     def _snapshots(
-        self, key: str, now: float
+        self, key: str, num_ctx: int, now: float
     ) -> tuple[list[BackendSnapshot], int | None, ArchInfo | None]:
         snaps: list[BackendSnapshot] = []
         tags_size: int | None = None
@@ -229,7 +229,7 @@ class Router:
             free, source = self._capacity(cfg, p)
             oom_reason = None
             mark = b.oom.get(key)
-            if mark is not None and now < mark[1]:
+            if mark is not None and now < mark[1] and num_ctx >= mark[0]:
                 oom_reason = f"num_ctx >= {mark[0]}: {mark[2]}"
             br = b.breaker
             retry_at = br.retry_at()

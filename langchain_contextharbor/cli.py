@@ -272,8 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 _print_check(healths, out)
         elif as_json:
-            _dump(_models_detail(healths) if getattr(args, "detail", False) else list_models(healths=healths),
-                  out)
+            detail = bool(getattr(args, "detail", False))
+            _dump(_models_detail(healths) if detail else list_models(healths=healths), out)
         else:
             _print_models(healths, out)
         return _health_exit(healths)

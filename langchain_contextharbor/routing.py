@@ -12,7 +12,8 @@ The order of preference, most important first:
 2. demote a backend where this model at this context size ran out of memory recently;
 3. demote a backend whose known capacity cannot hold the request (weights + KV cache
    + overhead, counting memory the model already holds there);
-4. with spill-over on, demote a saturated backend (in-flight >= max_parallel);
+4. with spill-over on, demote a saturated backend (in-flight >= max_parallel), by how many
+   requests per slot a new one would queue behind;
 5. the preferred tier: GPU first when the request fits the GPU (capacity known) or,
    capacity unknown, when the weights are below the size threshold; CPU first otherwise;
 6. within a tier (or across tiers with ``prefer_warm``), prefer the backend that has the
@@ -230,7 +231,7 @@ def plan_route(
                     f"{format_bytes(policy.size_threshold_bytes)}")
 
     any_free_slot = any(b.in_flight < b.max_parallel for b in usable)
-    scored: list[tuple[tuple[int, ...], BackendSnapshot, list[str]]] = []
+    scored: list[tuple[tuple[float, ...], BackendSnapshot, list[str]]] = []
     for b in usable:
         reasons: list[str] = []
         oom = 1 if b.oom_reason else 0
@@ -248,13 +249,16 @@ def plan_route(
         else:
             reasons.append("capacity unknown")
         saturated = b.in_flight >= b.max_parallel
-        sat = 1 if (policy.spillover and saturated and any_free_slot) else 0
+        # Queue depth per slot a new request would wait behind (0 with a free slot).
+        sat = (b.in_flight - b.max_parallel + 1) / b.max_parallel \
+            if (policy.spillover and saturated) else 0.0
         load = f"{b.in_flight}/{b.max_parallel} in flight"
-        if sat:
+        if sat and any_free_slot:
             reasons.append(f"demoted: saturated ({load}), spilling over")
+        elif sat:
+            reasons.append(f"saturated ({load}); every backend is, least queued first")
         elif saturated:
-            reasons.append(f"saturated ({load}), will queue" if not policy.spillover
-                           else f"saturated ({load}), every backend is")
+            reasons.append(f"saturated ({load}), will queue (spill-over off)")
         else:
             reasons.append(load)
         tier_rank = 0 if b.kind == tier else 1
