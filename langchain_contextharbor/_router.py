@@ -156,6 +156,9 @@ class Router:
         self._nvml_arg = nvml
         self._nvml_reader: Any = None
         self._host_memory = host_memory
+        self._version = 0
+        """Bumped on every change of what plans depend on (plans are cached per version)."""
+        self._plan_cache: dict[tuple[Any, ...], tuple[float, RoutePlan]] = {}
 
     # ------------------------------------------------------------------ access
     @property
@@ -179,35 +182,56 @@ class Router:
         policy: RoutePolicy,
         schedule_refresh: bool = True,
     ) -> RoutePlan:
+        """Plan a call. Plans are cached until the router's state changes (a probe, a
+        failure, a breaker transition, a change of in-flight counts or of the size table) or
+        a time-dependent fact expires, so the hot path usually costs one dict lookup."""
         now = self.clock()
         key = normalize_model_name(model)
         if schedule_refresh and self.background_probes:
             self._schedule_stale(now, key)
+        ck = (model, num_ctx, policy, tuple(sizes.items()), self._version,
+              tuple(b.in_flight for b in self._backends))
+        try:
+            hit = self._plan_cache.get(ck)
+        except TypeError:  # an unhashable value in the size table: estimate raises below
+            ck, hit = (), None
+        if hit is not None and now < hit[0]:
+            return hit[1]
         with self._lock:
-            snaps, tags_size, arch = self._snapshots(key, num_ctx, now)
+            snaps, tags_size, arch, valid_until = self._snapshots(key, num_ctx, now)
         weights = estimate_model_bytes(
             model, sizes=sizes, tags_size=tags_size,
-            parameter_count=arch.parameter_count if arch else None)
-        parallel = 1
-        foot = estimate_request_bytes(weights, num_ctx=num_ctx, arch=arch, parallel=parallel)
+            parameter_count=arch.parameter_count if arch else None,
+            quantization=arch.quantization if arch else None)
+        foot = estimate_request_bytes(weights, num_ctx=num_ctx, arch=arch)
         req = RouteRequest(model, num_ctx, weights.bytes, foot.total_bytes, weights.detail,
                            foot.describe())
-        return plan_route(req, snaps, policy)
+        plan = plan_route(req, snaps, policy)
+        if ck:
+            if len(self._plan_cache) > 512:
+                self._plan_cache.clear()
+            self._plan_cache[ck] = (valid_until, plan)
+        return plan
 
     def _snapshots(
         self, key: str, num_ctx: int, now: float
-    ) -> tuple[list[BackendSnapshot], int | None, ArchInfo | None]:
+    ) -> tuple[list[BackendSnapshot], int | None, ArchInfo | None, float]:
+        """Snapshots of every backend, plus the time until which they stay true."""
         snaps: list[BackendSnapshot] = []
+        valid_until = float("inf")
         tags_size: int | None = None
         arch: ArchInfo | None = None
         stale_after = self.probe_ttl * 3
         for b in self._backends:
             cfg = b.config
             p = b.probe if (b.probe and now - b.probe.at <= stale_after) else None
+            if p is not None:
+                valid_until = min(valid_until, p.at + stale_after)
             has_model: bool | None = None
             model_reason = None
             until = b.missing.get(key)
             if until is not None and now < until:
+                valid_until = min(valid_until, until)
                 has_model = False
                 model_reason = f"model {key!r} not found here (404, remembered {until - now:.0f}s)"
             elif p is not None and p.ok and p.models is not None:
@@ -229,10 +253,14 @@ class Router:
             free, source = self._capacity(cfg, p)
             oom_reason = None
             mark = b.oom.get(key)
+            if mark is not None and now < mark[1]:
+                valid_until = min(valid_until, mark[1])
             if mark is not None and now < mark[1] and num_ctx >= mark[0]:
                 oom_reason = f"num_ctx >= {mark[0]}: {mark[2]}"
             br = b.breaker
             retry_at = br.retry_at()
+            if retry_at is not None and now < retry_at:
+                valid_until = min(valid_until, retry_at)
             snaps.append(BackendSnapshot(
                 name=cfg.name, kind=cfg.kind, url=cfg.safe_url, index=b.index,
                 priority=cfg.priority, max_parallel=cfg.max_parallel, in_flight=b.in_flight,
@@ -244,7 +272,7 @@ class Router:
                 evictable_bytes=evictable, free_bytes=free, capacity_source=source,
                 oom_reason=oom_reason,
             ))
-        return snaps, tags_size, arch
+        return snaps, tags_size, arch, valid_until
 
     def _capacity(self, cfg: BackendConfig, p: ProbeResult | None) -> tuple[int | None, str]:
         if cfg.max_memory_gb is not None:
@@ -266,8 +294,11 @@ class Router:
         """Reserve a call on ``name`` (breaker permitting) and count it in flight."""
         b = self._by_name[name]
         with self._lock:
+            before = b.breaker.state
             if not b.breaker.acquire(self.clock()):
                 return False
+            if b.breaker.state != before:
+                self._version += 1
             b.in_flight += 1
             b.stats.requests += 1
             return True
@@ -276,11 +307,16 @@ class Router:
         b = self._by_name[name]
         with self._lock:
             b.in_flight -= 1
+            before = b.breaker.state
             b.breaker.release()
+            if b.breaker.state != before:
+                self._version += 1
 
     def record_success(self, name: str, latency: float, ttft: float | None) -> None:
         b = self._by_name[name]
         with self._lock:
+            if b.breaker.state != "closed" or b.breaker.failures:
+                self._version += 1
             b.breaker.record_success()
             b.stats.successes += 1
             b.stats.latency.add(latency)
@@ -295,6 +331,7 @@ class Router:
         now = self.clock()
         key = normalize_model_name(model)
         with self._lock:
+            self._version += 1
             b.stats.failures[c.category.value] += 1
             if fell_back:
                 b.stats.fallbacks += 1
@@ -376,6 +413,7 @@ class Router:
         with self._lock:
             b.probe = res
             b.probe_future = None
+            self._version += 1
         if res.ok:
             logger.debug("probe %s ok in %.1f ms: %d models, %d loaded", b.config.name,
                          res.latency_ms, len(res.models or {}), len(res.loaded or {}))
@@ -416,6 +454,7 @@ class Router:
         with self._lock:
             b.shows[key] = (self.clock(), arch)
             b.show_futures.pop(key, None)
+            self._version += 1
         return arch
 
     def refresh(self, model: str | None = None) -> dict[str, ProbeResult]:

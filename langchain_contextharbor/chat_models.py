@@ -391,12 +391,11 @@ class HybridChatOllama(BaseChatModel):
             request = {**request, "options": {**request.get("options", {}),
                                               "num_ctx": request.pop("num_ctx")}}
         try:
-            sizes = validate_model_sizes(self.model_sizes)
-        except ValueError as exc:
+            return self._router.plan(
+                model or self.model, num_ctx=self._num_ctx(request), sizes=self.model_sizes,
+                policy=self._policy())
+        except ValueError as exc:  # a bad value put into model_sizes after construction
             raise ConfigurationError(str(exc)) from None
-        return self._router.plan(
-            model or self.model, num_ctx=self._num_ctx(request), sizes=sizes,
-            policy=self._policy())
 
     def _select_backend(self, name: str | None = None) -> tuple[str | None, str | None]:
         """The design's ``(primary, fallback)`` pair of backend URLs (credentials removed)."""

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -87,6 +88,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _para(text: str) -> str:
+    """Wrap a description (the raw formatter keeps the epilog's layout but wraps nothing)."""
+    return textwrap.fill(text, width=79)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed so ``--help`` can be tested and documented)."""
     # Shared options, accepted before or after the subcommand. SUPPRESS as default keeps a
@@ -105,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="contextharbor", parents=[common], formatter_class=fmt, epilog=_EPILOG,
-        description="Check the Ollama servers langchain-contextharbor routes across, list "
-                    "their models, and show where a model would be routed.")
+        description=_para("Check the Ollama servers langchain-contextharbor routes across, list "
+                    "their models, and show where a model would be routed."))
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     legacy = parser.add_mutually_exclusive_group()
     legacy.add_argument("--check", dest="legacy", action="store_const", const="check",
@@ -117,25 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "check", parents=[common], formatter_class=fmt, epilog=_EPILOG,
         help="health of each server: status, version, latency, memory, loaded models",
-        description="Probe each configured server (/api/version, /api/tags, /api/ps) and "
+        description=_para("Probe each configured server (/api/version, /api/tags, /api/ps) and "
                     "report its status, Ollama version, probe latency, memory and the loaded "
-                    "models with their GPU/CPU split.")
+                    "models with their GPU/CPU split."))
     p_models = sub.add_parser(
         "models", parents=[common], formatter_class=fmt, epilog=_EPILOG,
         help="models per server; marks models only one server has (no fallback)",
-        description="List the models of each server. A model that only one answering "
-                    "server has is marked: if that server fails, there is no fallback.")
+        description=_para("List the models of each server. A model that only one answering "
+                    "server has is marked: if that server fails, there is no fallback."))
     p_models.add_argument("--detail", action="store_true",
                           help="with --json: per-model detail instead of the original "
                                "{backend: [models]} shape")
     p_route = sub.add_parser(
         "route", parents=[common], formatter_class=fmt, epilog=_EPILOG,
         help="where a call for MODEL would go now, with every reason",
-        description="Probe the servers, then show the ordered candidates for a call to "
-                    "MODEL with the reason for each position and for each skipped server.")
+        description=_para("Probe the servers, then show the ordered candidates for a call to "
+                    "MODEL with the reason for each position and for each skipped server."))
     p_route.add_argument("model", metavar="MODEL", help="model tag, e.g. llama3.1:8b")
     p_route.add_argument("--num-ctx", type=_positive_int, metavar="N",
-                         help="context size of the call (default: the model's 4096)")
+                         help="context size of the call (default 4096, Ollama's default)")
     return parser
 
 

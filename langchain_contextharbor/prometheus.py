@@ -57,6 +57,7 @@ Models = HybridChatOllama | Sequence[HybridChatOllama] | Mapping[str, HybridChat
 def _prometheus() -> Any:
     try:
         import prometheus_client
+        import prometheus_client.core
     except ImportError as exc:
         raise ImportError(_INSTALL_HINT) from exc
     return prometheus_client

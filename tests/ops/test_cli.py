@@ -226,7 +226,7 @@ def test_bad_configuration_is_one_line_and_exit_1(
      ["route", SMALL, "--num-ctx", "-1"], ["frobnicate"], ["--check", "models"], []],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, *argv)
+    code, _out, err = run(capsys, *argv)
     assert code == EXIT_USAGE
     assert "usage: contextharbor" in err and "Traceback" not in err
 

@@ -70,7 +70,7 @@ async def test_langchain_messages_and_a_plain_string(
 async def test_one_default_instance_serves_every_model(
     pair: tuple[OllamaStandIn, OllamaStandIn],
 ) -> None:
-    gpu, cpu = pair
+    _, cpu = pair
     first = await smart_chat(SMALL, [{"role": "user", "content": "one"}])
     llm = get_default_model()
     # CPU_ONLY is not on the GPU server: the GPU's 404 fails over to the CPU invisibly.

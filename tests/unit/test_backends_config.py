@@ -54,6 +54,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --------------------------------------------------------------------------- validate_base_url
 
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
@@ -123,7 +124,8 @@ def test_validate_base_url_names_what() -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="BUG: validate_base_url relies on httpx.URL, which accepts ports outside 1..65535 "
-    "(99999, 0, -1) and a space in the host; these are accepted as valid base URLs")
+    "(99999, 0, -1) and a space in the host; these are accepted as valid base URLs",
+)
 def test_validate_base_url_rejects_bad_port_and_host(url: str) -> None:
     with pytest.raises(ConfigurationError) as info:
         validate_base_url(url)
@@ -133,7 +135,8 @@ def test_validate_base_url_rejects_bad_port_and_host(url: str) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="BUG: a password containing '/' is not redacted in validate_base_url's message "
-    "(redact_url splits the authority at the first '/')")
+    "(redact_url splits the authority at the first '/')",
+)
 def test_validate_base_url_never_leaks_a_password_with_a_slash() -> None:
     with pytest.raises(ConfigurationError) as info:
         validate_base_url("http://admin:pa/ss-" + SECRET + "@host:11434")
@@ -141,6 +144,7 @@ def test_validate_base_url_never_leaks_a_password_with_a_slash() -> None:
 
 
 # --------------------------------------------------------------------------------- redact_url
+
 
 @pytest.mark.parametrize(
     ("url", "expected"),
@@ -167,17 +171,35 @@ def test_validate_base_url_never_leaks_a_password_with_a_slash() -> None:
         (None, "<invalid url>"),
         (11434, "<invalid url>"),
         pytest.param(
-            f"http://admin:pa/{SECRET}@host:1", "http://***@host:1", id="slash-in-password",
-            marks=pytest.mark.xfail(strict=True, reason="BUG: redact_url finds the userinfo "
-                                    "only before the first '/', so 'pa/<secret>' leaks")),
+            f"http://admin:pa/{SECRET}@host:1",
+            "http://***@host:1",
+            id="slash-in-password",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="BUG: redact_url finds the userinfo "
+                "only before the first '/', so 'pa/<secret>' leaks",
+            ),
+        ),
         pytest.param(
-            f"//admin:{SECRET}@host:1", "//***@host:1", id="scheme-relative",
-            marks=pytest.mark.xfail(strict=True, reason="BUG: redact_url leaks credentials "
-                                    "of a scheme-relative URL (authority taken as '')")),
+            f"//admin:{SECRET}@host:1",
+            "//***@host:1",
+            id="scheme-relative",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="BUG: redact_url leaks credentials "
+                "of a scheme-relative URL (authority taken as '')",
+            ),
+        ),
         pytest.param(
-            f"http:/admin:{SECRET}@host:1", "http:/***@host:1", id="one-slash-typo",
-            marks=pytest.mark.xfail(strict=True, reason="BUG: redact_url leaks credentials "
-                                    "of 'http:/user:pw@host' (a one-slash typo)")),
+            f"http:/admin:{SECRET}@host:1",
+            "http:/***@host:1",
+            id="one-slash-typo",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="BUG: redact_url leaks credentials "
+                "of 'http:/user:pw@host' (a one-slash typo)",
+            ),
+        ),
     ],
 )
 def test_redact_url(url: Any, expected: str) -> None:
@@ -193,14 +215,24 @@ def test_redact_url_is_idempotent() -> None:
 
 # ------------------------------------------------------------------------------ BackendConfig
 
+
 def test_backend_config_defaults() -> None:
     b = BackendConfig(name=" gpu0 ", base_url="http://127.0.0.1:11434/")
     assert (b.name, b.base_url, b.kind, b.priority, b.max_parallel) == (
-        "gpu0", "http://127.0.0.1:11434", "gpu", 0, 1)
+        "gpu0",
+        "http://127.0.0.1:11434",
+        "gpu",
+        0,
+        1,
+    )
     assert (b.max_memory_gb, b.headers, b.verify, b.client_kwargs) == (None, {}, True, {})
     assert b.timeouts == Timeouts()
     assert (b.timeouts.connect, b.timeouts.first_token, b.timeouts.idle, b.timeouts.probe) == (
-        2.0, 120.0, 30.0, 1.5)
+        2.0,
+        120.0,
+        30.0,
+        1.5,
+    )
     assert b.is_gpu and b.is_local
     assert BackendConfig(name="c", base_url=DEFAULT_CPU_URL, kind="cpu").is_gpu is False
 
@@ -257,8 +289,15 @@ def test_backend_config_rejects(kwargs: dict[str, Any], match: str) -> None:
 
 
 def test_backend_config_accepts_other_client_kwargs() -> None:
-    b = BackendConfig(name="b", base_url="https://h", client_kwargs={"trust_env": False},
-                      verify="/etc/ssl/ca.pem", max_memory_gb=24, priority=-1, max_parallel=4)
+    b = BackendConfig(
+        name="b",
+        base_url="https://h",
+        client_kwargs={"trust_env": False},
+        verify="/etc/ssl/ca.pem",
+        max_memory_gb=24,
+        priority=-1,
+        max_parallel=4,
+    )
     assert b.client_kwargs == {"trust_env": False}
     assert b.max_memory_gb == 24.0 and isinstance(b.max_memory_gb, float)
 
@@ -266,17 +305,22 @@ def test_backend_config_accepts_other_client_kwargs() -> None:
 def test_backend_config_is_frozen() -> None:
     b = BackendConfig(name="b", base_url="http://h")
     with pytest.raises(pydantic.ValidationError):
-        b.name = "c"  # type: ignore[misc]
+        b.name = "c"
 
 
 def test_backend_config_repr_hides_password_and_headers() -> None:
     b = BackendConfig(
-        name="remote", base_url=f"https://admin:{SECRET}@gpu.example.com:11434",
-        headers={"Authorization": f"Bearer {TOKEN}"}, client_kwargs={"trust_env": False})
+        name="remote",
+        base_url=f"https://admin:{SECRET}@gpu.example.com:11434",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        client_kwargs={"trust_env": False},
+    )
     for text in (repr(b), str(b), f"{b}", f"{b!r}", repr([b]), str({"b": b}), b.safe_url):
         assert SECRET not in text and TOKEN not in text and "Authorization" not in text, text
-    assert repr(b) == ("BackendConfig(name='remote', base_url='https://***@gpu.example.com:11434', "
-                       "kind='gpu', priority=0, max_parallel=1)")
+    assert repr(b) == (
+        "BackendConfig(name='remote', base_url='https://***@gpu.example.com:11434', "
+        "kind='gpu', priority=0, max_parallel=1)"
+    )
     # the real values are kept for use
     assert SECRET in b.base_url and b.headers["Authorization"].endswith(TOKEN)
 
@@ -285,14 +329,17 @@ def test_backend_config_repr_hides_password_and_headers() -> None:
     "kwargs",
     [
         pytest.param({"base_url": f"http://admin:{SECRET}@host:abc"}, id="bad-url-password"),
-        pytest.param({"client_kwargs": {"timeout": 3},
-                      "headers": {"Authorization": f"Bearer {TOKEN}"}}, id="bad-kwargs-headers"),
+        pytest.param(
+            {"client_kwargs": {"timeout": 3}, "headers": {"Authorization": f"Bearer {TOKEN}"}},
+            id="bad-kwargs-headers",
+        ),
     ],
 )
 @pytest.mark.xfail(
     strict=True,
     reason="BUG: pydantic's ValidationError text includes input_value, i.e. the raw URL with "
-    "its password or the headers dict; BackendConfig should set hide_input_in_errors=True")
+    "its password or the headers dict; BackendConfig should set hide_input_in_errors=True",
+)
 def test_backend_config_errors_hide_credentials(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError) as info:
         BackendConfig(**{"name": "b", "base_url": "http://h", **kwargs})
@@ -300,6 +347,7 @@ def test_backend_config_errors_hide_credentials(kwargs: dict[str, Any]) -> None:
 
 
 # -------------------------------------------------------------------------- backends_from_env
+
 
 @pytest.mark.parametrize(
     ("env", "expected"),
@@ -309,8 +357,10 @@ def test_backend_config_errors_hide_credentials(kwargs: dict[str, Any]) -> None:
         ({"OLLAMA_CPU_URL": ""}, [("gpu", DEFAULT_GPU_URL, "gpu")]),
         ({"OLLAMA_CPU_URL": "   "}, [("gpu", DEFAULT_GPU_URL, "gpu")]),
         ({"OLLAMA_GPU_URL": "", "OLLAMA_CPU_URL": ""}, []),
-        ({"OLLAMA_GPU_URL": "http://10.0.0.2:11434/", "OLLAMA_CPU_URL": "https://cpu.lan"},
-         [("gpu", "http://10.0.0.2:11434", "gpu"), ("cpu", "https://cpu.lan", "cpu")]),
+        (
+            {"OLLAMA_GPU_URL": "http://10.0.0.2:11434/", "OLLAMA_CPU_URL": "https://cpu.lan"},
+            [("gpu", "http://10.0.0.2:11434", "gpu"), ("cpu", "https://cpu.lan", "cpu")],
+        ),
         ({"UNRELATED": "x"}, [("gpu", DEFAULT_GPU_URL, "gpu"), ("cpu", DEFAULT_CPU_URL, "cpu")]),
     ],
 )
@@ -320,13 +370,20 @@ def test_backends_from_env(env: dict[str, str], expected: list[tuple[str, str, s
 
 
 def test_defaults_are_loopback_ports() -> None:
-    assert (DEFAULT_GPU_URL, DEFAULT_CPU_URL) == ("http://127.0.0.1:11434", "http://127.0.0.1:11435")
+    assert (DEFAULT_GPU_URL, DEFAULT_CPU_URL) == (
+        "http://127.0.0.1:11434",
+        "http://127.0.0.1:11435",
+    )
 
 
 @pytest.mark.parametrize(
     ("env", "kwargs", "expected"),
     [
-        ({"OLLAMA_GPU_URL": "http://a:1"}, {"gpu_url": "http://b:2"}, ["http://b:2", DEFAULT_CPU_URL]),
+        (
+            {"OLLAMA_GPU_URL": "http://a:1"},
+            {"gpu_url": "http://b:2"},
+            ["http://b:2", DEFAULT_CPU_URL],
+        ),
         ({"OLLAMA_GPU_URL": "http://a:1"}, {"gpu_url": ""}, [DEFAULT_CPU_URL]),
         ({"OLLAMA_CPU_URL": ""}, {"cpu_url": "http://c:3"}, [DEFAULT_GPU_URL, "http://c:3"]),
         ({}, {"gpu_url": "", "cpu_url": ""}, []),
@@ -363,7 +420,8 @@ def test_backends_from_env_rejects_malformed(env: dict[str, str], match: str) ->
 @pytest.mark.xfail(
     strict=True,
     reason="BUG: backends_from_env embeds str(ValidationError), whose input_value shows the raw "
-    "URL, so the password leaks into the ConfigurationError message")
+    "URL, so the password leaks into the ConfigurationError message",
+)
 def test_backends_from_env_error_hides_password() -> None:
     with pytest.raises(ConfigurationError) as info:
         backends_from_env({"OLLAMA_GPU_URL": f"http://u:{SECRET}@h:abc"})
@@ -372,11 +430,14 @@ def test_backends_from_env_error_hides_password() -> None:
 
 # ---------------------------------------------------------------------------- coerce_backends
 
+
 def test_coerce_backends_mixed_items() -> None:
-    got = coerce_backends([
-        BackendConfig(name="a", base_url="http://a:1"),
-        {"name": "b", "base_url": "http://b:2", "kind": "cpu"},
-    ])
+    got = coerce_backends(
+        [
+            BackendConfig(name="a", base_url="http://a:1"),
+            {"name": "b", "base_url": "http://b:2", "kind": "cpu"},
+        ]
+    )
     assert [(b.name, b.kind) for b in got] == [("a", "gpu"), ("b", "cpu")]
     assert all(isinstance(b, BackendConfig) for b in got)
 
@@ -385,19 +446,33 @@ def test_coerce_backends_mixed_items() -> None:
     ("items", "match"),
     [
         ([], "no backend configured"),
-        ([{"name": "a", "base_url": "http://h:1"}, {"name": "a", "base_url": "http://h:2"}],
-         "duplicate backend name 'a'"),
-        ([{"name": "a", "base_url": "http://h:1"}, {"name": " a ", "base_url": "http://h:2"}],
-         "duplicate backend name 'a'"),
-        ([{"name": "a", "base_url": "http://h:1"}, {"name": "b", "base_url": "http://h:1/"}],
-         "backends 'a' and 'b' have the same URL 'http://h:1'"),
-        ([{"name": "a", "base_url": "http://h:1"}, {"name": "b", "base_url": "HTTP://H:1"}],
-         "same URL"),
-        ([{"name": "a", "base_url": f"http://u:{SECRET}@h:1"},
-          {"name": "b", "base_url": f"http://u:{SECRET}@h:1"}],
-         r"same URL 'http://\*\*\*@h:1'"),
-        ([{"name": "a", "base_url": "http://h:1"}, 42], "backends\\[1\\] must be a BackendConfig "
-         "or a dict, got int"),
+        (
+            [{"name": "a", "base_url": "http://h:1"}, {"name": "a", "base_url": "http://h:2"}],
+            "duplicate backend name 'a'",
+        ),
+        (
+            [{"name": "a", "base_url": "http://h:1"}, {"name": " a ", "base_url": "http://h:2"}],
+            "duplicate backend name 'a'",
+        ),
+        (
+            [{"name": "a", "base_url": "http://h:1"}, {"name": "b", "base_url": "http://h:1/"}],
+            "backends 'a' and 'b' have the same URL 'http://h:1'",
+        ),
+        (
+            [{"name": "a", "base_url": "http://h:1"}, {"name": "b", "base_url": "HTTP://H:1"}],
+            "same URL",
+        ),
+        (
+            [
+                {"name": "a", "base_url": f"http://u:{SECRET}@h:1"},
+                {"name": "b", "base_url": f"http://u:{SECRET}@h:1"},
+            ],
+            r"same URL 'http://\*\*\*@h:1'",
+        ),
+        (
+            [{"name": "a", "base_url": "http://h:1"}, 42],
+            "backends\\[1\\] must be a BackendConfig or a dict, got int",
+        ),
         (["http://h:1"], "backends\\[0\\] must be a BackendConfig or a dict, got str"),
         ([{"name": "a", "base_url": "ftp://x"}], "backends\\[0\\] is invalid"),
         ([{"name": "a"}], "backends\\[0\\] is invalid"),
@@ -412,7 +487,8 @@ def test_coerce_backends_rejects(items: list[Any], match: str) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="BUG: coerce_backends embeds str(ValidationError) (with input_value) in its message, "
-    "leaking a backend's URL password or headers")
+    "leaking a backend's URL password or headers",
+)
 def test_coerce_backends_error_hides_credentials() -> None:
     with pytest.raises(ConfigurationError) as info:
         coerce_backends([{"name": "a", "base_url": f"http://u:{SECRET}@h:abc"}])
@@ -421,12 +497,33 @@ def test_coerce_backends_error_hides_credentials() -> None:
 
 # --------------------------------------------------------------- HybridChatOllama construction
 
+
+def test_socket_guard_is_effective(no_network: list[Any]) -> None:
+    """The guard the construction tests rely on really stops a connect."""
+    with pytest.raises(AssertionError, match="network I/O attempted"):
+        socket.create_connection(("127.0.0.1", 9))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        with pytest.raises(AssertionError, match="network I/O attempted"):
+            sock.connect(("127.0.0.1", 9))
+    finally:
+        sock.close()
+    assert len(no_network) == 2
+    no_network.clear()
+
+
 def test_construction_does_no_network_io(clean_env: None, no_network: list[Any]) -> None:
     llm = HybridChatOllama(model="llama3.1:8b")
     assert [(c.name, c.base_url, c.kind) for c in llm.backend_configs] == [
-        ("gpu", DEFAULT_GPU_URL, "gpu"), ("cpu", DEFAULT_CPU_URL, "cpu")]
-    HybridChatOllama(model="llama3.1:8b", backends=[
-        {"name": "remote", "base_url": "https://gpu.example.com", "max_memory_gb": 24}])
+        ("gpu", DEFAULT_GPU_URL, "gpu"),
+        ("cpu", DEFAULT_CPU_URL, "cpu"),
+    ]
+    HybridChatOllama(
+        model="llama3.1:8b",
+        backends=[
+            {"name": "remote", "base_url": "https://gpu.example.com", "max_memory_gb": 24},  # type: ignore[list-item]
+        ],
+    )
     assert no_network == []
 
 
@@ -435,7 +532,8 @@ def test_construction_from_env(monkeypatch: pytest.MonkeyPatch, clean_env: None)
     monkeypatch.setenv("OLLAMA_CPU_URL", "http://127.0.0.1:21435/")
     llm = HybridChatOllama(model="m")
     assert [(c.name, c.base_url) for c in llm.backend_configs] == [
-        ("cpu", "http://127.0.0.1:21435")]
+        ("cpu", "http://127.0.0.1:21435")
+    ]
 
 
 def test_explicit_backends_ignore_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -446,9 +544,14 @@ def test_explicit_backends_ignore_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_timeout_sets_default_timeouts(clean_env: None) -> None:
     own = Timeouts(first_token=5, idle=6)
-    llm = HybridChatOllama(model="m", timeout=42, backends=[
-        BackendConfig(name="a", base_url="http://a:1"),
-        BackendConfig(name="b", base_url="http://b:1", timeouts=own)])
+    llm = HybridChatOllama(
+        model="m",
+        timeout=42,
+        backends=[
+            BackendConfig(name="a", base_url="http://a:1"),
+            BackendConfig(name="b", base_url="http://b:1", timeouts=own),
+        ],
+    )
     a, b = llm.backend_configs
     assert (a.timeouts.first_token, a.timeouts.idle) == (42.0, 42.0)
     assert b.timeouts == own
@@ -456,22 +559,54 @@ def test_timeout_sets_default_timeouts(clean_env: None) -> None:
 
 # (kwargs, env, message fragment)
 BAD_CONSTRUCTION: list[tuple[str, dict[str, Any], dict[str, str], str]] = [
-    ("no backend (env both empty)", {}, {"OLLAMA_GPU_URL": "", "OLLAMA_CPU_URL": ""},
-     "no backend configured"),
+    (
+        "no backend (env both empty)",
+        {},
+        {"OLLAMA_GPU_URL": "", "OLLAMA_CPU_URL": ""},
+        "no backend configured",
+    ),
     ("no backend (args both empty)", {"gpu_url": "", "cpu_url": ""}, {}, "no backend configured"),
     ("empty backends list", {"backends": []}, {}, "no backend configured"),
-    ("gpu_url without scheme", {"gpu_url": "localhost:11434"}, {},
-     "OLLAMA_GPU_URL='localhost:11434' is not usable"),
-    ("env cpu url with bad scheme", {}, {"OLLAMA_CPU_URL": "ftp://x"},
-     "OLLAMA_CPU_URL='ftp://x' is not usable"),
-    ("backend url with query", {"backends": [{"name": "a", "base_url": "http://h/?q=1"}]}, {},
-     "query or fragment"),
-    ("duplicate backend names", {"backends": [{"name": "a", "base_url": "http://h:1"},
-                                              {"name": "a", "base_url": "http://h:2"}]}, {},
-     "duplicate backend name 'a'"),
-    ("duplicate backend urls", {"backends": [{"name": "a", "base_url": "http://h:1"},
-                                             {"name": "b", "base_url": "http://h:1/"}]}, {},
-     "same URL"),
+    (
+        "gpu_url without scheme",
+        {"gpu_url": "localhost:11434"},
+        {},
+        "OLLAMA_GPU_URL='localhost:11434' is not usable",
+    ),
+    (
+        "env cpu url with bad scheme",
+        {},
+        {"OLLAMA_CPU_URL": "ftp://x"},
+        "OLLAMA_CPU_URL='ftp://x' is not usable",
+    ),
+    (
+        "backend url with query",
+        {"backends": [{"name": "a", "base_url": "http://h/?q=1"}]},
+        {},
+        "query or fragment",
+    ),
+    (
+        "duplicate backend names",
+        {
+            "backends": [
+                {"name": "a", "base_url": "http://h:1"},
+                {"name": "a", "base_url": "http://h:2"},
+            ]
+        },
+        {},
+        "duplicate backend name 'a'",
+    ),
+    (
+        "duplicate backend urls",
+        {
+            "backends": [
+                {"name": "a", "base_url": "http://h:1"},
+                {"name": "b", "base_url": "http://h:1/"},
+            ]
+        },
+        {},
+        "same URL",
+    ),
     ("negative model size", {"model_sizes": {"llama3.1:8b": -1}}, {}, "llama3.1:8b"),
     ("NaN model size", {"model_sizes": {"llama3.1:8b": math.nan}}, {}, "llama3.1:8b"),
     ("infinite model size", {"model_sizes": {"big": math.inf}}, {}, "big"),
@@ -492,8 +627,11 @@ BAD_CONSTRUCTION: list[tuple[str, dict[str, Any], dict[str, str], str]] = [
     [pytest.param(k, e, m, id=i) for i, k, e, m in BAD_CONSTRUCTION],
 )
 def test_construction_rejects(
-    monkeypatch: pytest.MonkeyPatch, clean_env: None,
-    kwargs: dict[str, Any], env: dict[str, str], match: str,
+    monkeypatch: pytest.MonkeyPatch,
+    clean_env: None,
+    kwargs: dict[str, Any],
+    env: dict[str, str],
+    match: str,
 ) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -510,10 +648,14 @@ def test_construction_rejects(
     strict=True,
     reason="BUG: HybridChatOllama._setup raises ConfigurationError inside a pydantic "
     "model_validator; ConfigurationError is a ValueError, so pydantic converts it into a "
-    "ValidationError and callers never see the ConfigurationError that errors.py promises")
+    "ValidationError and callers never see the ConfigurationError that errors.py promises",
+)
 def test_construction_raises_configuration_error(
-    monkeypatch: pytest.MonkeyPatch, clean_env: None,
-    kwargs: dict[str, Any], env: dict[str, str], match: str,
+    monkeypatch: pytest.MonkeyPatch,
+    clean_env: None,
+    kwargs: dict[str, Any],
+    env: dict[str, str],
+    match: str,
 ) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -535,7 +677,8 @@ def test_construction_raises_configuration_error(
 @pytest.mark.xfail(
     strict=True,
     reason="BUG: HybridChatOllama validates timeout only when timeouts is None, and never "
-    "validates probe_ttl / oom_cooldown (negative or NaN accepted silently)")
+    "validates probe_ttl / oom_cooldown (negative or NaN accepted silently)",
+)
 def test_construction_rejects_other_bad_numbers(clean_env: None, kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         HybridChatOllama(model="m", **kwargs)
@@ -543,17 +686,31 @@ def test_construction_rejects_other_bad_numbers(clean_env: None, kwargs: dict[st
 
 def test_model_repr_and_str_never_show_credentials(clean_env: None) -> None:
     by_url = HybridChatOllama(
-        model="m", gpu_url=f"http://admin:{SECRET}@gpu.lan:11434",
-        cpu_url=f"http://admin:{SECRET}x@cpu.lan:11435")
-    by_backend = HybridChatOllama(model="m", backends=[
-        BackendConfig(name="a", base_url=f"https://admin:{SECRET}@a.lan",
-                      headers={"Authorization": f"Bearer {TOKEN}"}),
-        {"name": "b", "base_url": "http://b.lan:1", "headers": {"X-Api-Key": TOKEN}},
-    ])
+        model="m",
+        gpu_url=f"http://admin:{SECRET}@gpu.lan:11434",
+        cpu_url=f"http://admin:{SECRET}x@cpu.lan:11435",
+    )
+    by_backend = HybridChatOllama(
+        model="m",
+        backends=[
+            BackendConfig(
+                name="a",
+                base_url=f"https://admin:{SECRET}@a.lan",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ),
+            {"name": "b", "base_url": "http://b.lan:1", "headers": {"X-Api-Key": TOKEN}},  # type: ignore[list-item]
+        ],
+    )
     for llm in (by_url, by_backend):
-        texts = [repr(llm), str(llm), f"{llm}", repr(llm.backend_configs),
-                 str(llm._identifying_params), str(llm._get_invocation_params()),
-                 str(llm.to_json())]
+        texts = [
+            repr(llm),
+            str(llm),
+            f"{llm}",
+            repr(llm.backend_configs),
+            str(llm._identifying_params),
+            str(llm._get_invocation_params()),
+            str(llm.to_json()),
+        ]
         for text in texts:
             assert SECRET not in text and TOKEN not in text, text
     assert "***@gpu.lan:11434" in str(by_url._identifying_params)
@@ -565,19 +722,27 @@ def test_model_repr_and_str_never_show_credentials(clean_env: None) -> None:
     "kwargs",
     [
         pytest.param({"gpu_url": f"http://admin:{SECRET}@gpu.lan:abc"}, id="gpu_url"),
-        pytest.param({"backends": [{"name": "a", "base_url": f"http://admin:{SECRET}@a:abc"}]},
-                     id="backend-url"),
-        pytest.param({"backends": [{"name": "a", "base_url": "http://a:1"},
-                                   {"name": "a", "base_url": "http://b:1",
-                                    "headers": {"X-Api-Key": TOKEN}}]},
-                     id="duplicate-with-headers"),
+        pytest.param(
+            {"backends": [{"name": "a", "base_url": f"http://admin:{SECRET}@a:abc"}]},
+            id="backend-url",
+        ),
+        pytest.param(
+            {
+                "backends": [
+                    {"name": "a", "base_url": "http://a:1"},
+                    {"name": "a", "base_url": "http://b:1", "headers": {"X-Api-Key": TOKEN}},
+                ]
+            },
+            id="duplicate-with-headers",
+        ),
     ],
 )
 @pytest.mark.xfail(
     strict=True,
     reason="BUG: HybridChatOllama construction errors are pydantic ValidationErrors whose "
     "input_value repeats the raw input (URL password, headers); set hide_input_in_errors=True "
-    "on HybridChatOllama and BackendConfig")
+    "on HybridChatOllama and BackendConfig",
+)
 def test_construction_errors_never_show_credentials(
     clean_env: None, kwargs: dict[str, Any]
 ) -> None:

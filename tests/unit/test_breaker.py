@@ -21,11 +21,14 @@ def _run(breaker: CircuitBreaker, steps: list[Step]) -> None:
         elif op == "acquire":
             got = breaker.acquire(now)
         elif op == "ok":
-            got = breaker.record_success()
+            breaker.record_success()
+            got = None
         elif op == "fail":
-            got = breaker.record_failure(now)
+            breaker.record_failure(now)
+            got = None
         elif op == "release":
-            got = breaker.release()
+            breaker.release()
+            got = None
         else:  # pragma: no cover - table typo
             raise AssertionError(op)
         assert got == ret, f"step {i} {op}@{now}: returned {got!r}, expected {ret!r}"
@@ -33,34 +36,41 @@ def _run(breaker: CircuitBreaker, steps: list[Step]) -> None:
 
 
 SCRIPTS: dict[str, tuple[BreakerPolicy, list[Step]]] = {
-    "threshold 1: one failure opens": (BreakerPolicy(failure_threshold=1, cooldown=10), [
-        ("acquire", 0, "closed", True),
-        ("fail", 0, "open", None),
-        ("allow", 5, "open", False),
-        ("acquire", 5, "open", False),
-        ("allow", 9.999, "open", False),
-        ("allow", 10, "open", True),  # would_allow never changes state
-        ("allow", 10, "open", True),
-        ("acquire", 10, "half_open", True),  # the trial call
-        ("allow", 10, "half_open", False),
-        ("acquire", 11, "half_open", False),  # only one trial at a time
-        ("ok", 12, "closed", None),
-        ("acquire", 12, "closed", True),
-        ("acquire", 12, "closed", True),
-    ]),
-    "threshold 3: consecutive failures only": (BreakerPolicy(failure_threshold=3, cooldown=5), [
-        ("fail", 0, "closed", None),
-        ("fail", 1, "closed", None),
-        ("ok", 2, "closed", None),  # resets the count
-        ("fail", 3, "closed", None),
-        ("fail", 4, "closed", None),
-        ("allow", 4, "closed", True),
-        ("fail", 5, "open", None),
-        ("allow", 9, "open", False),
-        ("allow", 10, "open", True),
-    ]),
+    "threshold 1: one failure opens": (
+        BreakerPolicy(failure_threshold=1, cooldown=10),
+        [
+            ("acquire", 0, "closed", True),
+            ("fail", 0, "open", None),
+            ("allow", 5, "open", False),
+            ("acquire", 5, "open", False),
+            ("allow", 9.999, "open", False),
+            ("allow", 10, "open", True),  # would_allow never changes state
+            ("allow", 10, "open", True),
+            ("acquire", 10, "half_open", True),  # the trial call
+            ("allow", 10, "half_open", False),
+            ("acquire", 11, "half_open", False),  # only one trial at a time
+            ("ok", 12, "closed", None),
+            ("acquire", 12, "closed", True),
+            ("acquire", 12, "closed", True),
+        ],
+    ),
+    "threshold 3: consecutive failures only": (
+        BreakerPolicy(failure_threshold=3, cooldown=5),
+        [
+            ("fail", 0, "closed", None),
+            ("fail", 1, "closed", None),
+            ("ok", 2, "closed", None),  # resets the count
+            ("fail", 3, "closed", None),
+            ("fail", 4, "closed", None),
+            ("allow", 4, "closed", True),
+            ("fail", 5, "open", None),
+            ("allow", 9, "open", False),
+            ("allow", 10, "open", True),
+        ],
+    ),
     "failed trial reopens with backoff, capped": (
-        BreakerPolicy(cooldown=10, backoff=3, max_cooldown=50), [
+        BreakerPolicy(cooldown=10, backoff=3, max_cooldown=50),
+        [
             ("fail", 0, "open", None),
             ("acquire", 10, "half_open", True),
             ("fail", 10, "open", None),  # cooldown 30
@@ -79,9 +89,11 @@ SCRIPTS: dict[str, tuple[BreakerPolicy, list[Step]]] = {
             ("fail", 200, "open", None),
             ("allow", 209, "open", False),
             ("allow", 210, "open", True),
-        ]),
+        ],
+    ),
     "release without verdict keeps half-open; next call is the trial": (
-        BreakerPolicy(cooldown=1), [
+        BreakerPolicy(cooldown=1),
+        [
             ("fail", 0, "open", None),
             ("acquire", 1, "half_open", True),
             ("acquire", 1, "half_open", False),
@@ -90,30 +102,43 @@ SCRIPTS: dict[str, tuple[BreakerPolicy, list[Step]]] = {
             ("acquire", 2, "half_open", True),
             ("acquire", 2, "half_open", False),
             ("fail", 3, "open", None),
-        ]),
-    "release in closed state is a no-op": (BreakerPolicy(failure_threshold=2), [
-        ("fail", 0, "closed", None),
-        ("release", 0, "closed", None),
-        ("fail", 0, "open", None),  # the earlier failure still counts
-    ]),
-    "a late success while open closes the circuit": (BreakerPolicy(cooldown=100), [
-        ("acquire", 0, "closed", True),
-        ("acquire", 0, "closed", True),
-        ("fail", 1, "open", None),
-        ("ok", 2, "closed", None),  # the other in-flight call proved the server alive
-        ("allow", 2, "closed", True),
-    ]),
-    "a late failure while open does not move the retry time": (BreakerPolicy(cooldown=10), [
-        ("fail", 0, "open", None),
-        ("fail", 5, "open", None),
-        ("allow", 10, "open", True),
-    ]),
-    "zero cooldown: trial allowed at once": (BreakerPolicy(cooldown=0), [
-        ("fail", 7, "open", None),
-        ("allow", 7, "open", True),
-        ("acquire", 7, "half_open", True),
-        ("ok", 7, "closed", None),
-    ]),
+        ],
+    ),
+    "release in closed state is a no-op": (
+        BreakerPolicy(failure_threshold=2),
+        [
+            ("fail", 0, "closed", None),
+            ("release", 0, "closed", None),
+            ("fail", 0, "open", None),  # the earlier failure still counts
+        ],
+    ),
+    "a late success while open closes the circuit": (
+        BreakerPolicy(cooldown=100),
+        [
+            ("acquire", 0, "closed", True),
+            ("acquire", 0, "closed", True),
+            ("fail", 1, "open", None),
+            ("ok", 2, "closed", None),  # the other in-flight call proved the server alive
+            ("allow", 2, "closed", True),
+        ],
+    ),
+    "a late failure while open does not move the retry time": (
+        BreakerPolicy(cooldown=10),
+        [
+            ("fail", 0, "open", None),
+            ("fail", 5, "open", None),
+            ("allow", 10, "open", True),
+        ],
+    ),
+    "zero cooldown: trial allowed at once": (
+        BreakerPolicy(cooldown=0),
+        [
+            ("fail", 7, "open", None),
+            ("allow", 7, "open", True),
+            ("acquire", 7, "half_open", True),
+            ("ok", 7, "closed", None),
+        ],
+    ),
 }
 
 
@@ -128,7 +153,8 @@ def test_defaults() -> None:
     assert b.policy == BreakerPolicy()
     assert (b.state, b.failures, b.opened_at, b.cooldown) == ("closed", 0, None, 15.0)
     assert BreakerPolicy() == BreakerPolicy(
-        failure_threshold=1, cooldown=15.0, backoff=2.0, max_cooldown=300.0)
+        failure_threshold=1, cooldown=15.0, backoff=2.0, max_cooldown=300.0
+    )
 
 
 def test_retry_at_and_counters() -> None:
@@ -144,7 +170,12 @@ def test_retry_at_and_counters() -> None:
     assert (b.opened_at, b.cooldown, b.retry_at()) == (106.0, 6, 112.0)  # 8 capped at 6
     b.record_success()
     assert (b.state, b.failures, b.opened_at, b.cooldown, b.retry_at()) == (
-        "closed", 0, None, 4, None)
+        "closed",
+        0,
+        None,
+        4,
+        None,
+    )
 
 
 def test_would_allow_never_changes_state() -> None:
@@ -203,7 +234,8 @@ def test_policy_rejects(kwargs: dict[str, object], match: str) -> None:
     strict=True,
     reason="BUG: BreakerPolicy accepts a cooldown above max_cooldown (the first open lasts "
     "longer than the cap, and a failed trial then *shortens* it) and a backoff < 1 (a failed "
-    "trial shortens the cooldown; 0 makes it retry at once)")
+    "trial shortens the cooldown; 0 makes it retry at once)",
+)
 def test_policy_rejects_inconsistent_backoff(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         BreakerPolicy(**kwargs)  # type: ignore[arg-type]

@@ -71,103 +71,305 @@ class Case:
 
 CASES = [
     # --- ollama.ResponseError: HTTP errors before the stream, and {"error"} lines mid-stream
-    Case("404 model not pulled", lambda: ollama.ResponseError("model 'x' not found", 404),
-         Cat.MODEL_NOT_FOUND, True, False, 404),
-    Case("404 embed-style not found", lambda: ollama.ResponseError(
-        'model "x" not found, try pulling it first', 404), Cat.MODEL_NOT_FOUND, True, False, 404),
-    Case("404 JSON body", lambda: ollama.ResponseError('{"error": "model \'x\' not found"}', 404),
-         Cat.MODEL_NOT_FOUND, True, False, 404),
-    Case("500 system memory OOM", lambda: ollama.ResponseError(OOM_SYSTEM_MEMORY, 500),
-         Cat.OUT_OF_MEMORY, True, False, 500),
-    Case("500 CUDA OOM", lambda: ollama.ResponseError(OOM_CUDA, 500),
-         Cat.OUT_OF_MEMORY, True, False, 500),
-    Case("500 cudaMalloc failed", lambda: ollama.ResponseError(
-        "llama runner process has terminated: cudaMalloc failed: out of memory", 500),
-         Cat.OUT_OF_MEMORY, True, False, 500),
-    Case("500 layout", lambda: ollama.ResponseError(
-        "memory layout cannot be allocated with num_gpu = 33", 500),
-         Cat.OUT_OF_MEMORY, True, False, 500),
-    Case("500 commit", lambda: ollama.ResponseError("failed to commit memory for model", 500),
-         Cat.OUT_OF_MEMORY, True, False, 500),
-    Case("500 runner exit status", lambda: ollama.ResponseError(
-        "llama runner process has terminated: exit status 2", 500),
-         Cat.SERVER_ERROR, True, True, 500),
-    Case("500 runner stopped", lambda: ollama.ResponseError(
-        "model runner has unexpectedly stopped, this may be due to resource limitations or an "
-        "internal error, check ollama server logs for details", 500),
-         Cat.SERVER_ERROR, True, True, 500),
-    Case("502 proxy", lambda: ollama.ResponseError("Bad Gateway", 502),
-         Cat.SERVER_ERROR, True, True, 502),
-    Case("503 queue full", lambda: ollama.ResponseError(QUEUE_FULL, 503),
-         Cat.BUSY, True, False, 503),
-    Case("499 cancelled while queued", lambda: ollama.ResponseError("request canceled", 499),
-         Cat.CANCELLED, False, False, 499),
-    Case("401 proxy auth", lambda: ollama.ResponseError("unauthorized", 401),
-         Cat.SERVER_ERROR, True, True, 401),
+    Case(
+        "404 model not pulled",
+        lambda: ollama.ResponseError("model 'x' not found", 404),
+        Cat.MODEL_NOT_FOUND,
+        True,
+        False,
+        404,
+    ),
+    Case(
+        "404 embed-style not found",
+        lambda: ollama.ResponseError('model "x" not found, try pulling it first', 404),
+        Cat.MODEL_NOT_FOUND,
+        True,
+        False,
+        404,
+    ),
+    Case(
+        "404 JSON body",
+        lambda: ollama.ResponseError('{"error": "model \'x\' not found"}', 404),
+        Cat.MODEL_NOT_FOUND,
+        True,
+        False,
+        404,
+    ),
+    Case(
+        "500 system memory OOM",
+        lambda: ollama.ResponseError(OOM_SYSTEM_MEMORY, 500),
+        Cat.OUT_OF_MEMORY,
+        True,
+        False,
+        500,
+    ),
+    Case(
+        "500 CUDA OOM",
+        lambda: ollama.ResponseError(OOM_CUDA, 500),
+        Cat.OUT_OF_MEMORY,
+        True,
+        False,
+        500,
+    ),
+    Case(
+        "500 cudaMalloc failed",
+        lambda: ollama.ResponseError(
+            "llama runner process has terminated: cudaMalloc failed: out of memory", 500
+        ),
+        Cat.OUT_OF_MEMORY,
+        True,
+        False,
+        500,
+    ),
+    Case(
+        "500 layout",
+        lambda: ollama.ResponseError("memory layout cannot be allocated with num_gpu = 33", 500),
+        Cat.OUT_OF_MEMORY,
+        True,
+        False,
+        500,
+    ),
+    Case(
+        "500 commit",
+        lambda: ollama.ResponseError("failed to commit memory for model", 500),
+        Cat.OUT_OF_MEMORY,
+        True,
+        False,
+        500,
+    ),
+    Case(
+        "500 runner exit status",
+        lambda: ollama.ResponseError("llama runner process has terminated: exit status 2", 500),
+        Cat.SERVER_ERROR,
+        True,
+        True,
+        500,
+    ),
+    Case(
+        "500 runner stopped",
+        lambda: ollama.ResponseError(
+            "model runner has unexpectedly stopped, this may be due to resource limitations or an "
+            "internal error, check ollama server logs for details",
+            500,
+        ),
+        Cat.SERVER_ERROR,
+        True,
+        True,
+        500,
+    ),
+    Case(
+        "502 proxy",
+        lambda: ollama.ResponseError("Bad Gateway", 502),
+        Cat.SERVER_ERROR,
+        True,
+        True,
+        502,
+    ),
+    Case(
+        "503 queue full", lambda: ollama.ResponseError(QUEUE_FULL, 503), Cat.BUSY, True, False, 503
+    ),
+    Case(
+        "499 cancelled while queued",
+        lambda: ollama.ResponseError("request canceled", 499),
+        Cat.CANCELLED,
+        False,
+        False,
+        499,
+    ),
+    Case(
+        "401 proxy auth",
+        lambda: ollama.ResponseError("unauthorized", 401),
+        Cat.SERVER_ERROR,
+        True,
+        True,
+        401,
+    ),
     Case("403 proxy", lambda: ollama.ResponseError("", 403), Cat.SERVER_ERROR, True, True, 403),
-    Case("429 proxy rate limit", lambda: ollama.ResponseError("too many requests", 429),
-         Cat.SERVER_ERROR, True, True, 429),
-    Case("400 tools unsupported", lambda: ollama.ResponseError(NO_TOOLS, 400),
-         Cat.FATAL, False, False, 400),
-    Case("400 context too long", lambda: ollama.ResponseError(
-        "the input length exceeds the context length", 400), Cat.FATAL, False, False, 400),
-    Case("400 missing model", lambda: ollama.ResponseError("model is required", 400),
-         Cat.FATAL, False, False, 400),
-    Case("-1 mid-stream error line", lambda: ollama.ResponseError(RUNNER_CRASHED, -1),
-         Cat.STREAM_ERROR, True, True, -1),
-    Case("-1 mid-stream CUDA OOM", lambda: ollama.ResponseError(
-        f"{RUNNER_CRASHED}: CUDA error: out of memory", -1), Cat.OUT_OF_MEMORY, True, False, -1),
+    Case(
+        "429 proxy rate limit",
+        lambda: ollama.ResponseError("too many requests", 429),
+        Cat.SERVER_ERROR,
+        True,
+        True,
+        429,
+    ),
+    Case(
+        "400 tools unsupported",
+        lambda: ollama.ResponseError(NO_TOOLS, 400),
+        Cat.FATAL,
+        False,
+        False,
+        400,
+    ),
+    Case(
+        "400 context too long",
+        lambda: ollama.ResponseError("the input length exceeds the context length", 400),
+        Cat.FATAL,
+        False,
+        False,
+        400,
+    ),
+    Case(
+        "400 missing model",
+        lambda: ollama.ResponseError("model is required", 400),
+        Cat.FATAL,
+        False,
+        False,
+        400,
+    ),
+    Case(
+        "-1 mid-stream error line",
+        lambda: ollama.ResponseError(RUNNER_CRASHED, -1),
+        Cat.STREAM_ERROR,
+        True,
+        True,
+        -1,
+    ),
+    Case(
+        "-1 mid-stream CUDA OOM",
+        lambda: ollama.ResponseError(f"{RUNNER_CRASHED}: CUDA error: out of memory", -1),
+        Cat.OUT_OF_MEMORY,
+        True,
+        False,
+        -1,
+    ),
     # --- httpx, raw on the streaming path
-    Case("httpx.ConnectError refused", lambda: httpx.ConnectError(
-        "[Errno 111] Connection refused", request=_REQ), Cat.CONNECT, True, True),
-    Case("httpx.ConnectError async", lambda: httpx.ConnectError("All connection attempts failed"),
-         Cat.CONNECT, True, True),
-    Case("httpx.ConnectTimeout", lambda: httpx.ConnectTimeout("timed out"),
-         Cat.CONNECT, True, True),
-    Case("httpx.ReadTimeout", lambda: httpx.ReadTimeout("timed out", request=_REQ),
-         Cat.TIMEOUT, True, True),
+    Case(
+        "httpx.ConnectError refused",
+        lambda: httpx.ConnectError("[Errno 111] Connection refused", request=_REQ),
+        Cat.CONNECT,
+        True,
+        True,
+    ),
+    Case(
+        "httpx.ConnectError async",
+        lambda: httpx.ConnectError("All connection attempts failed"),
+        Cat.CONNECT,
+        True,
+        True,
+    ),
+    Case(
+        "httpx.ConnectTimeout", lambda: httpx.ConnectTimeout("timed out"), Cat.CONNECT, True, True
+    ),
+    Case(
+        "httpx.ReadTimeout",
+        lambda: httpx.ReadTimeout("timed out", request=_REQ),
+        Cat.TIMEOUT,
+        True,
+        True,
+    ),
     Case("httpx.ReadTimeout async empty", lambda: httpx.ReadTimeout(""), Cat.TIMEOUT, True, True),
     Case("httpx.WriteTimeout", lambda: httpx.WriteTimeout(""), Cat.TIMEOUT, True, True),
     Case("httpx.PoolTimeout", lambda: httpx.PoolTimeout(""), Cat.TIMEOUT, True, True),
-    Case("httpx.RemoteProtocolError", lambda: httpx.RemoteProtocolError(
-        "peer closed connection without sending complete message body (incomplete chunked read)"),
-         Cat.TRANSPORT, True, True),
-    Case("httpx.ReadError", lambda: httpx.ReadError("[Errno 104] Connection reset by peer"),
-         Cat.TRANSPORT, True, True),
-    Case("httpx.HTTPStatusError 502", lambda: _status_error(502, "bad gateway"),
-         Cat.SERVER_ERROR, True, True, 502),
-    Case("httpx.HTTPStatusError 503", lambda: _status_error(503, QUEUE_FULL),
-         Cat.BUSY, True, False, 503),
-    Case("httpx.HTTPStatusError 500 OOM", lambda: _status_error(
-        500, json.dumps({"error": OOM_SYSTEM_MEMORY})), Cat.OUT_OF_MEMORY, True, False, 500),
-    Case("httpx.HTTPStatusError 404", lambda: _status_error(404, "404 page not found"),
-         Cat.MODEL_NOT_FOUND, True, False, 404),
-    Case("httpx.HTTPStatusError 400", lambda: _status_error(400, "missing request body"),
-         Cat.FATAL, False, False, 400),
+    Case(
+        "httpx.RemoteProtocolError",
+        lambda: httpx.RemoteProtocolError(
+            "peer closed connection without sending complete message body (incomplete chunked read)"
+        ),
+        Cat.TRANSPORT,
+        True,
+        True,
+    ),
+    Case(
+        "httpx.ReadError",
+        lambda: httpx.ReadError("[Errno 104] Connection reset by peer"),
+        Cat.TRANSPORT,
+        True,
+        True,
+    ),
+    Case(
+        "httpx.HTTPStatusError 502",
+        lambda: _status_error(502, "bad gateway"),
+        Cat.SERVER_ERROR,
+        True,
+        True,
+        502,
+    ),
+    Case(
+        "httpx.HTTPStatusError 503",
+        lambda: _status_error(503, QUEUE_FULL),
+        Cat.BUSY,
+        True,
+        False,
+        503,
+    ),
+    Case(
+        "httpx.HTTPStatusError 500 OOM",
+        lambda: _status_error(500, json.dumps({"error": OOM_SYSTEM_MEMORY})),
+        Cat.OUT_OF_MEMORY,
+        True,
+        False,
+        500,
+    ),
+    Case(
+        "httpx.HTTPStatusError 404",
+        lambda: _status_error(404, "404 page not found"),
+        Cat.MODEL_NOT_FOUND,
+        True,
+        False,
+        404,
+    ),
+    Case(
+        "httpx.HTTPStatusError 400",
+        lambda: _status_error(400, "missing request body"),
+        Cat.FATAL,
+        False,
+        False,
+        400,
+    ),
     # --- builtins (non-streaming ollama.Client path, validate_model_on_init, sockets)
-    Case("builtin ConnectionError", lambda: ConnectionError(
-        "Failed to connect to Ollama. Please check that Ollama is downloaded, running and "
-        "accessible. https://ollama.com/download"), Cat.CONNECT, True, True),
-    Case("ConnectionRefusedError", lambda: ConnectionRefusedError(111, "Connection refused"),
-         Cat.CONNECT, True, True),
-    Case("ConnectionResetError", lambda: ConnectionResetError(104, "reset"),
-         Cat.CONNECT, True, True),
+    Case(
+        "builtin ConnectionError",
+        lambda: ConnectionError(
+            "Failed to connect to Ollama. Please check that Ollama is downloaded, running and "
+            "accessible. https://ollama.com/download"
+        ),
+        Cat.CONNECT,
+        True,
+        True,
+    ),
+    Case(
+        "ConnectionRefusedError",
+        lambda: ConnectionRefusedError(111, "Connection refused"),
+        Cat.CONNECT,
+        True,
+        True,
+    ),
+    Case(
+        "ConnectionResetError", lambda: ConnectionResetError(104, "reset"), Cat.CONNECT, True, True
+    ),
     Case("TimeoutError", lambda: TimeoutError("timed out"), Cat.TIMEOUT, True, True),
-    Case("socket.timeout", lambda: __import__("socket").timeout("timed out"),
-         Cat.TIMEOUT, True, True),
+    Case(
+        "socket.timeout", lambda: __import__("socket").timeout("timed out"), Cat.TIMEOUT, True, True
+    ),
     # --- protocol garbage
     Case("json.JSONDecodeError", _json_error, Cat.MALFORMED, True, True),
     Case("EmptyResponseError", lambda: EmptyResponseError("gpu"), Cat.MALFORMED, True, True),
     # --- the request itself is wrong: another backend will not help
     Case("pydantic ValidationError", _validation_error, Cat.FATAL, False, False),
-    Case("OutputParserException", lambda: OutputParserException("Invalid json output: {"),
-         Cat.FATAL, False, False),
+    Case(
+        "OutputParserException",
+        lambda: OutputParserException("Invalid json output: {"),
+        Cat.FATAL,
+        False,
+        False,
+    ),
     Case("ValueError", lambda: ValueError("bad argument"), Cat.FATAL, False, False),
     Case("TypeError", lambda: TypeError("bad type"), Cat.FATAL, False, False),
     Case("KeyError", lambda: KeyError("x"), Cat.FATAL, False, False),
-    Case("StreamInterruptedError", lambda: StreamInterruptedError(
-        backend="gpu", url="http://h", delivered_chunks=2, delivered_chars=9,
-        cause=httpx.RemoteProtocolError("cut")), Cat.FATAL, False, False),
+    Case(
+        "StreamInterruptedError",
+        lambda: StreamInterruptedError(
+            backend="gpu",
+            url="http://h",
+            delivered_chunks=2,
+            delivered_chars=9,
+            cause=httpx.RemoteProtocolError("cut"),
+        ),
+        Cat.FATAL,
+        False,
+        False,
+    ),
     # --- the caller gave up: never retried, never blamed on the backend
     Case("asyncio.CancelledError", asyncio.CancelledError, Cat.CANCELLED, False, False),
     Case("KeyboardInterrupt", KeyboardInterrupt, Cat.CANCELLED, False, False),
@@ -176,9 +378,11 @@ CASES = [
 ]
 
 _PY310_ASYNCIO_TIMEOUT = pytest.mark.xfail(
-    sys.version_info < (3, 11), strict=True,
+    sys.version_info < (3, 11),
+    strict=True,
     reason="BUG: on Python 3.10 asyncio.TimeoutError is not a subclass of the builtin "
-    "TimeoutError, and classify_exception only checks the builtin (classified FATAL)")
+    "TimeoutError, and classify_exception only checks the builtin (classified FATAL)",
+)
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
@@ -192,10 +396,14 @@ def test_classification_table(case: Case) -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param(lambda: asyncio.TimeoutError(), id="asyncio.TimeoutError",
-                     marks=_PY310_ASYNCIO_TIMEOUT),
-        pytest.param(lambda: __import__("concurrent.futures").futures.TimeoutError(),
-                     id="concurrent.futures.TimeoutError", marks=_PY310_ASYNCIO_TIMEOUT),
+        pytest.param(
+            lambda: asyncio.TimeoutError(), id="asyncio.TimeoutError", marks=_PY310_ASYNCIO_TIMEOUT
+        ),
+        pytest.param(
+            lambda: __import__("concurrent.futures").futures.TimeoutError(),
+            id="concurrent.futures.TimeoutError",
+            marks=_PY310_ASYNCIO_TIMEOUT,
+        ),
     ],
 )
 def test_asyncio_and_futures_timeouts_are_timeouts(make: Callable[[], BaseException]) -> None:
@@ -206,8 +414,10 @@ def test_asyncio_and_futures_timeouts_are_timeouts(make: Callable[[], BaseExcept
 def test_queue_full_text_has_two_spaces() -> None:
     """The 503 text is Ollama's verbatim (two spaces); the status alone decides."""
     assert "again.  maximum" in QUEUE_FULL
-    assert classify_exception(ollama.ResponseError(QUEUE_FULL.replace("  ", " "), 503)).category \
+    assert (
+        classify_exception(ollama.ResponseError(QUEUE_FULL.replace("  ", " "), 503)).category
         is Cat.BUSY
+    )
 
 
 def test_oom_markers_are_case_insensitive() -> None:
@@ -250,8 +460,17 @@ def test_classification_is_frozen_and_categories_are_strings() -> None:
     assert Cat.OUT_OF_MEMORY.value == "out_of_memory"
     assert Cat("busy") is Cat.BUSY
     assert {m.value for m in Cat} == {
-        "connect", "timeout", "transport", "server_error", "out_of_memory", "busy",
-        "model_not_found", "stream_error", "malformed", "fatal", "cancelled",
+        "connect",
+        "timeout",
+        "transport",
+        "server_error",
+        "out_of_memory",
+        "busy",
+        "model_not_found",
+        "stream_error",
+        "malformed",
+        "fatal",
+        "cancelled",
     }
 
 
@@ -268,7 +487,8 @@ def test_failover_and_counting_invariants(case: Case) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="BUG: classify_exception reads exc.response.text, which raises httpx.ResponseNotRead "
-    "for an HTTPStatusError from an unread streaming response; the docstring says never raises")
+    "for an HTTPStatusError from an unread streaming response; the docstring says never raises",
+)
 def test_status_error_from_unread_streaming_response_does_not_raise() -> None:
     resp = httpx.Response(502, request=_REQ, stream=httpx.ByteStream(b"bad gateway"))
     with pytest.raises(httpx.HTTPStatusError) as info:

@@ -28,9 +28,13 @@ POLICY = RoutePolicy(size_threshold_bytes=8 * GIB)
 def req(weights_gb: float, needed_gb: float | None = None, footprint: str = "") -> RouteRequest:
     needed = weights_gb if needed_gb is None else needed_gb
     return RouteRequest(
-        model=MODEL, num_ctx=4096, weights_bytes=int(weights_gb * GIB),
-        needed_bytes=int(needed * GIB), size_detail=f"{weights_gb} GiB weights",
-        footprint_detail=footprint)
+        model=MODEL,
+        num_ctx=4096,
+        weights_bytes=int(weights_gb * GIB),
+        needed_bytes=int(needed * GIB),
+        size_detail=f"{weights_gb} GiB weights",
+        footprint_detail=footprint,
+    )
 
 
 def gpu(name: str = "gpu", index: int = 0, **kw: Any) -> BackendSnapshot:
@@ -60,139 +64,306 @@ class Case:
 
 CASES = [
     # --- tier by size threshold when GPU capacity is unknown
-    Case("unknown capacity, small model: gpu first", req(4), [gpu(), cpu()], ["gpu", "cpu"],
-         summary_has=("gpu first", "4.0 GiB < threshold 8.0 GiB", "capacity unknown"),
-         reasons_have={"gpu": ("capacity unknown", "gpu tier (preferred)"),
-                       "cpu": ("capacity unknown", "cpu tier (fallback)")}),
-    Case("unknown capacity, at threshold: cpu first", req(8), [gpu(), cpu()], ["cpu", "gpu"],
-         summary_has=("cpu first", "8.0 GiB >= threshold 8.0 GiB"),
-         reasons_have={"cpu": ("cpu tier (preferred)",), "gpu": ("gpu tier (fallback)",)}),
+    Case(
+        "unknown capacity, small model: gpu first",
+        req(4),
+        [gpu(), cpu()],
+        ["gpu", "cpu"],
+        summary_has=("gpu first", "4.0 GiB < threshold 8.0 GiB", "capacity unknown"),
+        reasons_have={
+            "gpu": ("capacity unknown", "gpu tier (preferred)"),
+            "cpu": ("capacity unknown", "cpu tier (fallback)"),
+        },
+    ),
+    Case(
+        "unknown capacity, at threshold: cpu first",
+        req(8),
+        [gpu(), cpu()],
+        ["cpu", "gpu"],
+        summary_has=("cpu first", "8.0 GiB >= threshold 8.0 GiB"),
+        reasons_have={"cpu": ("cpu tier (preferred)",), "gpu": ("gpu tier (fallback)",)},
+    ),
     Case("unknown capacity, big model: cpu first", req(40), [gpu(), cpu()], ["cpu", "gpu"]),
-    Case("cpu listed first in config, small model: still gpu first", req(2),
-         [cpu(index=0), gpu(index=1)], ["gpu", "cpu"]),
-    Case("threshold is a policy value", req(4), [gpu(), cpu()], ["cpu", "gpu"],
-         policy=RoutePolicy(size_threshold_bytes=3 * GIB)),
+    Case(
+        "cpu listed first in config, small model: still gpu first",
+        req(2),
+        [cpu(index=0), gpu(index=1)],
+        ["gpu", "cpu"],
+    ),
+    Case(
+        "threshold is a policy value",
+        req(4),
+        [gpu(), cpu()],
+        ["cpu", "gpu"],
+        policy=RoutePolicy(size_threshold_bytes=3 * GIB),
+    ),
     # --- tier by fit when GPU capacity is known
-    Case("big model that fits the GPU's free memory: gpu first", req(20, 22),
-         [gpu(free_bytes=24 * GIB, capacity_source="nvml free VRAM"), cpu()], ["gpu", "cpu"],
-         summary_has=("gpu first", "fits a GPU's free memory", "22.0 GiB"),
-         reasons_have={"gpu": ("fits: needs 22.0 GiB, 24.0 GiB VRAM available (nvml free VRAM)",)}),
-    Case("small model that does not fit the GPU: cpu first", req(4, 6),
-         [gpu(free_bytes=4 * GIB, capacity_source="nvml free VRAM"), cpu()], ["cpu", "gpu"],
-         summary_has=("cpu first", "does not fit any GPU's free memory"),
-         reasons_have={"gpu": ("demoted: needs 6.0 GiB, only 4.0 GiB VRAM available "
-                               "(nvml free VRAM)",)}),
-    Case("exact fit counts as fitting", req(4, 6), [gpu(free_bytes=6 * GIB), cpu()],
-         ["gpu", "cpu"]),
-    Case("model already on the GPU: its VRAM counts as available", req(4, 6),
-         [gpu(free_bytes=4 * GIB, loaded=loaded(5, 3)), cpu()], ["gpu", "cpu"],
-         reasons_have={"gpu": ("fits: needs 6.0 GiB, 7.0 GiB VRAM available",
-                               "model partially offloaded (40%/60% CPU/GPU)")}),
-    Case("evictable memory of Ollama's loaded models counts", req(4, 6),
-         [gpu(free_bytes=2 * GIB, evictable_bytes=5 * GIB), cpu()], ["gpu", "cpu"],
-         reasons_have={"gpu": ("7.0 GiB VRAM available",)}),
-    Case("evictable already includes the model's own share (no double count)", req(4, 8),
-         [gpu(free_bytes=2 * GIB, loaded=loaded(3, 3), evictable_bytes=5 * GIB), cpu()],
-         ["cpu", "gpu"], reasons_have={"gpu": ("only 7.0 GiB VRAM available",)}),
-    Case("cpu counts the model's whole size, not size_vram", req(20, 30),
-         [gpu(free_bytes=1 * GIB), cpu(free_bytes=10 * GIB, loaded=loaded(25, 0))],
-         ["cpu", "gpu"],
-         reasons_have={"cpu": ("fits: needs 30.0 GiB, 35.0 GiB RAM available",
-                               "model loaded (100% CPU)")}),
-    Case("fits nowhere: cpu first, both demoted", req(60, 70),
-         [gpu(free_bytes=24 * GIB), cpu(free_bytes=32 * GIB)], ["cpu", "gpu"],
-         reasons_have={"gpu": ("demoted: needs 70.0 GiB",), "cpu": ("demoted: needs 70.0 GiB",)}),
-    Case("fitting cpu beats a non-fitting gpu even for a small model", req(4, 6),
-         [gpu(free_bytes=1 * GIB), cpu(free_bytes=16 * GIB)], ["cpu", "gpu"]),
-    Case("one gpu fits, another does not: the misfit goes below the cpu", req(10, 12),
-         [gpu("small", 0, free_bytes=8 * GIB), gpu("big", 1, free_bytes=40 * GIB), cpu(index=2)],
-         ["big", "cpu", "small"], summary_has=("gpu first",)),
-    Case("one gpu does not fit, other unknown: threshold decides", req(4, 6),
-         [gpu("a", 0, free_bytes=1 * GIB), gpu("b", 1), cpu(index=2)], ["b", "cpu", "a"],
-         summary_has=("GPU capacity unknown",)),
+    Case(
+        "big model that fits the GPU's free memory: gpu first",
+        req(20, 22),
+        [gpu(free_bytes=24 * GIB, capacity_source="nvml free VRAM"), cpu()],
+        ["gpu", "cpu"],
+        summary_has=("gpu first", "fits a GPU's free memory", "22.0 GiB"),
+        reasons_have={"gpu": ("fits: needs 22.0 GiB, 24.0 GiB VRAM available (nvml free VRAM)",)},
+    ),
+    Case(
+        "small model that does not fit the GPU: cpu first",
+        req(4, 6),
+        [gpu(free_bytes=4 * GIB, capacity_source="nvml free VRAM"), cpu()],
+        ["cpu", "gpu"],
+        summary_has=("cpu first", "does not fit any GPU's free memory"),
+        reasons_have={
+            "gpu": ("demoted: needs 6.0 GiB, only 4.0 GiB VRAM available (nvml free VRAM)",)
+        },
+    ),
+    Case(
+        "exact fit counts as fitting", req(4, 6), [gpu(free_bytes=6 * GIB), cpu()], ["gpu", "cpu"]
+    ),
+    Case(
+        "model already on the GPU: its VRAM counts as available",
+        req(4, 6),
+        [gpu(free_bytes=4 * GIB, loaded=loaded(5, 3)), cpu()],
+        ["gpu", "cpu"],
+        reasons_have={
+            "gpu": (
+                "fits: needs 6.0 GiB, 7.0 GiB VRAM available",
+                "model partially offloaded (40%/60% CPU/GPU)",
+            )
+        },
+    ),
+    Case(
+        "evictable memory of Ollama's loaded models counts",
+        req(4, 6),
+        [gpu(free_bytes=2 * GIB, evictable_bytes=5 * GIB), cpu()],
+        ["gpu", "cpu"],
+        reasons_have={"gpu": ("7.0 GiB VRAM available",)},
+    ),
+    Case(
+        "evictable already includes the model's own share (no double count)",
+        req(4, 8),
+        [gpu(free_bytes=2 * GIB, loaded=loaded(3, 3), evictable_bytes=5 * GIB), cpu()],
+        ["cpu", "gpu"],
+        reasons_have={"gpu": ("only 7.0 GiB VRAM available",)},
+    ),
+    Case(
+        "cpu counts the model's whole size, not size_vram",
+        req(20, 30),
+        [gpu(free_bytes=1 * GIB), cpu(free_bytes=10 * GIB, loaded=loaded(25, 0))],
+        ["cpu", "gpu"],
+        reasons_have={
+            "cpu": ("fits: needs 30.0 GiB, 35.0 GiB RAM available", "model loaded (100% CPU)")
+        },
+    ),
+    Case(
+        "fits nowhere: cpu first, both demoted",
+        req(60, 70),
+        [gpu(free_bytes=24 * GIB), cpu(free_bytes=32 * GIB)],
+        ["cpu", "gpu"],
+        reasons_have={"gpu": ("demoted: needs 70.0 GiB",), "cpu": ("demoted: needs 70.0 GiB",)},
+    ),
+    Case(
+        "fitting cpu beats a non-fitting gpu even for a small model",
+        req(4, 6),
+        [gpu(free_bytes=1 * GIB), cpu(free_bytes=16 * GIB)],
+        ["cpu", "gpu"],
+    ),
+    Case(
+        "one gpu fits, another does not: the misfit goes below the cpu",
+        req(10, 12),
+        [gpu("small", 0, free_bytes=8 * GIB), gpu("big", 1, free_bytes=40 * GIB), cpu(index=2)],
+        ["big", "cpu", "small"],
+        summary_has=("gpu first",),
+    ),
+    Case(
+        "one gpu does not fit, other unknown: threshold decides",
+        req(4, 6),
+        [gpu("a", 0, free_bytes=1 * GIB), gpu("b", 1), cpu(index=2)],
+        ["b", "cpu", "a"],
+        summary_has=("GPU capacity unknown",),
+    ),
     # --- out-of-memory demotion
-    Case("recent OOM on the gpu demotes it", req(4),
-         [gpu(oom_reason="num_ctx >= 32768: requires more system memory"), cpu()],
-         ["cpu", "gpu"],
-         reasons_have={"gpu": ("demoted: recent out-of-memory here (num_ctx >= 32768",)}),
-    Case("OOM outranks a capacity misfit", req(4, 6),
-         [gpu(oom_reason="cuda oom", free_bytes=24 * GIB), cpu(free_bytes=1 * GIB)],
-         ["cpu", "gpu"]),
+    Case(
+        "recent OOM on the gpu demotes it",
+        req(4),
+        [gpu(oom_reason="num_ctx >= 32768: requires more system memory"), cpu()],
+        ["cpu", "gpu"],
+        reasons_have={"gpu": ("demoted: recent out-of-memory here (num_ctx >= 32768",)},
+    ),
+    Case(
+        "OOM outranks a capacity misfit",
+        req(4, 6),
+        [gpu(oom_reason="cuda oom", free_bytes=24 * GIB), cpu(free_bytes=1 * GIB)],
+        ["cpu", "gpu"],
+    ),
     # --- saturation and spill-over
-    Case("saturated gpu spills over to a free cpu", req(4),
-         [gpu(in_flight=1, max_parallel=1), cpu()], ["cpu", "gpu"],
-         reasons_have={"gpu": ("demoted: saturated (1/1 in flight), spilling over",),
-                       "cpu": ("0/1 in flight",)}),
-    Case("spill-over off: saturated gpu keeps its place and queues", req(4),
-         [gpu(in_flight=1, max_parallel=1), cpu()], ["gpu", "cpu"],
-         policy=RoutePolicy(size_threshold_bytes=8 * GIB, spillover=False),
-         reasons_have={"gpu": ("saturated (1/1 in flight), will queue",)},
-         reasons_lack={"gpu": ("spilling over",)}),
-    Case("no free slot anywhere, equal queues: tier order kept", req(4),
-         [gpu(in_flight=1, max_parallel=1), cpu(in_flight=1)], ["gpu", "cpu"],
-         reasons_have={"gpu": ("saturated (1/1 in flight); every backend is",)},
-         reasons_lack={"gpu": ("spilling over",), "cpu": ("spilling over",)}),
-    Case("no free slot anywhere: least queued per slot first", req(4),
-         [gpu(in_flight=3, max_parallel=1), cpu(in_flight=1)], ["cpu", "gpu"],
-         reasons_have={"gpu": ("saturated (3/1 in flight); every backend is, least queued",)},
-         reasons_lack={"gpu": ("spilling over",)}),
-    Case("queue depth is per slot", req(4),
-         [gpu(in_flight=5, max_parallel=4), cpu(in_flight=2, max_parallel=1)], ["gpu", "cpu"]),
-    Case("spill-over off: saturation never reorders", req(4),
-         [gpu(in_flight=9), cpu(in_flight=1)], ["gpu", "cpu"],
-         policy=RoutePolicy(size_threshold_bytes=8 * GIB, spillover=False),
-         reasons_have={"gpu": ("will queue (spill-over off)",)}),
-    Case("max_parallel counts slots: 3/4 is not saturated", req(4),
-         [gpu(in_flight=3, max_parallel=4), cpu()], ["gpu", "cpu"],
-         reasons_have={"gpu": ("3/4 in flight",)}),
-    Case("spill-over to another gpu before the cpu", req(4),
-         [gpu("a", 0, in_flight=1), gpu("b", 1), cpu(index=2)], ["b", "cpu", "a"]),
-    Case("no spill-over onto a backend the request does not fit", req(20, 22),
-         [gpu(free_bytes=24 * GIB, in_flight=1), cpu(free_bytes=8 * GIB)], ["gpu", "cpu"]),
+    Case(
+        "saturated gpu spills over to a free cpu",
+        req(4),
+        [gpu(in_flight=1, max_parallel=1), cpu()],
+        ["cpu", "gpu"],
+        reasons_have={
+            "gpu": ("demoted: saturated (1/1 in flight), spilling over",),
+            "cpu": ("0/1 in flight",),
+        },
+    ),
+    Case(
+        "spill-over off: saturated gpu keeps its place and queues",
+        req(4),
+        [gpu(in_flight=1, max_parallel=1), cpu()],
+        ["gpu", "cpu"],
+        policy=RoutePolicy(size_threshold_bytes=8 * GIB, spillover=False),
+        reasons_have={"gpu": ("saturated (1/1 in flight), will queue",)},
+        reasons_lack={"gpu": ("spilling over",)},
+    ),
+    Case(
+        "no free slot anywhere, equal queues: tier order kept",
+        req(4),
+        [gpu(in_flight=1, max_parallel=1), cpu(in_flight=1)],
+        ["gpu", "cpu"],
+        reasons_have={"gpu": ("saturated (1/1 in flight); every backend is",)},
+        reasons_lack={"gpu": ("spilling over",), "cpu": ("spilling over",)},
+    ),
+    Case(
+        "no free slot anywhere: least queued per slot first",
+        req(4),
+        [gpu(in_flight=3, max_parallel=1), cpu(in_flight=1)],
+        ["cpu", "gpu"],
+        reasons_have={"gpu": ("saturated (3/1 in flight); every backend is, least queued",)},
+        reasons_lack={"gpu": ("spilling over",)},
+    ),
+    Case(
+        "queue depth is per slot",
+        req(4),
+        [gpu(in_flight=5, max_parallel=4), cpu(in_flight=2, max_parallel=1)],
+        ["gpu", "cpu"],
+    ),
+    Case(
+        "spill-over off: saturation never reorders",
+        req(4),
+        [gpu(in_flight=9), cpu(in_flight=1)],
+        ["gpu", "cpu"],
+        policy=RoutePolicy(size_threshold_bytes=8 * GIB, spillover=False),
+        reasons_have={"gpu": ("will queue (spill-over off)",)},
+    ),
+    Case(
+        "max_parallel counts slots: 3/4 is not saturated",
+        req(4),
+        [gpu(in_flight=3, max_parallel=4), cpu()],
+        ["gpu", "cpu"],
+        reasons_have={"gpu": ("3/4 in flight",)},
+    ),
+    Case(
+        "spill-over to another gpu before the cpu",
+        req(4),
+        [gpu("a", 0, in_flight=1), gpu("b", 1), cpu(index=2)],
+        ["b", "cpu", "a"],
+    ),
+    Case(
+        "no spill-over onto a backend the request does not fit",
+        req(20, 22),
+        [gpu(free_bytes=24 * GIB, in_flight=1), cpu(free_bytes=8 * GIB)],
+        ["gpu", "cpu"],
+    ),
     # --- residency
-    Case("warm gpu preferred within the gpu tier", req(4),
-         [gpu("a", 0), gpu("b", 1, loaded=loaded(4, 4)), cpu(index=2)], ["b", "a", "cpu"],
-         reasons_have={"b": ("model loaded (100% GPU)",), "a": ("model not loaded (cold load)",)}),
-    Case("full offload beats partial beats cold", req(4),
-         [gpu("cold", 0), gpu("part", 1, loaded=loaded(4, 2)), gpu("full", 2, loaded=loaded(4, 4))],
-         ["full", "part", "cold"],
-         reasons_have={"part": ("model partially offloaded (50%/50% CPU/GPU)",)}),
-    Case("warm cpu does not beat a cold gpu across tiers", req(4),
-         [gpu(), cpu(loaded=loaded(4, 0))], ["gpu", "cpu"]),
-    Case("prefer_warm: warm cpu beats a cold gpu", req(4),
-         [gpu(), cpu(loaded=loaded(4, 0))], ["cpu", "gpu"],
-         policy=RoutePolicy(size_threshold_bytes=8 * GIB, prefer_warm=True)),
-    Case("prefer_warm does not override a misfit", req(4, 6),
-         [gpu(free_bytes=24 * GIB), cpu(free_bytes=1 * GIB, loaded=loaded(4, 0))],
-         ["gpu", "cpu"], policy=RoutePolicy(size_threshold_bytes=8 * GIB, prefer_warm=True)),
+    Case(
+        "warm gpu preferred within the gpu tier",
+        req(4),
+        [gpu("a", 0), gpu("b", 1, loaded=loaded(4, 4)), cpu(index=2)],
+        ["b", "a", "cpu"],
+        reasons_have={"b": ("model loaded (100% GPU)",), "a": ("model not loaded (cold load)",)},
+    ),
+    Case(
+        "full offload beats partial beats cold",
+        req(4),
+        [gpu("cold", 0), gpu("part", 1, loaded=loaded(4, 2)), gpu("full", 2, loaded=loaded(4, 4))],
+        ["full", "part", "cold"],
+        reasons_have={"part": ("model partially offloaded (50%/50% CPU/GPU)",)},
+    ),
+    Case(
+        "warm cpu does not beat a cold gpu across tiers",
+        req(4),
+        [gpu(), cpu(loaded=loaded(4, 0))],
+        ["gpu", "cpu"],
+    ),
+    Case(
+        "prefer_warm: warm cpu beats a cold gpu",
+        req(4),
+        [gpu(), cpu(loaded=loaded(4, 0))],
+        ["cpu", "gpu"],
+        policy=RoutePolicy(size_threshold_bytes=8 * GIB, prefer_warm=True),
+    ),
+    Case(
+        "prefer_warm does not override a misfit",
+        req(4, 6),
+        [gpu(free_bytes=24 * GIB), cpu(free_bytes=1 * GIB, loaded=loaded(4, 0))],
+        ["gpu", "cpu"],
+        policy=RoutePolicy(size_threshold_bytes=8 * GIB, prefer_warm=True),
+    ),
     # --- priority, then configuration order
-    Case("lower priority number first within a tier", req(4),
-         [gpu("a", 0, priority=5), gpu("b", 1), cpu(index=2)], ["b", "a", "cpu"],
-         reasons_have={"a": ("priority 5",)}, reasons_lack={"b": ("priority",)}),
-    Case("priority never crosses tiers", req(4),
-         [gpu(priority=9), cpu(priority=-9)], ["gpu", "cpu"]),
-    Case("ties keep configuration order", req(4),
-         [gpu("a", 0), gpu("b", 1), gpu("c", 2)], ["a", "b", "c"]),
-    Case("index, not list position, is the configuration order", req(4),
-         [gpu("c", 2), gpu("a", 0), gpu("b", 1)], ["a", "b", "c"]),
+    Case(
+        "lower priority number first within a tier",
+        req(4),
+        [gpu("a", 0, priority=5), gpu("b", 1), cpu(index=2)],
+        ["b", "a", "cpu"],
+        reasons_have={"a": ("priority 5",)},
+        reasons_lack={"b": ("priority",)},
+    ),
+    Case(
+        "priority never crosses tiers", req(4), [gpu(priority=9), cpu(priority=-9)], ["gpu", "cpu"]
+    ),
+    Case(
+        "ties keep configuration order",
+        req(4),
+        [gpu("a", 0), gpu("b", 1), gpu("c", 2)],
+        ["a", "b", "c"],
+    ),
+    Case(
+        "index, not list position, is the configuration order",
+        req(4),
+        [gpu("c", 2), gpu("a", 0), gpu("b", 1)],
+        ["a", "b", "c"],
+    ),
     # --- skips
-    Case("open circuit, down and model-missing backends are skipped", req(4),
-         [gpu("open", 0, circuit="open", circuit_allows=False, retry_in=3.25),
-          gpu("down", 1, healthy=False, health_reason="connect: [Errno 111] Connection refused"),
-          gpu("nomodel", 2, has_model=False),
-          gpu("missing404", 3, has_model=False, model_reason="model 'x' not found here (404)"),
-          cpu(index=4)],
-         ["cpu"], skipped=["open", "down", "nomodel", "missing404"]),
-    Case("unknown health and unknown model presence are usable", req(4),
-         [gpu(healthy=None, has_model=None), cpu(healthy=True, has_model=True)], ["gpu", "cpu"]),
-    Case("circuit due for its trial call is a candidate, marked", req(4),
-         [gpu(circuit="open", circuit_allows=True, retry_in=-1.0), cpu()], ["gpu", "cpu"],
-         reasons_have={"gpu": ("circuit half-open: this is its trial call",)}),
-    Case("half-open circuit with its trial in flight is skipped", req(4),
-         [gpu(circuit="half_open", circuit_allows=False), cpu()], ["cpu"], skipped=["gpu"]),
-    Case("everything skipped: empty plan", req(4),
-         [gpu(healthy=False), cpu(circuit="open", circuit_allows=False)], [],
-         skipped=["gpu", "cpu"]),
+    Case(
+        "open circuit, down and model-missing backends are skipped",
+        req(4),
+        [
+            gpu("open", 0, circuit="open", circuit_allows=False, retry_in=3.25),
+            gpu("down", 1, healthy=False, health_reason="connect: [Errno 111] Connection refused"),
+            gpu("nomodel", 2, has_model=False),
+            gpu("missing404", 3, has_model=False, model_reason="model 'x' not found here (404)"),
+            cpu(index=4),
+        ],
+        ["cpu"],
+        skipped=["open", "down", "nomodel", "missing404"],
+    ),
+    Case(
+        "unknown health and unknown model presence are usable",
+        req(4),
+        [gpu(healthy=None, has_model=None), cpu(healthy=True, has_model=True)],
+        ["gpu", "cpu"],
+    ),
+    Case(
+        "circuit due for its trial call is a candidate, marked",
+        req(4),
+        [gpu(circuit="open", circuit_allows=True, retry_in=-1.0), cpu()],
+        ["gpu", "cpu"],
+        reasons_have={"gpu": ("circuit half-open: this is its trial call",)},
+    ),
+    Case(
+        "half-open circuit with its trial in flight is skipped",
+        req(4),
+        [gpu(circuit="half_open", circuit_allows=False), cpu()],
+        ["cpu"],
+        skipped=["gpu"],
+    ),
+    Case(
+        "everything skipped: empty plan",
+        req(4),
+        [gpu(healthy=False), cpu(circuit="open", circuit_allows=False)],
+        [],
+        skipped=["gpu", "cpu"],
+    ),
     Case("no backends at all", req(4), [], []),
 ]
 
@@ -244,15 +415,19 @@ def test_every_candidate_explains_every_factor(case: Case) -> None:
 
 
 def test_skip_reasons() -> None:
-    plan = plan_route(req(4), [
-        gpu("a", 0, circuit="open", circuit_allows=False, retry_in=3.25),
-        gpu("b", 1, circuit="open", circuit_allows=False),
-        gpu("c", 2, healthy=False, health_reason="connect refused"),
-        gpu("d", 3, healthy=False),
-        gpu("e", 4, has_model=False),
-        gpu("f", 5, has_model=False, model_reason="model 'x' not in this server's /api/tags"),
-        gpu("g", 6, circuit="open", circuit_allows=False, healthy=False, has_model=False),
-    ], POLICY)
+    plan = plan_route(
+        req(4),
+        [
+            gpu("a", 0, circuit="open", circuit_allows=False, retry_in=3.25),
+            gpu("b", 1, circuit="open", circuit_allows=False),
+            gpu("c", 2, healthy=False, health_reason="connect refused"),
+            gpu("d", 3, healthy=False),
+            gpu("e", 4, has_model=False),
+            gpu("f", 5, has_model=False, model_reason="model 'x' not in this server's /api/tags"),
+            gpu("g", 6, circuit="open", circuit_allows=False, healthy=False, has_model=False),
+        ],
+        POLICY,
+    )
     assert [(s.backend, s.reason) for s in plan.skipped] == [
         ("a", "circuit open, trial call in 3.2s"),
         ("b", "circuit open"),
@@ -279,9 +454,11 @@ def test_primary_fallback_and_candidates() -> None:
 
 
 def test_explain_lists_candidates_reasons_and_skips() -> None:
-    plan = plan_route(req(4, footprint="weights + 0.5 GiB KV cache"),
-                      [gpu(), cpu(), gpu("dead", 2, healthy=False, health_reason="refused")],
-                      POLICY)
+    plan = plan_route(
+        req(4, footprint="weights + 0.5 GiB KV cache"),
+        [gpu(), cpu(), gpu("dead", 2, healthy=False, health_reason="refused")],
+        POLICY,
+    )
     text = plan.explain()
     lines = text.splitlines()
     assert lines[0] == f"route for {MODEL!r}: {plan.summary}"
@@ -307,10 +484,16 @@ def test_as_dict_is_json_ready_and_complete() -> None:
     assert (d["num_ctx"], d["weights_bytes"], d["needed_bytes"]) == (4096, 4 * GIB, 5 * GIB)
     assert d["size"] == "4 GiB weights" and d["summary"] == plan.summary
     assert d["candidates"] == [
-        {"backend": "gpu", "kind": "gpu", "url": "http://gpu:11434",
-         "reasons": list(plan.candidates[0].reasons)}]
-    assert d["skipped"] == [{"backend": "cpu", "url": "http://cpu:11435",
-                             "reason": "down: probe failed"}]
+        {
+            "backend": "gpu",
+            "kind": "gpu",
+            "url": "http://gpu:11434",
+            "reasons": list(plan.candidates[0].reasons),
+        }
+    ]
+    assert d["skipped"] == [
+        {"backend": "cpu", "url": "http://cpu:11435", "reason": "down: probe failed"}
+    ]
     assert d["notes"] == []
 
 
@@ -343,7 +526,8 @@ def test_loaded_model_placement(
     strict=True,
     reason="BUG: plan_route picks the tier from every usable GPU's fit, including a GPU "
     "demoted by a recent out-of-memory mark; that GPU's 'fits' makes the tier 'gpu' and "
-    "puts an unknown-capacity GPU above the CPU for a model above the size threshold")
+    "puts an unknown-capacity GPU above the CPU for a model above the size threshold",
+)
 def test_oom_marked_gpu_does_not_decide_the_tier() -> None:
     big = req(40, 42)
     oom_gpu = gpu("a", 0, oom_reason="num_ctx >= 4096: out of memory", free_bytes=48 * GIB)
