@@ -49,13 +49,17 @@ def _hybrid(gpu: OllamaStandIn, cpu: OllamaStandIn, **kw: Any) -> HybridChatOlla
     t = kw.pop("timeouts", Timeouts())
     return HybridChatOllama(
         model=MODEL,
-        backends=[BackendConfig(name="gpu", base_url=gpu.url, timeouts=t),
-                  BackendConfig(name="cpu", kind="cpu", base_url=cpu.url, timeouts=t)],
+        backends=[
+            BackendConfig(name="gpu", base_url=gpu.url, timeouts=t),
+            BackendConfig(name="cpu", kind="cpu", base_url=cpu.url, timeouts=t),
+        ],
         **kw,
     )
 
 
-def bench_overhead(gpu: OllamaStandIn, cpu: OllamaStandIn, calls: int, rounds: int) -> dict[str, Any]:
+def bench_overhead(
+    gpu: OllamaStandIn, cpu: OllamaStandIn, calls: int, rounds: int
+) -> dict[str, Any]:
     plain = ChatOllama(model=MODEL, base_url=gpu.url)
     fallbacks = plain.with_fallbacks([ChatOllama(model=MODEL, base_url=cpu.url)])
     hybrid = _hybrid(gpu, cpu)
@@ -87,7 +91,8 @@ def bench_overhead(gpu: OllamaStandIn, cpu: OllamaStandIn, calls: int, rounds: i
 
 def bench_dead_gpu(gpu: OllamaStandIn, cpu: OllamaStandIn, calls: int) -> dict[str, Any]:
     fallbacks = ChatOllama(model=MODEL, base_url=gpu.url).with_fallbacks(
-        [ChatOllama(model=MODEL, base_url=cpu.url)])
+        [ChatOllama(model=MODEL, base_url=cpu.url)]
+    )
     hybrid = _hybrid(gpu, cpu)
     plain_cpu = ChatOllama(model=MODEL, base_url=cpu.url)
     for fn in (lambda: hybrid.invoke("hi"), lambda: plain_cpu.invoke("hi")):
@@ -106,14 +111,17 @@ def bench_dead_gpu(gpu: OllamaStandIn, cpu: OllamaStandIn, calls: int) -> dict[s
     finally:
         gpu.clear_faults()
         hybrid.close()
-    return {"median_ms": {k: round(v, 3) for k, v in out.items()},
-            "hybrid_first_call_ms": round(first, 3)}
+    return {
+        "median_ms": {k: round(v, 3) for k, v in out.items()},
+        "hybrid_first_call_ms": round(first, 3),
+    }
 
 
 def bench_hung_gpu(gpu: OllamaStandIn, cpu: OllamaStandIn, calls: int) -> dict[str, Any]:
     timeout = 1.0
-    fallbacks = ChatOllama(model=MODEL, base_url=gpu.url, client_kwargs={"timeout": timeout}
-                           ).with_fallbacks([ChatOllama(model=MODEL, base_url=cpu.url)])
+    fallbacks = ChatOllama(
+        model=MODEL, base_url=gpu.url, client_kwargs={"timeout": timeout}
+    ).with_fallbacks([ChatOllama(model=MODEL, base_url=cpu.url)])
     hybrid = _hybrid(gpu, cpu, timeouts=Timeouts(first_token=timeout, idle=timeout))
     gpu.inject(Fault.HANG_BEFORE_FIRST_CHUNK)
     try:
@@ -134,9 +142,11 @@ def bench_hung_gpu(gpu: OllamaStandIn, cpu: OllamaStandIn, calls: int) -> dict[s
 
 
 def bench_spillover(n: int, token_delay: float) -> dict[str, Any]:
-    with OllamaStandIn(name="gpu", loaded=[MODEL], token_delay=token_delay) as gpu, \
-            OllamaStandIn(name="cpu", loaded=[MODEL], gpu_fraction=0.0,
-                          token_delay=token_delay) as cpu:
+    with (
+        OllamaStandIn(name="gpu", loaded=[MODEL], token_delay=token_delay) as gpu,
+        OllamaStandIn(name="cpu", loaded=[MODEL], gpu_fraction=0.0, token_delay=token_delay) as cpu,
+    ):
+
         async def burst(model: HybridChatOllama) -> float:
             t = time.perf_counter()
             await asyncio.gather(*(model.ainvoke(f"q{i}") for i in range(n)))
@@ -171,9 +181,12 @@ def bench_construction() -> dict[str, Any]:
     inner_ms = (time.perf_counter() - t) * 1000
     size2, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"construct_ms": round(ms, 3), "construct_kib": round(size / 1024, 1),
-            "inner_models_ms": round(inner_ms, 1),
-            "with_inner_models_kib": round(size2 / 1024, 1)}
+    return {
+        "construct_ms": round(ms, 3),
+        "construct_kib": round(size / 1024, 1),
+        "inner_models_ms": round(inner_ms, 1),
+        "with_inner_models_kib": round(size2 / 1024, 1),
+    }
 
 
 def main() -> None:
@@ -184,10 +197,12 @@ def main() -> None:
     args = ap.parse_args()
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {platform.python_implementation()} "
-                   f"{platform.python_version()}",
+        f"{platform.python_version()}",
     }
-    with OllamaStandIn(name="gpu", loaded=[MODEL]) as gpu, \
-            OllamaStandIn(name="cpu", loaded=[MODEL], gpu_fraction=0.0) as cpu:
+    with (
+        OllamaStandIn(name="gpu", loaded=[MODEL]) as gpu,
+        OllamaStandIn(name="cpu", loaded=[MODEL], gpu_fraction=0.0) as cpu,
+    ):
         results["overhead"] = bench_overhead(gpu, cpu, args.calls, args.rounds)
         results["gpu_refused"] = bench_dead_gpu(gpu, cpu, args.calls)
         results["gpu_hung"] = bench_hung_gpu(gpu, cpu, 50)
@@ -198,10 +213,16 @@ def main() -> None:
     print("| path | median ms |\n|---|---|")
     for k, v in o["median_ms"].items():
         print(f"| {k} | {v} |")
-    print(f"\ninvoke ratio hybrid/plain: {o['ratio_invoke']}  stream: {o['ratio_stream']}  "
-          f"with_fallbacks/plain: {o['ratio_with_fallbacks']}")
-    print(json.dumps({k: results[k] for k in ("gpu_refused", "gpu_hung", "spillover",
-                                              "construction")}, indent=2))
+    print(
+        f"\ninvoke ratio hybrid/plain: {o['ratio_invoke']}  stream: {o['ratio_stream']}  "
+        f"with_fallbacks/plain: {o['ratio_with_fallbacks']}"
+    )
+    print(
+        json.dumps(
+            {k: results[k] for k in ("gpu_refused", "gpu_hung", "spillover", "construction")},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

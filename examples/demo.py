@@ -71,8 +71,9 @@ def embedded_servers() -> Iterator[tuple[OllamaStandIn, OllamaStandIn, str, bool
         name = model.name
     else:
         gpu = OllamaStandIn(name="gpu", models=["llama3.2:1b"], engine=ScriptedEngine())
-        cpu = OllamaStandIn(name="cpu", models=["llama3.2:1b"], engine=ScriptedEngine(),
-                            gpu_fraction=0.0)
+        cpu = OllamaStandIn(
+            name="cpu", models=["llama3.2:1b"], engine=ScriptedEngine(), gpu_fraction=0.0
+        )
         name = "llama3.2:1b"
     with gpu, cpu:
         yield gpu, cpu, name, real
@@ -105,18 +106,27 @@ def demo_failover(llm: HybridChatOllama, gpu: OllamaStandIn, question: str) -> N
     for chunk in llm.stream(question):
         meta = chunk.response_metadata.get("contextharbor")
         if meta:
-            tried = ", ".join(f"{a['backend']} ({a['category']}: {a['error_class']})"
-                              for a in meta["attempts"]) or "nothing"
+            tried = (
+                ", ".join(
+                    f"{a['backend']} ({a['category']}: {a['error_class']})"
+                    for a in meta["attempts"]
+                )
+                or "nothing"
+            )
             print(f"[served by {meta['backend']} after trying {tried}] ", end="")
         print(chunk.content, end="", flush=True)
     print()
     msg = llm.invoke(question)
-    print(f"next call: served by {msg.response_metadata['backend']}, attempts "
-          f"{msg.response_metadata['contextharbor']['attempts']} (the GPU's circuit is open: "
-          "it costs nothing until its trial call)")
+    print(
+        f"next call: served by {msg.response_metadata['backend']}, attempts "
+        f"{msg.response_metadata['contextharbor']['attempts']} (the GPU's circuit is open: "
+        "it costs nothing until its trial call)"
+    )
     gpu.start()
-    print(f"restarted {gpu.name}; it gets traffic again after the breaker cooldown "
-          f"({llm.breaker.cooldown:.0f} s)")
+    print(
+        f"restarted {gpu.name}; it gets traffic again after the breaker cooldown "
+        f"({llm.breaker.cooldown:.0f} s)"
+    )
 
 
 def demo_tools(gpu: OllamaStandIn, cpu: OllamaStandIn) -> None:
@@ -132,11 +142,17 @@ def demo_tools(gpu: OllamaStandIn, cpu: OllamaStandIn) -> None:
         city: str = Field(description="the city")
         country: str = Field(description="its country")
 
-    with OllamaStandIn(name="gpu-tools", models=["llama3.2:1b"]) as g2, \
-            OllamaStandIn(name="cpu-tools", models=["llama3.2:1b"], gpu_fraction=0.0) as c2:
-        llm = HybridChatOllama(model="llama3.2:1b", backends=[
-            BackendConfig(name="gpu", base_url=g2.url),
-            BackendConfig(name="cpu", kind="cpu", base_url=c2.url)])
+    with (
+        OllamaStandIn(name="gpu-tools", models=["llama3.2:1b"]) as g2,
+        OllamaStandIn(name="cpu-tools", models=["llama3.2:1b"], gpu_fraction=0.0) as c2,
+    ):
+        llm = HybridChatOllama(
+            model="llama3.2:1b",
+            backends=[
+                BackendConfig(name="gpu", base_url=g2.url),
+                BackendConfig(name="cpu", kind="cpu", base_url=c2.url),
+            ],
+        )
         say("tools (scripted engine)")
         msg = llm.bind_tools([get_weather]).invoke("What is the weather in Paris?")
         print(f"tool calls: {msg.tool_calls}  (backend {msg.response_metadata['backend']})")
@@ -168,17 +184,23 @@ def main() -> int:
         say(f"no Ollama answers: embedded stand-ins with {engine}")
         print(f"gpu: {gpu.url}   cpu: {cpu.url}   model: {model}")
         llm = HybridChatOllama(
-            model=model, temperature=0, seed=1,
-            backends=[BackendConfig(name="gpu", base_url=gpu.url, kind="gpu"),
-                      BackendConfig(name="cpu", base_url=cpu.url, kind="cpu")],
+            model=model,
+            temperature=0,
+            seed=1,
+            backends=[
+                BackendConfig(name="gpu", base_url=gpu.url, kind="gpu"),
+                BackendConfig(name="cpu", base_url=cpu.url, kind="cpu"),
+            ],
             timeouts=Timeouts(first_token=60, idle=30),
         )
         run_on(llm, question)
         demo_failover(llm, gpu, question)
         say("stats")
         for name, s in llm.stats().items():
-            print(f"{name}: requests {s['requests']}, successes {s['successes']}, failures "
-                  f"{s['failures']}, fallbacks {s['fallbacks']}, circuit {s['circuit']}")
+            print(
+                f"{name}: requests {s['requests']}, successes {s['successes']}, failures "
+                f"{s['failures']}, fallbacks {s['fallbacks']}, circuit {s['circuit']}"
+            )
         llm.close()
         demo_tools(gpu, cpu)
     return 0

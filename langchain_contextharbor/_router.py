@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from langchain_contextharbor._stats import BackendStats
 from langchain_contextharbor.backends import BackendConfig
 from langchain_contextharbor.breaker import BreakerPolicy, CircuitBreaker
 from langchain_contextharbor.classify import Classification, FailoverCategory
@@ -42,7 +43,6 @@ from langchain_contextharbor.sizing import (
     estimate_request_bytes,
     normalize_model_name,
 )
-from langchain_contextharbor._stats import BackendStats
 
 logger = logging.getLogger("langchain_contextharbor")
 
@@ -75,7 +75,8 @@ class BackendRuntime:
     probe_future: concurrent.futures.Future[ProbeResult] | None = None
     shows: dict[str, tuple[float, ArchInfo | None]] = field(default_factory=dict)
     show_futures: dict[str, concurrent.futures.Future[ArchInfo | None]] = field(
-        default_factory=dict)
+        default_factory=dict
+    )
     missing: dict[str, float] = field(default_factory=dict)
     """normalized model -> until (learned 404)"""
     oom: dict[str, tuple[int, float, str]] = field(default_factory=dict)
@@ -170,7 +171,8 @@ class Router:
             return self._by_name[name]
         except KeyError:
             raise KeyError(
-                f"no backend named {name!r}; configured: {sorted(self._by_name)}") from None
+                f"no backend named {name!r}; configured: {sorted(self._by_name)}"
+            ) from None
 
     # ------------------------------------------------------------------ planning
     def plan(
@@ -189,8 +191,14 @@ class Router:
         key = normalize_model_name(model)
         if schedule_refresh and self.background_probes:
             self._schedule_stale(now, key)
-        ck = (model, num_ctx, policy, tuple(sizes.items()), self._version,
-              tuple(b.in_flight for b in self._backends))
+        ck: tuple[Any, ...] = (
+            model,
+            num_ctx,
+            policy,
+            tuple(sizes.items()),
+            self._version,
+            tuple(b.in_flight for b in self._backends),
+        )
         try:
             hit = self._plan_cache.get(ck)
         except TypeError:  # an unhashable value in the size table: estimate raises below
@@ -200,12 +208,16 @@ class Router:
         with self._lock:
             snaps, tags_size, arch, valid_until = self._snapshots(key, num_ctx, now)
         weights = estimate_model_bytes(
-            model, sizes=sizes, tags_size=tags_size,
+            model,
+            sizes=sizes,
+            tags_size=tags_size,
             parameter_count=arch.parameter_count if arch else None,
-            quantization=arch.quantization if arch else None)
+            quantization=arch.quantization if arch else None,
+        )
         foot = estimate_request_bytes(weights, num_ctx=num_ctx, arch=arch)
-        req = RouteRequest(model, num_ctx, weights.bytes, foot.total_bytes, weights.detail,
-                           foot.describe())
+        req = RouteRequest(
+            model, num_ctx, weights.bytes, foot.total_bytes, weights.detail, foot.describe()
+        )
         plan = plan_route(req, snaps, policy)
         if ck:
             if len(self._plan_cache) > 512:
@@ -249,7 +261,8 @@ class Router:
             evictable = 0
             if p and p.loaded:
                 evictable = sum(
-                    (m.size_vram if cfg.kind == "gpu" else m.size) for m in p.loaded.values())
+                    (m.size_vram if cfg.kind == "gpu" else m.size) for m in p.loaded.values()
+                )
             free, source = self._capacity(cfg, p)
             oom_reason = None
             mark = b.oom.get(key)
@@ -261,25 +274,38 @@ class Router:
             retry_at = br.retry_at()
             if retry_at is not None and now < retry_at:
                 valid_until = min(valid_until, retry_at)
-            snaps.append(BackendSnapshot(
-                name=cfg.name, kind=cfg.kind, url=cfg.safe_url, index=b.index,
-                priority=cfg.priority, max_parallel=cfg.max_parallel, in_flight=b.in_flight,
-                circuit=br.state, circuit_allows=br.would_allow(now),
-                retry_in=(retry_at - now) if retry_at is not None else None,
-                healthy=(p.ok if p is not None else None),
-                health_reason=(p.reason if p is not None else None),
-                has_model=has_model, model_reason=model_reason, loaded=loaded,
-                evictable_bytes=evictable, free_bytes=free, capacity_source=source,
-                oom_reason=oom_reason,
-            ))
+            snaps.append(
+                BackendSnapshot(
+                    name=cfg.name,
+                    kind=cfg.kind,
+                    url=cfg.safe_url,
+                    index=b.index,
+                    priority=cfg.priority,
+                    max_parallel=cfg.max_parallel,
+                    in_flight=b.in_flight,
+                    circuit=br.state,
+                    circuit_allows=br.would_allow(now),
+                    retry_in=(retry_at - now) if retry_at is not None else None,
+                    healthy=(p.ok if p is not None else None),
+                    health_reason=(p.reason if p is not None else None),
+                    has_model=has_model,
+                    model_reason=model_reason,
+                    loaded=loaded,
+                    evictable_bytes=evictable,
+                    free_bytes=free,
+                    capacity_source=source,
+                    oom_reason=oom_reason,
+                )
+            )
         return snaps, tags_size, arch, valid_until
 
     def _capacity(self, cfg: BackendConfig, p: ProbeResult | None) -> tuple[int | None, str]:
         if cfg.max_memory_gb is not None:
             used = 0
             if p and p.loaded:
-                used = sum((m.size_vram if cfg.kind == "gpu" else m.size)
-                           for m in p.loaded.values())
+                used = sum(
+                    (m.size_vram if cfg.kind == "gpu" else m.size) for m in p.loaded.values()
+                )
             return max(0, int(cfg.max_memory_gb * 1024**3) - used), "max_memory_gb"
         if p is None:
             return None, "unknown"
@@ -324,8 +350,15 @@ class Router:
                 b.stats.ttft.add(ttft)
 
     def record_failure(
-        self, name: str, model: str, num_ctx: int, c: Classification, message: str,
-        *, fell_back: bool, interrupted: bool = False,
+        self,
+        name: str,
+        model: str,
+        num_ctx: int,
+        c: Classification,
+        message: str,
+        *,
+        fell_back: bool,
+        interrupted: bool = False,
     ) -> None:
         b = self._by_name[name]
         now = self.clock()
@@ -353,7 +386,8 @@ class Router:
                 if self._executor is None:
                     self._executor = concurrent.futures.ThreadPoolExecutor(
                         max_workers=max(2, len(self._backends)),
-                        thread_name_prefix="contextharbor-probe")
+                        thread_name_prefix="contextharbor-probe",
+                    )
         return self._executor
 
     def _schedule_stale(self, now: float, key: str) -> None:
@@ -362,9 +396,14 @@ class Router:
             if (p is None or now - p.at > self.probe_ttl) and b.probe_future is None:
                 self._submit_probe(b)
             shown = b.shows.get(key)
-            if (shown is None or now - shown[0] > self.show_ttl) and key not in b.show_futures \
-                    and b.probe is not None and b.probe.ok and b.probe.models \
-                    and key in b.probe.models:
+            if (
+                (shown is None or now - shown[0] > self.show_ttl)
+                and key not in b.show_futures
+                and b.probe is not None
+                and b.probe.ok
+                and b.probe.models
+                and key in b.probe.models
+            ):
                 self._submit_show(b, key)
 
     def _submit_probe(self, b: BackendRuntime) -> concurrent.futures.Future[ProbeResult]:
@@ -388,9 +427,13 @@ class Router:
             kw = {k: v for k, v in cfg.client_kwargs.items() if k != "async_transport"}
             kw.setdefault("verify", cfg.verify)
             b.client = httpx.Client(
-                base_url=cfg.base_url, headers=cfg.headers,
-                timeout=httpx.Timeout(cfg.timeouts.probe, connect=min(
-                    cfg.timeouts.connect, cfg.timeouts.probe)), **kw)
+                base_url=cfg.base_url,
+                headers=cfg.headers,
+                timeout=httpx.Timeout(
+                    cfg.timeouts.probe, connect=min(cfg.timeouts.connect, cfg.timeouts.probe)
+                ),
+                **kw,
+            )
         return b.client
 
     def _run_probe(self, b: BackendRuntime) -> ProbeResult:
@@ -400,23 +443,41 @@ class Router:
             c = self._http(b)
             r = c.get("/api/version")
             r.raise_for_status()
-            version = r.json().get("version") if r.headers.get(
-                "content-type", "").startswith("application/json") else None
+            version = (
+                r.json().get("version")
+                if r.headers.get("content-type", "").startswith("application/json")
+                else None
+            )
             models = _parse_tags(_json_list(c.get("/api/tags"), "models"))
             loaded = _parse_loaded(_json_list(c.get("/api/ps"), "models"))
-            res = ProbeResult(True, self.clock(), (time.perf_counter() - t0) * 1000,
-                              version=version, models=models, loaded=loaded)
+            res = ProbeResult(
+                True,
+                self.clock(),
+                (time.perf_counter() - t0) * 1000,
+                version=version,
+                models=models,
+                loaded=loaded,
+            )
             self._read_capacity(b.config, res)
         except Exception as exc:  # a probe never raises into callers
-            res = ProbeResult(False, self.clock(), (time.perf_counter() - t0) * 1000,
-                              reason=f"{type(exc).__name__}: {exc}"[:300])
+            res = ProbeResult(
+                False,
+                self.clock(),
+                (time.perf_counter() - t0) * 1000,
+                reason=f"{type(exc).__name__}: {exc}"[:300],
+            )
         with self._lock:
             b.probe = res
             b.probe_future = None
             self._version += 1
         if res.ok:
-            logger.debug("probe %s ok in %.1f ms: %d models, %d loaded", b.config.name,
-                         res.latency_ms, len(res.models or {}), len(res.loaded or {}))
+            logger.debug(
+                "probe %s ok in %.1f ms: %d models, %d loaded",
+                b.config.name,
+                res.latency_ms,
+                len(res.models or {}),
+                len(res.loaded or {}),
+            )
         else:
             logger.info("probe %s failed: %s", b.config.name, res.reason)
         return res

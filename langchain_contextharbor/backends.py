@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -56,27 +57,41 @@ def validate_base_url(url: str, *, what: str = "base URL") -> str:
         raise ConfigurationError(f"{what} {shown!r}: scheme must be http or https")
     if not parsed.host:
         raise ConfigurationError(f"{what} {shown!r} has no host")
+    if any(ch.isspace() for ch in text):
+        raise ConfigurationError(f"{what} {shown!r} must not contain whitespace")
     try:
-        _ = parsed.port
+        port = parsed.port
     except Exception:
         raise ConfigurationError(f"{what} {shown!r} has an invalid port") from None
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigurationError(f"{what} {shown!r}: port must be 1..65535")
     if parsed.query or parsed.fragment:
         raise ConfigurationError(f"{what} {shown!r} must not have a query or fragment")
     return text.rstrip("/")
 
 
 def redact_url(url: str) -> str:
-    """Remove credentials (``user:password@``) from a URL; safe on malformed input."""
+    """Remove credentials (``user:password@``) from a URL; safe on malformed input.
+
+    Everything before the last ``@`` is treated as userinfo, even when a ``/``, ``?`` or
+    ``#`` appears in it (a password may contain them): over-redacting a URL whose path or
+    query has an ``@`` in it is the safe mistake.
+    """
     if not isinstance(url, str):
         return "<invalid url>"
     scheme, sep, rest = url.partition("://")
     if not sep:
-        scheme, rest = "", url
-    authority, slash, tail = rest.partition("/")
-    if "@" in authority:
-        authority = "***@" + authority.rsplit("@", 1)[1]
-    out = authority + slash + tail
-    return f"{scheme}://{out}" if sep else out
+        # No "://": keep a scheme-like prefix such as "http:/" (a typo) as it is.
+        m = re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/+(?=[^/])", url)
+        scheme, rest = (m.group(0), url[m.end() :]) if m and "@" in url[m.end() :] else ("", url)
+        sep = ""
+    head, tail = rest, ""
+    if "@" in head:
+        after = head.rsplit("@", 1)[1]
+        lead = "//" if head.startswith("//") else ""
+        head = f"{lead}***@{after}"
+    out = head + tail
+    return f"{scheme}://{out}" if sep else scheme + out
 
 
 def _finite_positive(v: float | None, name: str) -> float | None:
@@ -98,7 +113,7 @@ class Timeouts(BaseModel):
     * ``probe`` — the whole of a health/status probe (``/api/version``, ``/api/tags``...).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     connect: float = 2.0
     first_token: float = 120.0
@@ -120,7 +135,9 @@ class BackendConfig(BaseModel):
     ``trust_env`` ...). ``headers`` are sent on every request and never logged.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", arbitrary_types_allowed=True, hide_input_in_errors=True
+    )
 
     name: str
     base_url: str

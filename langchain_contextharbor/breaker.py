@@ -41,6 +41,15 @@ class BreakerPolicy:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        if self.backoff < 1:
+            raise ValueError(
+                f"backoff must be >= 1 (a failed trial never shortens the wait), "
+                f"got {self.backoff!r}"
+            )
+        if self.cooldown > self.max_cooldown:
+            raise ValueError(
+                f"cooldown ({self.cooldown}) must not exceed max_cooldown ({self.max_cooldown})"
+            )
 
 
 class CircuitBreaker:

@@ -15,14 +15,22 @@ import logging
 import math
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import httpx
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import LanguageModelInput
-from langchain_core.language_models.chat_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models import LangSmithParams, LanguageModelInput
+from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.output_parsers import JsonOutputKeyToolsParser, JsonOutputParser
 from langchain_core.output_parsers.openai_tools import PydanticToolsParser
@@ -33,7 +41,7 @@ from langchain_core.utils import from_env
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from langchain_ollama import ChatOllama
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from langchain_contextharbor._router import Router
 from langchain_contextharbor._transport import AsyncPhaseTimeoutTransport, PhaseTimeoutTransport
@@ -46,7 +54,6 @@ from langchain_contextharbor.backends import (
     Timeouts,
     backends_from_env,
     coerce_backends,
-    redact_url,
 )
 from langchain_contextharbor.breaker import BreakerPolicy
 from langchain_contextharbor.classify import Classification, FailoverCategory, classify_exception
@@ -74,9 +81,23 @@ logger = logging.getLogger("langchain_contextharbor")
 
 # ChatOllama parameters that apply to every inner model unchanged.
 _PASSTHROUGH = (
-    "temperature", "num_ctx", "num_gpu", "num_thread", "num_predict", "keep_alive",
-    "reasoning", "format", "seed", "top_k", "top_p", "mirostat", "mirostat_eta",
-    "mirostat_tau", "repeat_last_n", "repeat_penalty", "tfs_z",
+    "temperature",
+    "num_ctx",
+    "num_gpu",
+    "num_thread",
+    "num_predict",
+    "keep_alive",
+    "reasoning",
+    "format",
+    "seed",
+    "top_k",
+    "top_p",
+    "mirostat",
+    "mirostat_eta",
+    "mirostat_tau",
+    "repeat_last_n",
+    "repeat_penalty",
+    "tfs_z",
 )
 
 _METADATA_KEY = "contextharbor"
@@ -151,17 +172,21 @@ class HybridChatOllama(BaseChatModel):
         and its circuit breaker keeps later calls off it until a trial call.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, populate_by_name=True, hide_input_in_errors=True
+    )
 
     model: str
     """Model tag, e.g. ``"llama3.1:8b"``."""
     backends: list[BackendConfig] | None = None
     """Explicit backends; when None, built from ``gpu_url`` and ``cpu_url``."""
     gpu_url: str | None = Field(
-        default_factory=from_env(GPU_URL_ENV, default=DEFAULT_GPU_URL), repr=False)
+        default_factory=from_env(GPU_URL_ENV, default=DEFAULT_GPU_URL), repr=False
+    )
     """GPU server (env ``OLLAMA_GPU_URL``); empty string disables it."""
     cpu_url: str | None = Field(
-        default_factory=from_env(CPU_URL_ENV, default=DEFAULT_CPU_URL), repr=False)
+        default_factory=from_env(CPU_URL_ENV, default=DEFAULT_CPU_URL), repr=False
+    )
     """CPU server (env ``OLLAMA_CPU_URL``); empty string disables it."""
 
     # --- ChatOllama parameters, applied to every inner model -------------------------
@@ -220,11 +245,24 @@ class HybridChatOllama(BaseChatModel):
     _configs: list[BackendConfig] = PrivateAttr(default_factory=list)
     _router: Router = PrivateAttr()
     _sync_inner: dict[str, ChatOllama] = PrivateAttr(default_factory=dict)
-    _async_inner: dict[tuple[str, int], tuple[Any, ChatOllama]] = PrivateAttr(
-        default_factory=dict)
+    _async_inner: dict[tuple[str, int], tuple[Any, ChatOllama]] = PrivateAttr(default_factory=dict)
     _build_lock: Any = PrivateAttr(default=None)
 
     # ------------------------------------------------------------------ construction
+    def __init__(self, **kwargs: Any) -> None:
+        try:
+            super().__init__(**kwargs)
+        except ValidationError as exc:
+            # One typed, readable error; inputs (URLs, headers) are never echoed.
+            problems = "; ".join(
+                f"{'.'.join(str(x) for x in e['loc']) or 'config'}: "
+                f"{str(e['msg']).removeprefix('Value error, ')}"
+                for e in exc.errors(include_input=False, include_url=False)
+            )
+            raise ConfigurationError(
+                f"invalid HybridChatOllama configuration: {problems}"
+            ) from None
+
     @model_validator(mode="after")
     def _setup(self) -> HybridChatOllama:
         import threading
@@ -235,15 +273,24 @@ class HybridChatOllama(BaseChatModel):
             configs = coerce_backends(self.backends)
         else:
             configs = coerce_backends(
-                backends_from_env({}, gpu_url=self.gpu_url or "", cpu_url=self.cpu_url or ""))
+                backends_from_env({}, gpu_url=self.gpu_url or "", cpu_url=self.cpu_url or "")
+            )
+        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise ConfigurationError(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        if not (math.isfinite(self.probe_ttl) and self.probe_ttl > 0):
+            raise ConfigurationError(f"probe_ttl must be > 0 seconds, got {self.probe_ttl!r}")
+        if not (math.isfinite(self.oom_cooldown) and self.oom_cooldown >= 0):
+            raise ConfigurationError(
+                f"oom_cooldown must be >= 0 seconds, got {self.oom_cooldown!r}"
+            )
         default_t = self.timeouts
         if default_t is None and self.timeout is not None:
-            if not (math.isfinite(self.timeout) and self.timeout > 0):
-                raise ConfigurationError(f"timeout must be > 0 seconds, got {self.timeout!r}")
             default_t = Timeouts(first_token=self.timeout, idle=self.timeout)
         if default_t is not None:
             configs = [
-                c if "timeouts" in c.model_fields_set else c.model_copy(update={"timeouts": default_t})
+                c
+                if "timeouts" in c.model_fields_set
+                else c.model_copy(update={"timeouts": default_t})
                 for c in configs
             ]
         self._configs = configs
@@ -253,7 +300,8 @@ class HybridChatOllama(BaseChatModel):
             raise ConfigurationError(str(exc)) from None
         if not (math.isfinite(self.size_threshold_gb) and self.size_threshold_gb > 0):
             raise ConfigurationError(
-                f"size_threshold_gb must be a finite number > 0, got {self.size_threshold_gb!r}")
+                f"size_threshold_gb must be a finite number > 0, got {self.size_threshold_gb!r}"
+            )
         if self.max_retries < 0:
             raise ConfigurationError("max_retries must be >= 0")
         if self.max_tokens is not None and self.num_predict is None:
@@ -295,10 +343,10 @@ class HybridChatOllama(BaseChatModel):
             model=self.model,
             base_url=cfg.base_url,
             client_kwargs={"headers": dict(cfg.headers), **extra},
-            sync_client_kwargs={
-                "transport": PhaseTimeoutTransport(cfg.timeouts, sync_t, **tkw)},
+            sync_client_kwargs={"transport": PhaseTimeoutTransport(cfg.timeouts, sync_t, **tkw)},
             async_client_kwargs={
-                "transport": AsyncPhaseTimeoutTransport(cfg.timeouts, async_t, **tkw)},
+                "transport": AsyncPhaseTimeoutTransport(cfg.timeouts, async_t, **tkw)
+            },
             **self._inner_params(),
         )
 
@@ -388,12 +436,17 @@ class HybridChatOllama(BaseChatModel):
         waits for one (call :meth:`refresh` first to plan on fresh data).
         """
         if "num_ctx" in request:
-            request = {**request, "options": {**request.get("options", {}),
-                                              "num_ctx": request.pop("num_ctx")}}
+            request = {
+                **request,
+                "options": {**request.get("options", {}), "num_ctx": request.pop("num_ctx")},
+            }
         try:
             return self._router.plan(
-                model or self.model, num_ctx=self._num_ctx(request), sizes=self.model_sizes,
-                policy=self._policy())
+                model or self.model,
+                num_ctx=self._num_ctx(request),
+                sizes=self.model_sizes,
+                policy=self._policy(),
+            )
         except ValueError as exc:  # a bad value put into model_sizes after construction
             raise ConfigurationError(str(exc)) from None
 
@@ -423,8 +476,9 @@ class HybridChatOllama(BaseChatModel):
     def _start(self, kwargs: dict[str, Any]) -> _Call:
         model = str(kwargs.get("model") or self.model)
         num_ctx = self._num_ctx(kwargs)
-        plan = self.select_backend(model, **({"options": kwargs["options"]}
-                                             if "options" in kwargs else {}))
+        plan = self.select_backend(
+            model, **({"options": kwargs["options"]} if "options" in kwargs else {})
+        )
         if logger.isEnabledFor(logging.INFO):
             logger.info("route %s: %s -> %s", model, plan.summary, plan.backends or "none")
         return _Call(model, num_ctx, plan)
@@ -442,12 +496,21 @@ class HybridChatOllama(BaseChatModel):
     ) -> Classification:
         c = classify_exception(exc)
         msg = _scrub(str(exc) or type(exc).__name__, cfg)
-        call.attempts.append(AttemptRecord(
-            cfg.name, cfg.safe_url, c.category.value, type(exc).__name__, msg,
-            (time.perf_counter() - started) * 1000, delivered))
+        call.attempts.append(
+            AttemptRecord(
+                cfg.name,
+                cfg.safe_url,
+                c.category.value,
+                type(exc).__name__,
+                msg,
+                (time.perf_counter() - started) * 1000,
+                delivered,
+            )
+        )
         call.exceptions.append(exc)
-        logger.warning("backend %s failed for %s: %s: %s", cfg.name, call.model,
-                       type(exc).__name__, msg)
+        logger.warning(
+            "backend %s failed for %s: %s: %s", cfg.name, call.model, type(exc).__name__, msg
+        )
         return c
 
     def _metadata(self, call: _Call, cfg: BackendConfig, reasons: Sequence[str]) -> dict[str, Any]:
@@ -469,16 +532,21 @@ class HybridChatOllama(BaseChatModel):
 
     def _all_failed(self, call: _Call) -> AllBackendsFailedError:
         cats = {a.category for a in call.attempts}
-        skip_missing = all("not found" in s.reason or "not in this server" in s.reason
-                           for s in call.skipped)
+        skip_missing = all(
+            "not found" in s.reason or "not in this server" in s.reason for s in call.skipped
+        )
         cls: type[AllBackendsFailedError] = AllBackendsFailedError
         hint = None
-        if (not call.attempts or cats == {FailoverCategory.MODEL_NOT_FOUND.value}) \
-                and skip_missing and (call.attempts or call.skipped):
+        if (
+            (not call.attempts or cats == {FailoverCategory.MODEL_NOT_FOUND.value})
+            and skip_missing
+            and (call.attempts or call.skipped)
+        ):
             cls = ModelNotAvailableError
             targets = [c for c in self._configs]
-            pulls = [f"OLLAMA_HOST={_hostport(c)} ollama pull {call.model}  ({c.name})"
-                     for c in targets]
+            pulls = [
+                f"OLLAMA_HOST={_hostport(c)} ollama pull {call.model}  ({c.name})" for c in targets
+            ]
             hint = "pull it first: " + "; ".join(pulls)
         elif not call.attempts:
             cls = NoBackendAvailableError
@@ -497,8 +565,9 @@ class HybridChatOllama(BaseChatModel):
             for cand in call.plan.candidates:
                 cfg = self._router.get(cand.backend).config
                 if not self._router.acquire(cfg.name):
-                    call.skipped.append(SkipRecord(cfg.name, cfg.safe_url,
-                                                   "circuit opened during this call"))
+                    call.skipped.append(
+                        SkipRecord(cfg.name, cfg.safe_url, "circuit opened during this call")
+                    )
                     continue
                 tried = True
                 yield cfg, cand.reasons
@@ -554,7 +623,10 @@ class HybridChatOllama(BaseChatModel):
             delivered = 0
             chars = 0
             committed = False
-            stream = inner._iterate_over_stream(messages, stop, **kwargs)
+            stream = cast(
+                Generator[ChatGenerationChunk, None, None],
+                inner._iterate_over_stream(messages, stop, **kwargs),
+            )
             try:
                 try:
                     for chunk in stream:
@@ -570,7 +642,8 @@ class HybridChatOllama(BaseChatModel):
                             committed = True
                             ttft = time.perf_counter() - started
                             held[0].message.response_metadata.update(
-                                self._metadata(call, cfg, reasons))
+                                self._metadata(call, cfg, reasons)
+                            )
                             for c in held:
                                 delivered += 1
                                 chars += len(c.text)
@@ -583,19 +656,37 @@ class HybridChatOllama(BaseChatModel):
                 except GeneratorExit:
                     raise
                 except Exception as exc:
-                    c = self._on_failure(call, cfg, exc, started, delivered)
+                    verdict = self._on_failure(call, cfg, exc, started, delivered)
                     if committed:
-                        router.record_failure(cfg.name, call.model, call.num_ctx, c, str(exc),
-                                              fell_back=False, interrupted=True)
+                        router.record_failure(
+                            cfg.name,
+                            call.model,
+                            call.num_ctx,
+                            verdict,
+                            str(exc),
+                            fell_back=False,
+                            interrupted=True,
+                        )
                         raise StreamInterruptedError(
-                            backend=cfg.name, url=cfg.safe_url, delivered_chunks=delivered,
-                            delivered_chars=chars, cause=exc) from exc
-                    if not self._should_failover(exc, c):
-                        router.record_failure(cfg.name, call.model, call.num_ctx,
-                                              _no_verdict(c), str(exc), fell_back=False)
+                            backend=cfg.name,
+                            url=cfg.safe_url,
+                            delivered_chunks=delivered,
+                            delivered_chars=chars,
+                            cause=exc,
+                        ) from exc
+                    if not self._should_failover(exc, verdict):
+                        router.record_failure(
+                            cfg.name,
+                            call.model,
+                            call.num_ctx,
+                            _no_verdict(verdict),
+                            str(exc),
+                            fell_back=False,
+                        )
                         raise
-                    router.record_failure(cfg.name, call.model, call.num_ctx, c, str(exc),
-                                          fell_back=True)
+                    router.record_failure(
+                        cfg.name, call.model, call.num_ctx, verdict, str(exc), fell_back=True
+                    )
                     continue
                 finally:
                     stream.close()
@@ -632,8 +723,7 @@ class HybridChatOllama(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        async for chunk in self._arouted_stream(messages, stop, run_manager, gate=True,
-                                                **kwargs):
+        async for chunk in self._arouted_stream(messages, stop, run_manager, gate=True, **kwargs):
             yield chunk
 
     async def _arouted_stream(
@@ -658,7 +748,10 @@ class HybridChatOllama(BaseChatModel):
             committed = False
             try:
                 inner = self._async_backend_model(cfg.name)
-                stream = inner._aiterate_over_stream(messages, stop, **kwargs)
+                stream = cast(
+                    AsyncGenerator[ChatGenerationChunk, None],
+                    inner._aiterate_over_stream(messages, stop, **kwargs),
+                )
                 try:
                     async for chunk in stream:
                         if committed:
@@ -673,7 +766,8 @@ class HybridChatOllama(BaseChatModel):
                             committed = True
                             ttft = time.perf_counter() - started
                             held[0].message.response_metadata.update(
-                                self._metadata(call, cfg, reasons))
+                                self._metadata(call, cfg, reasons)
+                            )
                             for c in held:
                                 delivered += 1
                                 chars += len(c.text)
@@ -686,19 +780,37 @@ class HybridChatOllama(BaseChatModel):
                 except (GeneratorExit, asyncio.CancelledError):
                     raise
                 except Exception as exc:
-                    c = self._on_failure(call, cfg, exc, started, delivered)
+                    verdict = self._on_failure(call, cfg, exc, started, delivered)
                     if committed:
-                        router.record_failure(cfg.name, call.model, call.num_ctx, c, str(exc),
-                                              fell_back=False, interrupted=True)
+                        router.record_failure(
+                            cfg.name,
+                            call.model,
+                            call.num_ctx,
+                            verdict,
+                            str(exc),
+                            fell_back=False,
+                            interrupted=True,
+                        )
                         raise StreamInterruptedError(
-                            backend=cfg.name, url=cfg.safe_url, delivered_chunks=delivered,
-                            delivered_chars=chars, cause=exc) from exc
-                    if not self._should_failover(exc, c):
-                        router.record_failure(cfg.name, call.model, call.num_ctx,
-                                              _no_verdict(c), str(exc), fell_back=False)
+                            backend=cfg.name,
+                            url=cfg.safe_url,
+                            delivered_chunks=delivered,
+                            delivered_chars=chars,
+                            cause=exc,
+                        ) from exc
+                    if not self._should_failover(exc, verdict):
+                        router.record_failure(
+                            cfg.name,
+                            call.model,
+                            call.num_ctx,
+                            _no_verdict(verdict),
+                            str(exc),
+                            fell_back=False,
+                        )
                         raise
-                    router.record_failure(cfg.name, call.model, call.num_ctx, c, str(exc),
-                                          fell_back=True)
+                    router.record_failure(
+                        cfg.name, call.model, call.num_ctx, verdict, str(exc), fell_back=True
+                    )
                     continue
                 finally:
                     await stream.aclose()
@@ -733,8 +845,12 @@ class HybridChatOllama(BaseChatModel):
         chosen: str | None = None
         if isinstance(tool_choice, dict):
             chosen = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
-        elif isinstance(tool_choice, str) and tool_choice not in ("auto", "any", "required",
-                                                                  "none"):
+        elif isinstance(tool_choice, str) and tool_choice not in (
+            "auto",
+            "any",
+            "required",
+            "none",
+        ):
             chosen = tool_choice
         if tool_choice in ("none", False):
             formatted = []
@@ -744,7 +860,7 @@ class HybridChatOllama(BaseChatModel):
             formatted = [t for t in formatted if t["function"]["name"] == chosen]
         return super().bind(tools=formatted, **kwargs)
 
-    def with_structured_output(  # type: ignore[override]
+    def with_structured_output(
         self,
         schema: dict[str, Any] | type | None = None,
         *,
@@ -768,32 +884,46 @@ class HybridChatOllama(BaseChatModel):
                 raise ValueError("schema is required for method='function_calling'")
             tool = convert_to_openai_tool(schema)
             name = tool["function"]["name"]
-            llm = self.bind_tools([schema], tool_choice=name, ls_structured_output_format={
-                "kwargs": {"method": method}, "schema": tool})
+            llm = self.bind_tools(
+                [schema],
+                tool_choice=name,
+                ls_structured_output_format={"kwargs": {"method": method}, "schema": tool},
+            )
             if is_pydantic:
-                parser = PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+                parser = PydanticToolsParser(tools=[cast(Any, schema)], first_tool_only=True)
             else:
                 parser = JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
         elif method == "json_mode":
-            llm = self.bind(format="json", ls_structured_output_format={
-                "kwargs": {"method": method}, "schema": schema})
+            llm = self.bind(
+                format="json",
+                ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
+            )
             parser = _pydantic_parser(schema) if is_pydantic else JsonOutputParser()
         elif method == "json_schema":
             if schema is None:
                 raise ValueError("schema is required for method='json_schema'")
-            json_schema = (schema.model_json_schema()  # type: ignore[union-attr]
-                           if is_pydantic and hasattr(schema, "model_json_schema")
-                           else convert_to_json_schema(schema))
-            llm = self.bind(format=json_schema, ls_structured_output_format={
-                "kwargs": {"method": method}, "schema": convert_to_json_schema(schema)})
+            json_schema = (
+                schema.model_json_schema()
+                if is_pydantic and hasattr(schema, "model_json_schema")
+                else convert_to_json_schema(schema)
+            )
+            llm = self.bind(
+                format=json_schema,
+                ls_structured_output_format={
+                    "kwargs": {"method": method},
+                    "schema": convert_to_json_schema(schema),
+                },
+            )
             parser = _pydantic_parser(schema) if is_pydantic else JsonOutputParser()
         else:
-            raise ValueError(f"unknown method {method!r}; use json_schema, function_calling "
-                             "or json_mode")
+            raise ValueError(
+                f"unknown method {method!r}; use json_schema, function_calling or json_mode"
+            )
         if not include_raw:
             return llm | parser
         parser_assign = RunnablePassthrough.assign(
-            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+            parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
+        )
         parser_none = RunnablePassthrough.assign(parsed=lambda _: None)
         with_fallback = parser_assign.with_fallbacks([parser_none], exception_key="parsing_error")
         return RunnableMap(raw=llm) | with_fallback
@@ -836,8 +966,6 @@ def _to_result(final: ChatGenerationChunk) -> ChatResult:
         usage_metadata=usage,
         id=msg.id,
     )
-    return ChatResult(generations=[ChatGeneration(message=message,
-                                                  generation_info=final.generation_info)])
-
-
-_ = (redact_url,)
+    return ChatResult(
+        generations=[ChatGeneration(message=message, generation_info=final.generation_info)]
+    )

@@ -15,6 +15,7 @@ line mid-stream ``ollama.ResponseError`` with ``status_code == -1``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 from dataclasses import dataclass
 from enum import Enum
@@ -78,7 +79,13 @@ _OOM_MARKERS = (
 )
 
 
-def _c(cat: FailoverCategory, failover: bool, counts: bool, status: int | None = None) -> Classification:
+# On Python 3.10 the asyncio and futures timeouts are not the builtin TimeoutError.
+_TIMEOUTS = (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError)
+
+
+def _c(
+    cat: FailoverCategory, failover: bool, counts: bool, status: int | None = None
+) -> Classification:
     return Classification(cat, failover, counts, status)
 
 
@@ -121,10 +128,15 @@ def classify_exception(exc: BaseException) -> Classification:
     if isinstance(exc, httpx.TransportError):
         return _c(FailoverCategory.TRANSPORT, True, True)
     if isinstance(exc, httpx.HTTPStatusError):
-        return _classify_response_error(exc.response.status_code, exc.response.text)
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        cat = FailoverCategory.TIMEOUT if isinstance(exc, TimeoutError) else FailoverCategory.CONNECT
-        return _c(cat, True, True)
+        try:
+            text = exc.response.text
+        except httpx.ResponseNotRead:  # a streamed response nobody read
+            text = ""
+        return _classify_response_error(exc.response.status_code, text)
+    if isinstance(exc, _TIMEOUTS):
+        return _c(FailoverCategory.TIMEOUT, True, True)
+    if isinstance(exc, ConnectionError):
+        return _c(FailoverCategory.CONNECT, True, True)
     if isinstance(exc, (json.JSONDecodeError, EmptyResponseError)):
         return _c(FailoverCategory.MALFORMED, True, True)
     return _c(FailoverCategory.FATAL, False, False)

@@ -20,7 +20,8 @@ URLs in messages are always redacted (credentials removed).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "AllBackendsFailedError",
@@ -49,6 +50,9 @@ class EmptyResponseError(ContextHarborError):
     def __init__(self, backend: str) -> None:
         super().__init__(f"backend {backend!r} closed the stream without sending any chunk")
         self.backend = backend
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.backend,))
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ class StreamInterruptedError(ContextHarborError):
         url: str,
         delivered_chunks: int,
         delivered_chars: int,
-        cause: BaseException,
+        cause: BaseException | None,
     ) -> None:
         super().__init__(
             f"stream from backend {backend!r} ({url}) failed after {delivered_chunks} chunk(s) "
@@ -115,12 +119,21 @@ class StreamInterruptedError(ContextHarborError):
         self.url = url
         self.delivered_chunks = delivered_chunks
         self.delivered_chars = delivered_chars
+        self.__cause__ = cause
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_interrupted,
+            (self.backend, self.url, self.delivered_chunks, self.delivered_chars, self.__cause__),
+        )
 
 
-@dataclass
-class _FailureSummary:
-    attempts: list[AttemptRecord] = field(default_factory=list)
-    skipped: list[SkipRecord] = field(default_factory=list)
+def _rebuild_interrupted(
+    backend: str, url: str, chunks: int, chars: int, cause: BaseException | None
+) -> StreamInterruptedError:
+    return StreamInterruptedError(
+        backend=backend, url=url, delivered_chunks=chunks, delivered_chars=chars, cause=cause
+    )
 
 
 class AllBackendsFailedError(ContextHarborError):
@@ -144,12 +157,19 @@ class AllBackendsFailedError(ContextHarborError):
         self.exceptions = list(exceptions)
         self.hint = hint
         super().__init__(self._render())
+        if self.exceptions:
+            self.__cause__ = self.exceptions[-1]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.model, self.attempts, self.skipped, self.exceptions, self.hint))
 
     def _headline(self) -> str:
         return f"all backends failed for model {self.model!r}"
 
     def _render(self) -> str:
-        lines = [f"{self._headline()} ({len(self.attempts)} attempt(s), {len(self.skipped)} skipped)"]
+        lines = [
+            f"{self._headline()} ({len(self.attempts)} attempt(s), {len(self.skipped)} skipped)"
+        ]
         lines += [f"  - {a.describe()}" for a in self.attempts]
         lines += [f"  - {s.describe()}" for s in self.skipped]
         if self.hint:

@@ -146,16 +146,10 @@ def _check_url(url: str, source: str) -> None:
     """Reject a bad URL with a one-line message that names where it came from.
 
     ``backends_from_env`` reports the same problems, but wrapped in pydantic's multi-line
-    validation text (which also repeats the raw value, credentials included); a command-line
-    user needs one line that says which variable or flag to fix.
+    validation text; a command-line user needs one line that says which variable or flag
+    to fix.
     """
     validate_base_url(url, what=source)
-    try:
-        port = httpx.URL(url.strip()).port
-    except Exception:  # validate_base_url has already rejected unparsable ports
-        port = None
-    if port is not None and not 0 < port < 65536:
-        raise ConfigurationError(f"{source}: port {port} is out of range (1-65535)")
 
 
 def resolve_backends(
@@ -353,8 +347,10 @@ def preview_route(
     """The route a call for ``model`` would take now, planned on freshly probed data.
 
     With a :class:`HybridChatOllama` as ``backends`` that instance is refreshed and asked
-    (its size table, policy and circuit breakers count); otherwise a temporary one is built
-    from the configuration and closed afterwards. A backend whose probe did not answer in
+    (its size table, policy and circuit breakers count); with ``timeout`` as well, a
+    temporary copy with that probe timeout is asked instead (same size table and policy,
+    fresh breakers). Otherwise a temporary one is built from the configuration. Temporary
+    instances are closed afterwards. A backend whose probe did not answer in
     time is planned as "unknown" and named in the plan's ``notes``.
     """
     if not isinstance(model, str) or not model.strip():

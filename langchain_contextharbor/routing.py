@@ -125,8 +125,12 @@ class Candidate:
     reasons: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "kind": self.kind, "url": self.url,
-                "reasons": list(self.reasons)}
+        return {
+            "backend": self.backend,
+            "kind": self.kind,
+            "url": self.url,
+            "reasons": list(self.reasons),
+        }
 
 
 @dataclass(frozen=True)
@@ -172,8 +176,9 @@ class RoutePlan:
             "footprint": self.request.footprint_detail,
             "summary": self.summary,
             "candidates": [c.as_dict() for c in self.candidates],
-            "skipped": [{"backend": s.backend, "url": s.url, "reason": s.reason}
-                        for s in self.skipped],
+            "skipped": [
+                {"backend": s.backend, "url": s.url, "reason": s.reason} for s in self.skipped
+            ],
             "notes": list(self.notes),
         }
 
@@ -207,12 +212,16 @@ def plan_route(
         elif b.healthy is False:
             skipped.append(SkipRecord(b.name, b.url, f"down: {b.health_reason or 'probe failed'}"))
         elif b.has_model is False:
-            skipped.append(SkipRecord(
-                b.name, b.url, b.model_reason or f"model {req.model!r} not on this server"))
+            skipped.append(
+                SkipRecord(
+                    b.name, b.url, b.model_reason or f"model {req.model!r} not on this server"
+                )
+            )
         else:
             usable.append(b)
 
-    gpus = [b for b in usable if b.kind == "gpu"]
+    # A GPU that just ran out of memory on this request does not get to pick the tier.
+    gpus = [b for b in usable if b.kind == "gpu" and not b.oom_reason]
     gpu_fit = [_fits(b, req) for b in gpus]
     need = format_bytes(req.needed_bytes)
     if any(f is True for f in gpu_fit):
@@ -221,14 +230,21 @@ def plan_route(
     elif gpus and all(f is False for f in gpu_fit):
         tier = "cpu"
         why_tier = f"cpu first: the request ({need}) does not fit any GPU's free memory"
+    elif not gpus and any(b.kind == "gpu" for b in usable):
+        tier = "cpu"
+        why_tier = "cpu first: every GPU backend ran out of memory on this model recently"
     elif req.weights_bytes < policy.size_threshold_bytes:
         tier = "gpu"
-        why_tier = (f"gpu first: weights {format_bytes(req.weights_bytes)} < threshold "
-                    f"{format_bytes(policy.size_threshold_bytes)} (GPU capacity unknown)")
+        why_tier = (
+            f"gpu first: weights {format_bytes(req.weights_bytes)} < threshold "
+            f"{format_bytes(policy.size_threshold_bytes)} (GPU capacity unknown)"
+        )
     else:
         tier = "cpu"
-        why_tier = (f"cpu first: weights {format_bytes(req.weights_bytes)} >= threshold "
-                    f"{format_bytes(policy.size_threshold_bytes)}")
+        why_tier = (
+            f"cpu first: weights {format_bytes(req.weights_bytes)} >= threshold "
+            f"{format_bytes(policy.size_threshold_bytes)}"
+        )
 
     any_free_slot = any(b.in_flight < b.max_parallel for b in usable)
     scored: list[tuple[tuple[float, ...], BackendSnapshot, list[str]]] = []
@@ -241,17 +257,24 @@ def plan_route(
         avail = _available(b)
         mem_word = "VRAM" if b.kind == "gpu" else "RAM"
         if fits is False:
-            reasons.append(f"demoted: needs {need}, only {format_bytes(avail or 0)} {mem_word} "
-                           f"available ({b.capacity_source})")
+            reasons.append(
+                f"demoted: needs {need}, only {format_bytes(avail or 0)} {mem_word} "
+                f"available ({b.capacity_source})"
+            )
         elif fits is True:
-            reasons.append(f"fits: needs {need}, {format_bytes(avail or 0)} {mem_word} "
-                           f"available ({b.capacity_source})")
+            reasons.append(
+                f"fits: needs {need}, {format_bytes(avail or 0)} {mem_word} "
+                f"available ({b.capacity_source})"
+            )
         else:
             reasons.append("capacity unknown")
         saturated = b.in_flight >= b.max_parallel
         # Queue depth per slot a new request would wait behind (0 with a free slot).
-        sat = (b.in_flight - b.max_parallel + 1) / b.max_parallel \
-            if (policy.spillover and saturated) else 0.0
+        sat = (
+            (b.in_flight - b.max_parallel + 1) / b.max_parallel
+            if (policy.spillover and saturated)
+            else 0.0
+        )
         load = f"{b.in_flight}/{b.max_parallel} in flight"
         if sat and any_free_slot:
             reasons.append(f"demoted: saturated ({load}), spilling over")
@@ -283,6 +306,9 @@ def plan_route(
         scored.append((key, b, reasons))
     scored.sort(key=lambda t: t[0])
     candidates = tuple(Candidate(b.name, b.kind, b.url, tuple(r)) for _, b, r in scored)
-    summary = f"{req.size_detail}; {req.footprint_detail}; {why_tier}" if req.footprint_detail \
+    summary = (
+        f"{req.size_detail}; {req.footprint_detail}; {why_tier}"
+        if req.footprint_detail
         else f"{req.size_detail}; {why_tier}"
+    )
     return RoutePlan(req.model, req, candidates, tuple(skipped), summary)

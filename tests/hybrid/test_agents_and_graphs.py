@@ -31,7 +31,8 @@ def _ai_backends(messages: list[Any]) -> list[str]:
 
 def test_create_agent_survives_gpu_stop_and_restart(
     pair: tuple[OllamaStandIn, OllamaStandIn],
-    make_model: Callable[..., HybridChatOllama], clock: FakeClock,
+    make_model: Callable[..., HybridChatOllama],
+    clock: FakeClock,
 ) -> None:
     gpu, _ = pair
     model = make_model()
@@ -55,7 +56,8 @@ def test_create_agent_survives_gpu_stop_and_restart(
 
 
 async def test_langgraph_tool_loop_streams_while_gpu_is_down(
-    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, _ = pair
     llm = make_model().bind_tools([get_weather])

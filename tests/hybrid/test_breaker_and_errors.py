@@ -18,7 +18,6 @@ from langchain_contextharbor import (
     Timeouts,
 )
 from langchain_contextharbor.testing import Fault, OllamaStandIn
-
 from langchain_contextharbor.testing.clock import FakeClock
 
 MODEL = "llama3.2:1b"
@@ -28,7 +27,8 @@ FAST = Timeouts(connect=0.5, first_token=0.6, idle=0.4, probe=0.5)
 
 def test_hung_backend_is_paid_for_once_then_skipped_until_trial(
     pair: tuple[OllamaStandIn, OllamaStandIn],
-    make_model: Callable[..., HybridChatOllama], clock: FakeClock,
+    make_model: Callable[..., HybridChatOllama],
+    clock: FakeClock,
 ) -> None:
     gpu, _ = pair
     model = make_model(timeouts=FAST, breaker=BreakerPolicy(cooldown=30))
@@ -54,7 +54,8 @@ def test_hung_backend_is_paid_for_once_then_skipped_until_trial(
 
 def test_failed_trial_reopens_with_backoff(
     pair: tuple[OllamaStandIn, OllamaStandIn],
-    make_model: Callable[..., HybridChatOllama], clock: FakeClock,
+    make_model: Callable[..., HybridChatOllama],
+    clock: FakeClock,
 ) -> None:
     gpu, _ = pair
     model = make_model(timeouts=FAST, breaker=BreakerPolicy(cooldown=10, backoff=3))
@@ -73,7 +74,8 @@ def test_failed_trial_reopens_with_backoff(
 
 
 def test_all_backends_failed_lists_every_attempt_and_chains(
-    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, cpu = pair
     model = make_model(timeouts=FAST)
@@ -83,7 +85,9 @@ def test_all_backends_failed_lists_every_attempt_and_chains(
         model.invoke("x")
     err = info.value
     assert [(a.backend, a.category) for a in err.attempts] == [
-        ("gpu", "connect"), ("cpu", "out_of_memory")]
+        ("gpu", "connect"),
+        ("cpu", "out_of_memory"),
+    ]
     assert len(err.exceptions) == 2
     assert err.__cause__ is err.exceptions[-1]
     text = str(err)
@@ -95,7 +99,8 @@ def test_all_backends_failed_lists_every_attempt_and_chains(
 
 
 def test_nothing_available_fails_fast_with_reasons(
-    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, cpu = pair
     model = make_model(timeouts=FAST)
@@ -111,7 +116,8 @@ def test_nothing_available_fails_fast_with_reasons(
 
 
 def test_model_missing_everywhere_names_the_pull(
-    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, cpu = pair
     model = make_model(timeouts=FAST)
@@ -129,17 +135,26 @@ def test_model_missing_everywhere_names_the_pull(
 
 
 def test_credentials_never_leak(
-    pair: tuple[OllamaStandIn, OllamaStandIn], caplog: pytest.LogCaptureFixture,
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     gpu, cpu = pair
     caplog.set_level("DEBUG", logger="langchain_contextharbor")
     model = HybridChatOllama(
         model=MODEL,
         backends=[
-            BackendConfig(name="gpu", base_url=f"http://alice:s3cr3t-pw@127.0.0.1:{gpu.port}",
-                          timeouts=FAST, headers={"Authorization": "Bearer tok-XYZ"}),
-            BackendConfig(name="cpu", kind="cpu", base_url=f"http://bob:hunter2@127.0.0.1:{cpu.port}",
-                          timeouts=FAST),
+            BackendConfig(
+                name="gpu",
+                base_url=f"http://alice:s3cr3t-pw@127.0.0.1:{gpu.port}",
+                timeouts=FAST,
+                headers={"Authorization": "Bearer tok-XYZ"},
+            ),
+            BackendConfig(
+                name="cpu",
+                kind="cpu",
+                base_url=f"http://bob:hunter2@127.0.0.1:{cpu.port}",
+                timeouts=FAST,
+            ),
         ],
         background_probes=False,
     )
@@ -149,9 +164,16 @@ def test_credentials_never_leak(
     cpu.inject(Fault.REFUSE)
     with pytest.raises(AllBackendsFailedError) as info:
         model.invoke("again")
-    blobs = [repr(model), str(model), str(msg.response_metadata), str(info.value),
-             caplog.text, str(model.stats()), model.select_backend().explain(),
-             str(model._identifying_params)]
+    blobs = [
+        repr(model),
+        str(model),
+        str(msg.response_metadata),
+        str(info.value),
+        caplog.text,
+        str(model.stats()),
+        model.select_backend().explain(),
+        str(model._identifying_params),
+    ]
     for blob in blobs:
         for secret in ("s3cr3t-pw", "hunter2", "tok-XYZ"):
             assert secret not in blob
@@ -169,7 +191,8 @@ def test_two_event_loops_in_a_row(make_model: Callable[..., HybridChatOllama]) -
 
 
 def test_threads_share_one_model(
-    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
 ) -> None:
     model = make_model(timeouts=FAST)
     results: list[str] = []

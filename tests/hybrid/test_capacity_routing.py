@@ -47,11 +47,18 @@ def build(
             spec.setdefault("gpu_fraction", 1.0 if kind == "gpu" else 0.0)
             srv = ollama_standin_factory(name=name, **spec)
             srvs[name] = srv
-            configs.append(BackendConfig(name=name, base_url=srv.url, kind=kind, timeouts=T,
-                                         max_parallel=max_parallel))
+            configs.append(
+                BackendConfig(
+                    name=name, base_url=srv.url, kind=kind, timeouts=T, max_parallel=max_parallel
+                )
+            )
         params: dict[str, Any] = {
-            "model": SMALL, "backends": configs, "clock": clock, "nvml": nvml,
-            "host_memory": lambda: BIG_RAM, "background_probes": False,
+            "model": SMALL,
+            "backends": configs,
+            "clock": clock,
+            "nvml": nvml,
+            "host_memory": lambda: BIG_RAM,
+            "background_probes": False,
         }
         params.update(kw)
         m = HybridChatOllama(**params)
@@ -114,7 +121,9 @@ def test_num_ctx_can_push_a_fitting_model_off_the_gpu(build: Callable[..., Any])
 
 
 def test_another_process_taking_vram_changes_the_route(
-    build: Callable[..., Any], nvml: FakeNVML, clock: FakeClock,
+    build: Callable[..., Any],
+    nvml: FakeNVML,
+    clock: FakeClock,
 ) -> None:
     model, _ = build(_two([SMALL, BIG]))
     model.refresh(BIG.name)
@@ -129,11 +138,13 @@ def test_another_process_taking_vram_changes_the_route(
 
 
 def test_two_gpus_prefer_the_one_with_the_model_loaded(build: Callable[..., Any]) -> None:
-    model, srvs = build({
-        "gpu-a": {"models": [SMALL]},
-        "gpu-b": {"models": [SMALL], "loaded": [SMALL]},
-        "cpu": {"kind": "cpu", "models": [SMALL], "loaded": [SMALL]},
-    })
+    model, srvs = build(
+        {
+            "gpu-a": {"models": [SMALL]},
+            "gpu-b": {"models": [SMALL], "loaded": [SMALL]},
+            "cpu": {"kind": "cpu", "models": [SMALL], "loaded": [SMALL]},
+        }
+    )
     model.refresh()
     plan = model.select_backend()
     assert plan.backends == ["gpu-b", "gpu-a", "cpu"]
@@ -162,7 +173,8 @@ def test_partial_offload_is_reported(build: Callable[..., Any]) -> None:
 
 
 def test_oom_on_gpu_falls_back_and_is_remembered_for_the_cooldown_only(
-    build: Callable[..., Any], clock: FakeClock,
+    build: Callable[..., Any],
+    clock: FakeClock,
 ) -> None:
     model, srvs = build(_two([SMALL]), oom_cooldown=60)
     gpu = srvs["gpu"]
@@ -184,8 +196,9 @@ def test_oom_on_gpu_falls_back_and_is_remembered_for_the_cooldown_only(
 def test_model_missing_on_gpu_goes_to_cpu_without_a_failed_request(
     build: Callable[..., Any],
 ) -> None:
-    model, srvs = build({"gpu": {"models": ["other:1b"]},
-                         "cpu": {"kind": "cpu", "models": [SMALL]}})
+    model, srvs = build(
+        {"gpu": {"models": ["other:1b"]}, "cpu": {"kind": "cpu", "models": [SMALL]}}
+    )
     model.refresh()
     plan = model.select_backend()
     assert plan.backends == ["cpu"]
@@ -197,8 +210,9 @@ def test_model_missing_on_gpu_goes_to_cpu_without_a_failed_request(
 
 
 def test_404_is_learned_without_probes(build: Callable[..., Any]) -> None:
-    model, srvs = build({"gpu": {"models": ["other:1b"]},
-                         "cpu": {"kind": "cpu", "models": [SMALL]}})
+    model, srvs = build(
+        {"gpu": {"models": ["other:1b"]}, "cpu": {"kind": "cpu", "models": [SMALL]}}
+    )
     assert model.invoke("a").response_metadata["backend"] == "cpu"  # 404 on GPU, fell back
     assert model.invoke("b").response_metadata["contextharbor"]["attempts"] == []
     assert len(srvs["gpu"].requests_to("/api/chat")) == 1
@@ -206,8 +220,11 @@ def test_404_is_learned_without_probes(build: Callable[..., Any]) -> None:
 
 def test_spillover_uses_both_servers_when_the_primary_is_busy(build: Callable[..., Any]) -> None:
     n = 6
-    spec = _two([SMALL], gpu={"token_delay": 0.03, "loaded": [SMALL]},
-                cpu={"token_delay": 0.03, "loaded": [SMALL]})
+    spec = _two(
+        [SMALL],
+        gpu={"token_delay": 0.03, "loaded": [SMALL]},
+        cpu={"token_delay": 0.03, "loaded": [SMALL]},
+    )
 
     async def burst(model: HybridChatOllama) -> tuple[float, list[str]]:
         t0 = time.perf_counter()

@@ -33,8 +33,11 @@ BEFORE_FIRST_CHUNK: list[tuple[Fault, dict[str, Any], str]] = [
     (Fault.OOM, {}, "out_of_memory"),
     (Fault.BUSY, {}, "busy"),
     (Fault.MODEL_NOT_FOUND, {}, "model_not_found"),
-    (Fault.HTTP_ERROR, {"status": 500, "message": "model runner has unexpectedly stopped"},
-     "server_error"),
+    (
+        Fault.HTTP_ERROR,
+        {"status": 500, "message": "model runner has unexpectedly stopped"},
+        "server_error",
+    ),
     (Fault.ERROR_MID_STREAM, {"after_chunks": 0}, "stream_error"),
     (Fault.CUT_MID_STREAM, {"after_chunks": 0}, "transport"),
     (Fault.MALFORMED_LINE, {"after_chunks": 0}, "malformed"),
@@ -64,14 +67,19 @@ async def _collect_async(model: HybridChatOllama) -> list[AIMessageChunk]:
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 @pytest.mark.parametrize("api", ["invoke", "stream"])
-@pytest.mark.parametrize(("fault", "kw", "category"), BEFORE_FIRST_CHUNK,
-                         ids=_ids(BEFORE_FIRST_CHUNK))
+@pytest.mark.parametrize(
+    ("fault", "kw", "category"), BEFORE_FIRST_CHUNK, ids=_ids(BEFORE_FIRST_CHUNK)
+)
 async def test_fault_before_first_chunk_falls_back_invisibly(
     pair: tuple[OllamaStandIn, OllamaStandIn],
     make_model: Callable[..., HybridChatOllama],
-    fault: Fault, kw: dict[str, Any], category: str, api: str, mode: str,
+    fault: Fault,
+    kw: dict[str, Any],
+    category: str,
+    api: str,
+    mode: str,
 ) -> None:
-    gpu, cpu = pair
+    gpu, _cpu = pair
     model = make_model(timeouts=FAST)
     _inject(gpu, fault, kw)
     if api == "invoke":
@@ -93,7 +101,8 @@ async def test_fault_before_first_chunk_falls_back_invisibly(
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_slow_first_token_within_deadline_is_not_a_failure(
     pair: tuple[OllamaStandIn, OllamaStandIn],
-    make_model: Callable[..., HybridChatOllama], mode: str,
+    make_model: Callable[..., HybridChatOllama],
+    mode: str,
 ) -> None:
     gpu, _ = pair
     model = make_model(timeouts=Timeouts(connect=0.5, first_token=3.0, idle=0.4))
@@ -107,7 +116,10 @@ async def test_slow_first_token_within_deadline_is_not_a_failure(
 @pytest.mark.parametrize(("fault", "category"), AFTER_FIRST_CHUNK, ids=_ids(AFTER_FIRST_CHUNK))
 async def test_fault_after_first_chunk_invoke_still_falls_back(
     pair: tuple[OllamaStandIn, OllamaStandIn],
-    make_model: Callable[..., HybridChatOllama], fault: Fault, category: str, mode: str,
+    make_model: Callable[..., HybridChatOllama],
+    fault: Fault,
+    category: str,
+    mode: str,
 ) -> None:
     gpu, _ = pair
     model = make_model(timeouts=FAST)
@@ -122,7 +134,10 @@ async def test_fault_after_first_chunk_invoke_still_falls_back(
 @pytest.mark.parametrize(("fault", "category"), AFTER_FIRST_CHUNK, ids=_ids(AFTER_FIRST_CHUNK))
 async def test_fault_after_first_chunk_stream_raises_typed_error_without_duplicates(
     pair: tuple[OllamaStandIn, OllamaStandIn],
-    make_model: Callable[..., HybridChatOllama], fault: Fault, category: str, mode: str,
+    make_model: Callable[..., HybridChatOllama],
+    fault: Fault,
+    category: str,
+    mode: str,
 ) -> None:
     gpu, cpu = pair
     model = make_model(timeouts=FAST)
@@ -149,7 +164,8 @@ async def test_fault_after_first_chunk_stream_raises_typed_error_without_duplica
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_bad_request_is_not_failed_over(
     pair: tuple[OllamaStandIn, OllamaStandIn],
-    make_model: Callable[..., HybridChatOllama], mode: str,
+    make_model: Callable[..., HybridChatOllama],
+    mode: str,
 ) -> None:
     gpu, cpu = pair
     model = make_model(timeouts=FAST)

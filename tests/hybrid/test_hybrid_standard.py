@@ -28,9 +28,11 @@ _SERVERS: dict[str, OllamaStandIn] = {}
 def _servers(ollama_standin_module_factory: StandInFactory) -> Iterator[None]:
     models: list[StandInModel | str] = [MODEL, StandInModel(OVERRIDE_MODEL)]
     _SERVERS["gpu"] = ollama_standin_module_factory(
-        name="gpu", models=models, loaded=[MODEL], gpu_fraction=1.0)
+        name="gpu", models=models, loaded=[MODEL], gpu_fraction=1.0
+    )
     _SERVERS["cpu"] = ollama_standin_module_factory(
-        name="cpu", models=models, loaded=[MODEL], gpu_fraction=0.0)
+        name="cpu", models=models, loaded=[MODEL], gpu_fraction=0.0
+    )
     yield
     _SERVERS.clear()
 

@@ -199,7 +199,7 @@ def test_probe_timeout_bounds_a_hung_server(
     [
         ({"OLLAMA_GPU_URL": "not a url"}, [], "OLLAMA_GPU_URL 'not a url' has no scheme"),
         ({"OLLAMA_CPU_URL": "ftp://host:1"}, [], "OLLAMA_CPU_URL"),
-        ({"OLLAMA_GPU_URL": "http://127.0.0.1:99999"}, [], "port 99999 is out of range"),
+        ({"OLLAMA_GPU_URL": "http://127.0.0.1:99999"}, [], "65535"),
         ({}, ["--gpu-url", "127.0.0.1:11434"], "--gpu-url"),
         ({"OLLAMA_GPU_URL": "", "OLLAMA_CPU_URL": ""}, [], "no backend configured"),
     ],

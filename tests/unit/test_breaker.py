@@ -230,12 +230,6 @@ def test_policy_rejects(kwargs: dict[str, object], match: str) -> None:
         pytest.param({"backoff": 0.0}, id="backoff=0"),
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: BreakerPolicy accepts a cooldown above max_cooldown (the first open lasts "
-    "longer than the cap, and a failed trial then *shortens* it) and a backoff < 1 (a failed "
-    "trial shortens the cooldown; 0 makes it retry at once)",
-)
 def test_policy_rejects_inconsistent_backoff(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         BreakerPolicy(**kwargs)  # type: ignore[arg-type]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -377,13 +376,6 @@ CASES = [
     Case("GeneratorExit", GeneratorExit, Cat.CANCELLED, False, False),
 ]
 
-_PY310_ASYNCIO_TIMEOUT = pytest.mark.xfail(
-    sys.version_info < (3, 11),
-    strict=True,
-    reason="BUG: on Python 3.10 asyncio.TimeoutError is not a subclass of the builtin "
-    "TimeoutError, and classify_exception only checks the builtin (classified FATAL)",
-)
-
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
 def test_classification_table(case: Case) -> None:
@@ -396,13 +388,10 @@ def test_classification_table(case: Case) -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param(
-            lambda: asyncio.TimeoutError(), id="asyncio.TimeoutError", marks=_PY310_ASYNCIO_TIMEOUT
-        ),
+        pytest.param(lambda: asyncio.TimeoutError(), id="asyncio.TimeoutError"),
         pytest.param(
             lambda: __import__("concurrent.futures").futures.TimeoutError(),
             id="concurrent.futures.TimeoutError",
-            marks=_PY310_ASYNCIO_TIMEOUT,
         ),
     ],
 )
@@ -484,11 +473,6 @@ def test_failover_and_counting_invariants(case: Case) -> None:
         assert got.failover and not got.counts_against_backend
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: classify_exception reads exc.response.text, which raises httpx.ResponseNotRead "
-    "for an HTTPStatusError from an unread streaming response; the docstring says never raises",
-)
 def test_status_error_from_unread_streaming_response_does_not_raise() -> None:
     resp = httpx.Response(502, request=_REQ, stream=httpx.ByteStream(b"bad gateway"))
     with pytest.raises(httpx.HTTPStatusError) as info:

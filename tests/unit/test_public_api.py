@@ -221,11 +221,6 @@ def test_chaining_with_raise_from() -> None:
     assert info.value.exceptions == [cause]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: AllBackendsFailedError's docstring says the last exception 'is chained as "
-    "__cause__', but __init__ never sets it (only HybridChatOllama._all_failed does, by hand)",
-)
 def test_all_backends_failed_chains_the_last_exception_itself() -> None:
     e1, e2 = httpx.ConnectError("refused"), httpx.ReadTimeout("")
     assert AllBackendsFailedError("m", ATTEMPTS, exceptions=[e1, e2]).__cause__ is e2
@@ -299,12 +294,6 @@ def test_attempt_and_skip_records() -> None:
         ),
         pytest.param(lambda: EmptyResponseError("gpu"), id="empty"),
     ],
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the errors with custom __init__ signatures do not survive pickle (multiprocessing,"
-    " concurrent.futures process pools): AllBackendsFailedError and StreamInterruptedError raise "
-    "TypeError on unpickle, EmptyResponseError comes back with a doubled message",
 )
 def test_errors_survive_pickle(make: object) -> None:
     err = make()  # type: ignore[operator]

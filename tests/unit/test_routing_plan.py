@@ -522,12 +522,6 @@ def test_loaded_model_placement(
     assert (m.placement, m.gpu_percent, m.fully_in_gpu) == (placement, percent, full)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: plan_route picks the tier from every usable GPU's fit, including a GPU "
-    "demoted by a recent out-of-memory mark; that GPU's 'fits' makes the tier 'gpu' and "
-    "puts an unknown-capacity GPU above the CPU for a model above the size threshold",
-)
 def test_oom_marked_gpu_does_not_decide_the_tier() -> None:
     big = req(40, 42)
     oom_gpu = gpu("a", 0, oom_reason="num_ctx >= 4096: out of memory", free_bytes=48 * GIB)
