@@ -38,9 +38,11 @@ from langchain_contextharbor.routing import (
     plan_route,
 )
 from langchain_contextharbor.sizing import (
+    DEFAULT_MODEL_SIZES,
     ArchInfo,
     estimate_model_bytes,
     estimate_request_bytes,
+    lookup_model_size,
     normalize_model_name,
 )
 
@@ -207,6 +209,10 @@ class Router:
             return hit[1]
         with self._lock:
             snaps, tags_size, arch, valid_until = self._snapshots(key, num_ctx, now)
+        # A size the user put in the table beats the server's; a built-in default does not.
+        user_sizes = {k: v for k, v in sizes.items() if DEFAULT_MODEL_SIZES.get(k) != v}
+        if user_sizes and lookup_model_size(model, user_sizes) is not None:
+            tags_size = None
         weights = estimate_model_bytes(
             model,
             sizes=sizes,

@@ -221,7 +221,9 @@ class HybridChatOllama(BaseChatModel):
     """Default timeouts of backends that do not set their own."""
     size_threshold_gb: float = 8.0
     model_sizes: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MODEL_SIZES))
-    """Weights size (GiB) per model; ``llm.model_sizes.update({...})`` to override."""
+    """Weights size (GiB) per model; ``llm.model_sizes.update({...})`` to override. An entry
+    you add or change wins over the size a server reports in ``/api/tags``; the built-in
+    defaults do not (the server's real file size is better than a guess)."""
     prefer_warm: bool = False
     """Prefer a server that already has the model loaded even across GPU/CPU tiers."""
     spillover: bool = True
@@ -481,6 +483,8 @@ class HybridChatOllama(BaseChatModel):
         )
         if logger.isEnabledFor(logging.INFO):
             logger.info("route %s: %s -> %s", model, plan.summary, plan.backends or "none")
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("route %s details:\n%s", model, plan.explain())
         return _Call(model, num_ctx, plan)
 
     def _should_failover(self, exc: BaseException, c: Classification) -> bool:

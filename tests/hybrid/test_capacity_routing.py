@@ -238,3 +238,14 @@ def test_spillover_uses_both_servers_when_the_primary_is_busy(build: Callable[..
     assert set(used_queue) == {"gpu"}
     assert used_spill.count("gpu") == used_spill.count("cpu") == n // 2
     assert t_spill < 0.8 * t_queue  # about half; the exact ratio is in the benchmark
+
+
+def test_a_size_the_user_sets_beats_the_servers(build: Callable[..., Any]) -> None:
+    broken = FakeNVML.from_fixture(fail_init=True)
+    custom = StandInModel("my-model:latest", size=2 * GIB, parameter_size="3B")
+    model, _ = build(_two([SMALL, custom]), nvml=broken)
+    model.refresh("my-model")
+    assert model.select_backend("my-model").backends == ["gpu", "cpu"]  # 2 GiB from /api/tags
+    model.model_sizes.update({"my-model:latest": 30})  # the design's override
+    plan = model.select_backend("my-model")
+    assert plan.backends == ["cpu", "gpu"] and "size table" in plan.request.size_detail

@@ -187,8 +187,6 @@ def test_probe_details_are_logged_at_debug(
     assert any(m.startswith("probe cpu ok") for m in debug)
 
 
-@pytest.mark.xfail(reason="chat_models.py logs no DEBUG line with the plan's per-candidate "
-                          "reasons yet (see the Operations report)", strict=False)
 def test_route_reasons_are_logged_at_debug(
     llm: HybridChatOllama, caplog: pytest.LogCaptureFixture
 ) -> None:

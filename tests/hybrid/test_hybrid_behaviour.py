@@ -1,0 +1,195 @@
+"""Behaviour of HybridChatOllama beyond the fault table: deadlines, tools, probes, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import httpx
+import ollama
+import pytest
+from langchain_core.tools import tool
+
+from langchain_contextharbor import (
+    AllBackendsFailedError,
+    FailoverCategory,
+    HybridChatOllama,
+    Timeouts,
+)
+from langchain_contextharbor.testing import Fault, OllamaStandIn
+from langchain_contextharbor.testing.clock import FakeClock
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Get the weather for a city."""
+    return f"sunny in {city}"
+
+
+@tool
+def get_time(city: str) -> str:
+    """Get the local time in a city."""
+    return f"noon in {city}"
+
+
+def test_idle_deadline_catches_a_mid_stream_stall_long_before_the_first_token_deadline(
+    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+) -> None:
+    gpu, _ = pair
+    model = make_model(timeouts=Timeouts(connect=1, first_token=60, idle=0.3))
+    gpu.inject(Fault.HANG_MID_STREAM, count=1, after_chunks=2)
+    msg = model.invoke("hi")
+    assert msg.response_metadata["backend"] == "cpu"
+    (attempt,) = msg.response_metadata["contextharbor"]["attempts"]
+    assert attempt["category"] == "timeout"
+    assert attempt["elapsed_ms"] < 10_000  # the 60 s first-token deadline did not apply
+
+
+def test_a_slow_first_token_is_not_judged_by_the_idle_deadline(
+    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+) -> None:
+    gpu, _ = pair
+    model = make_model(timeouts=Timeouts(connect=1, first_token=10, idle=0.2))
+    gpu.inject(Fault.SLOW_FIRST_TOKEN, count=1, delay=0.6)  # a cold load, say
+    msg = model.invoke("hi")
+    assert msg.response_metadata["backend"] == "gpu"
+    assert msg.response_metadata["contextharbor"]["attempts"] == []
+
+
+def test_tools_are_replayed_unchanged_on_the_fallback(
+    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+) -> None:
+    gpu, cpu = pair
+    llm = make_model().bind_tools([get_weather, get_time])
+    gpu.inject(Fault.CUT_MID_STREAM, count=1, after_chunks=0)
+    msg = llm.invoke("What is the weather in Paris?")
+    assert msg.response_metadata["backend"] == "cpu"
+    assert msg.tool_calls and msg.tool_calls[0]["name"] == "get_weather"
+    sent_gpu = gpu.requests_to("/api/chat")[0].body["tools"]
+    sent_cpu = cpu.requests_to("/api/chat")[0].body["tools"]
+    assert sent_gpu == sent_cpu
+    assert [t["function"]["name"] for t in sent_cpu] == ["get_weather", "get_time"]
+
+
+def test_tool_choice_is_honoured_as_far_as_ollama_allows(
+    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+) -> None:
+    gpu, _ = pair
+    model = make_model()
+    model.bind_tools([get_weather, get_time], tool_choice="get_time").invoke("time in Oslo?")
+    model.bind_tools([get_weather, get_time], tool_choice="none").invoke("weather?")
+    model.bind_tools([get_weather], tool_choice="any").invoke("weather in Rome?")
+    bodies = [r.body for r in gpu.requests_to("/api/chat")]
+    assert [t["function"]["name"] for t in bodies[0]["tools"]] == ["get_time"]
+    assert not bodies[1].get("tools")
+    assert [t["function"]["name"] for t in bodies[2]["tools"]] == ["get_weather"]
+    with pytest.raises(ValueError, match="not one of the bound tools"):
+        model.bind_tools([get_weather], tool_choice="nope")
+
+
+def test_every_chatollama_parameter_reaches_every_backend(
+    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+) -> None:
+    gpu, cpu = pair
+    model = make_model(temperature=0.2, num_ctx=2048, max_tokens=64, seed=7, top_k=5,
+                       keep_alive="10m", stop=["END"])
+    model.invoke("a")
+    gpu.inject(Fault.REFUSE)
+    model.invoke("b")
+    for srv in (gpu, cpu):
+        body = [r for r in srv.requests_to("/api/chat") if r.body][-1].body
+        assert body["options"] == {"temperature": 0.2, "num_ctx": 2048, "num_predict": 64,
+                                   "seed": 7, "top_k": 5, "stop": ["END"]}
+        assert body["keep_alive"] == "10m"
+
+
+def test_per_call_model_override_routes_and_traces_that_model(
+    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+) -> None:
+    gpu, _ = pair
+    model = make_model()
+    msg = model.invoke("hi", model="qwen2.5:0.5b")
+    assert gpu.requests_to("/api/chat")[-1].body["model"] == "qwen2.5:0.5b"
+    assert msg.response_metadata["contextharbor"]["model"] == "qwen2.5:0.5b"
+    assert model._get_ls_params(model="qwen2.5:0.5b")["ls_model_name"] == "qwen2.5:0.5b"
+
+
+def test_max_retries_makes_another_pass_when_every_server_was_busy(
+    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+) -> None:
+    gpu, cpu = pair
+    for srv in (gpu, cpu):
+        srv.inject(Fault.BUSY, count=1)
+    with pytest.raises(AllBackendsFailedError):
+        make_model().invoke("x")
+    for srv in (gpu, cpu):
+        srv.inject(Fault.BUSY, count=1)
+    msg = make_model(max_retries=1).invoke("x")
+    cats = [a["category"] for a in msg.response_metadata["contextharbor"]["attempts"]]
+    assert cats == ["busy", "busy"] and msg.response_metadata["backend"] == "gpu"
+
+
+def test_exceptions_to_handle_replaces_the_classifier(
+    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+) -> None:
+    gpu, _ = pair
+    only_connect = make_model(exceptions_to_handle=(httpx.ConnectError,))
+    gpu.inject(Fault.OOM, count=1)
+    with pytest.raises(ollama.ResponseError):
+        only_connect.invoke("x")
+    by_category = make_model(exceptions_to_handle=(FailoverCategory.OUT_OF_MEMORY,))
+    gpu.inject(Fault.OOM, count=1)
+    assert by_category.invoke("x").response_metadata["backend"] == "cpu"
+
+
+def test_probes_are_shared_between_threads_and_tasks(
+    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+) -> None:
+    gpu, cpu = pair
+    for srv in (gpu, cpu):
+        srv.inject(Fault.SLOW_FIRST_TOKEN, delay=0.3, paths=("/api/version",))
+    model = make_model()
+
+    async def tasks() -> None:
+        await asyncio.gather(*(model.arefresh() for _ in range(4)))
+
+    threads = [threading.Thread(target=model.refresh) for _ in range(4)]
+    for t in threads:
+        t.start()
+    asyncio.run(tasks())
+    for t in threads:
+        t.join(10)
+    # 4 threads and 4 tasks asked at once: each server saw one probe.
+    assert len(gpu.requests_to("/api/version")) == 1
+    assert len(cpu.requests_to("/api/version")) == 1
+
+
+def test_fresh_probes_stay_off_the_hot_path(
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama], clock: FakeClock,
+) -> None:
+    gpu, _ = pair
+    model = make_model(background_probes=True, probe_ttl=10)
+    model.refresh()
+    for _ in range(5):
+        model.invoke("x")
+    assert len(gpu.requests_to("/api/version")) == 1  # fresh cache: no probe per call
+    clock.advance(11)
+    model.invoke("y")  # stale: schedules one background refresh, does not wait for it
+    for f in [b.probe_future for b in model.router.backends]:
+        if f is not None:
+            f.result(5)
+    assert len(gpu.requests_to("/api/version")) == 2
+
+
+def test_unknown_model_and_malformed_replies_are_typed_errors(
+    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+) -> None:
+    gpu, cpu = pair
+    model = make_model()
+    gpu.inject(Fault.MALFORMED_LINE, count=1)
+    cpu.inject(Fault.MALFORMED_LINE, count=1)
+    with pytest.raises(AllBackendsFailedError) as info:
+        model.invoke("x")
+    assert [a.error_class for a in info.value.attempts] == ["JSONDecodeError"] * 2
