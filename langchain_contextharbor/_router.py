@@ -160,6 +160,9 @@ class Router:
         self._nvml_reader: Any = None
         self._host_memory = host_memory
         self._version = 0
+        self._next_probe_check = float("-inf")
+        self._shows_checked: set[str] = set()
+        self._keys: dict[str, str] = {}
         """Bumped on every change of what plans depend on (plans are cached per version)."""
         self._plan_cache: dict[tuple[Any, ...], tuple[float, RoutePlan]] = {}
 
@@ -190,7 +193,11 @@ class Router:
         failure, a breaker transition, a change of in-flight counts or of the size table) or
         a time-dependent fact expires, so the hot path usually costs one dict lookup."""
         now = self.clock()
-        key = normalize_model_name(model)
+        key = self._keys.get(model)
+        if key is None:
+            key = self._keys[model] = normalize_model_name(model)
+            if len(self._keys) > 1024:
+                self._keys.clear()
         if schedule_refresh and self.background_probes:
             self._schedule_stale(now, key)
         ck: tuple[Any, ...] = (
@@ -397,20 +404,29 @@ class Router:
         return self._executor
 
     def _schedule_stale(self, now: float, key: str) -> None:
+        if now < self._next_probe_check and key in self._shows_checked:
+            return  # hot path: every probe is fresh and this model's /api/show is known
+        due = float("inf")
+        all_shown = True
         for b in self._backends:
             p = b.probe
             if (p is None or now - p.at > self.probe_ttl) and b.probe_future is None:
                 self._submit_probe(b)
+            if p is not None:
+                due = min(due, p.at + self.probe_ttl)
+            else:
+                due = now
+            has_it = p is not None and p.ok and bool(p.models) and key in (p.models or {})
             shown = b.shows.get(key)
-            if (
-                (shown is None or now - shown[0] > self.show_ttl)
-                and key not in b.show_futures
-                and b.probe is not None
-                and b.probe.ok
-                and b.probe.models
-                and key in b.probe.models
-            ):
-                self._submit_show(b, key)
+            if has_it and (shown is None or now - shown[0] > self.show_ttl):
+                all_shown = False
+                if key not in b.show_futures:
+                    self._submit_show(b, key)
+        self._next_probe_check = due
+        if all_shown and due > now:
+            self._shows_checked.add(key)
+        else:
+            self._shows_checked.discard(key)
 
     def _submit_probe(self, b: BackendRuntime) -> concurrent.futures.Future[ProbeResult]:
         with self._lock:
@@ -476,6 +492,7 @@ class Router:
             b.probe = res
             b.probe_future = None
             self._version += 1
+            self._next_probe_check = float("-inf")
         if res.ok:
             logger.debug(
                 "probe %s ok in %.1f ms: %d models, %d loaded",
@@ -522,6 +539,7 @@ class Router:
             b.shows[key] = (self.clock(), arch)
             b.show_futures.pop(key, None)
             self._version += 1
+            self._next_probe_check = float("-inf")
         return arch
 
     def refresh(self, model: str | None = None) -> dict[str, ProbeResult]:

@@ -7,6 +7,7 @@ same redaction of credentials before a URL reaches a log, a repr or metadata.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -180,8 +181,9 @@ class BackendConfig(BaseModel):
             )
         return self
 
-    @property
+    @functools.cached_property
     def safe_url(self) -> str:
+        """The base URL with credentials removed (computed once: it is on the hot path)."""
         return redact_url(self.base_url)
 
     @property

@@ -127,6 +127,22 @@ class _Call:
         self.skipped: list[SkipRecord] = list(plan.skipped)
 
 
+class _HotState:
+    """Mutable state behind one HybridChatOllama (router, inner models, caches)."""
+
+    __slots__ = ("async_inner", "build_lock", "configs", "policy_cache", "router", "sync_inner")
+
+    def __init__(self, configs: list[BackendConfig], router: Router) -> None:
+        import threading
+
+        self.configs = configs
+        self.router = router
+        self.sync_inner: dict[str, ChatOllama] = {}
+        self.async_inner: dict[tuple[str, int], tuple[Any, ChatOllama]] = {}
+        self.build_lock = threading.Lock()
+        self.policy_cache: tuple[tuple[Any, ...], RoutePolicy] | None = None
+
+
 class HybridChatOllama(BaseChatModel):
     """Chat model that routes each call to the best of several Ollama servers.
 
@@ -244,11 +260,9 @@ class HybridChatOllama(BaseChatModel):
     """A pynvml-compatible module (tests inject a fake); default: real pynvml, lazily."""
     host_memory: Callable[[], int | None] | None = Field(default=None, exclude=True, repr=False)
 
-    _configs: list[BackendConfig] = PrivateAttr(default_factory=list)
-    _router: Router = PrivateAttr()
-    _sync_inner: dict[str, ChatOllama] = PrivateAttr(default_factory=dict)
-    _async_inner: dict[tuple[str, int], tuple[Any, ChatOllama]] = PrivateAttr(default_factory=dict)
-    _build_lock: Any = PrivateAttr(default=None)
+    _hot: _HotState = PrivateAttr()
+    """Everything the call path needs, in one plain object: pydantic private attributes
+    cost ~2 us per read, this costs one dict lookup per call."""
 
     # ------------------------------------------------------------------ construction
     def __init__(self, **kwargs: Any) -> None:
@@ -267,8 +281,6 @@ class HybridChatOllama(BaseChatModel):
 
     @model_validator(mode="after")
     def _setup(self) -> HybridChatOllama:
-        import threading
-
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigurationError("model must be a non-empty model tag, e.g. 'llama3.1:8b'")
         if self.backends is not None:
@@ -295,7 +307,6 @@ class HybridChatOllama(BaseChatModel):
                 else c.model_copy(update={"timeouts": default_t})
                 for c in configs
             ]
-        self._configs = configs
         try:
             self.model_sizes = validate_model_sizes(self.model_sizes)
         except ValueError as exc:
@@ -308,7 +319,7 @@ class HybridChatOllama(BaseChatModel):
             raise ConfigurationError("max_retries must be >= 0")
         if self.max_tokens is not None and self.num_predict is None:
             self.num_predict = self.max_tokens
-        self._router = Router(
+        router = Router(
             configs,
             clock=self.clock or time.monotonic,
             breaker_policy=self.breaker,
@@ -318,17 +329,21 @@ class HybridChatOllama(BaseChatModel):
             nvml=self.nvml,
             host_memory=self.host_memory,
         )
-        self._build_lock = threading.Lock()
+        self._hot = _HotState(configs, router)
         return self
+
+    @property
+    def _h(self) -> _HotState:
+        return self.__pydantic_private__["_hot"]  # type: ignore[index,no-any-return]
 
     @property
     def backend_configs(self) -> list[BackendConfig]:
         """The resolved backends, in configuration order."""
-        return list(self._configs)
+        return list(self._h.configs)
 
     @property
     def router(self) -> Router:
-        return self._router
+        return self._h.router
 
     def _inner_params(self) -> dict[str, Any]:
         params = {k: getattr(self, k) for k in _PASSTHROUGH if getattr(self, k) is not None}
@@ -354,37 +369,39 @@ class HybridChatOllama(BaseChatModel):
 
     def backend_model(self, name: str) -> ChatOllama:
         """The inner ChatOllama of backend ``name`` (for sync use), built on first use."""
-        inner = self._sync_inner.get(name)
+        h = self._h
+        inner = h.sync_inner.get(name)
         if inner is None:
-            cfg = self._router.get(name).config
-            with self._build_lock:
-                inner = self._sync_inner.get(name)
+            cfg = h.router.get(name).config
+            with h.build_lock:
+                inner = h.sync_inner.get(name)
                 if inner is None:
                     inner = self._build_inner(cfg)
-                    self._sync_inner[name] = inner
+                    h.sync_inner[name] = inner
         return inner
 
     @property
     def inner_models(self) -> dict[str, ChatOllama]:
         """One ChatOllama per backend name (built on access)."""
-        return {c.name: self.backend_model(c.name) for c in self._configs}
+        return {c.name: self.backend_model(c.name) for c in self._h.configs}
 
     def _async_backend_model(self, name: str) -> ChatOllama:
         # ollama.AsyncClient binds its connection pool to the loop of its first request;
         # keep one inner model per running loop so a second asyncio.run() still works.
         loop = asyncio.get_running_loop()
+        h = self._h
         key = (name, id(loop))
-        entry = self._async_inner.get(key)
+        entry = h.async_inner.get(key)
         if entry is not None and entry[0]() is loop:
             return entry[1]
-        cfg = self._router.get(name).config
-        with self._build_lock:
-            for k, (ref, _) in list(self._async_inner.items()):
+        cfg = h.router.get(name).config
+        with h.build_lock:
+            for k, (ref, _) in list(h.async_inner.items()):
                 lp = ref()
                 if lp is None or lp.is_closed():
-                    del self._async_inner[k]
+                    del h.async_inner[k]
             inner = self._build_inner(cfg)
-            self._async_inner[key] = (weakref.ref(loop), inner)
+            h.async_inner[key] = (weakref.ref(loop), inner)
         return inner
 
     # ------------------------------------------------------------------ identity
@@ -396,7 +413,7 @@ class HybridChatOllama(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {
             "model": self.model,
-            "backends": [f"{c.name}={c.safe_url}" for c in self._configs],
+            "backends": [f"{c.name}={c.safe_url}" for c in self._h.configs],
             **self._inner_params(),
         }
 
@@ -418,11 +435,18 @@ class HybridChatOllama(BaseChatModel):
 
     # ------------------------------------------------------------------ routing
     def _policy(self) -> RoutePolicy:
-        return RoutePolicy(
+        key = (self.size_threshold_gb, self.prefer_warm, self.spillover)
+        h = self._h
+        cached = h.policy_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        policy = RoutePolicy(
             size_threshold_bytes=int(self.size_threshold_gb * GIB),
             prefer_warm=self.prefer_warm,
             spillover=self.spillover,
         )
+        h.policy_cache = (key, policy)
+        return policy
 
     def _num_ctx(self, kwargs: Mapping[str, Any]) -> int:
         options = kwargs.get("options")
@@ -443,7 +467,7 @@ class HybridChatOllama(BaseChatModel):
                 "options": {**request.get("options", {}), "num_ctx": request.pop("num_ctx")},
             }
         try:
-            return self._router.plan(
+            return self._h.router.plan(
                 model or self.model,
                 num_ctx=self._num_ctx(request),
                 sizes=self.model_sizes,
@@ -455,32 +479,35 @@ class HybridChatOllama(BaseChatModel):
     def _select_backend(self, name: str | None = None) -> tuple[str | None, str | None]:
         """The design's ``(primary, fallback)`` pair of backend URLs (credentials removed)."""
         plan = self.select_backend(name)
-        urls = {c.name: c.safe_url for c in self._configs}
+        urls = {c.name: c.safe_url for c in self._h.configs}
         return (urls.get(plan.primary or ""), urls.get(plan.fallback or ""))
 
     def refresh(self, model: str | None = None) -> dict[str, Any]:
         """Probe every backend now and wait (shares a probe already running)."""
-        return self._router.refresh(model or self.model)
+        return self._h.router.refresh(model or self.model)
 
     async def arefresh(self, model: str | None = None) -> dict[str, Any]:
-        return await self._router.arefresh(model or self.model)
+        return await self._h.router.arefresh(model or self.model)
 
     def stats(self) -> dict[str, Any]:
         """Per-backend counters: requests, successes, failures by class, fallbacks,
         circuit state, in-flight, latency and time-to-first-token summaries."""
-        return self._router.stats()
+        return self._h.router.stats()
 
     def close(self) -> None:
         """Stop the probe threads and close the probe clients."""
-        self._router.close()
+        self._h.router.close()
 
     # ------------------------------------------------------------------ failover core
     def _start(self, kwargs: dict[str, Any]) -> _Call:
         model = str(kwargs.get("model") or self.model)
         num_ctx = self._num_ctx(kwargs)
-        plan = self.select_backend(
-            model, **({"options": kwargs["options"]} if "options" in kwargs else {})
-        )
+        try:
+            plan = self._h.router.plan(
+                model, num_ctx=num_ctx, sizes=self.model_sizes, policy=self._policy()
+            )
+        except ValueError as exc:  # a bad value put into model_sizes after construction
+            raise ConfigurationError(str(exc)) from None
         if logger.isEnabledFor(logging.INFO):
             logger.info("route %s: %s -> %s", model, plan.summary, plan.backends or "none")
         if logger.isEnabledFor(logging.DEBUG):
@@ -518,6 +545,7 @@ class HybridChatOllama(BaseChatModel):
         return c
 
     def _metadata(self, call: _Call, cfg: BackendConfig, reasons: Sequence[str]) -> dict[str, Any]:
+        plan = call.plan
         return {
             "backend": cfg.name,
             _METADATA_KEY: {
@@ -526,11 +554,13 @@ class HybridChatOllama(BaseChatModel):
                 "base_url": cfg.safe_url,
                 "model": call.model,
                 "fallback": bool(call.attempts),
-                "attempts": [a.as_dict() for a in call.attempts],
+                "attempts": [a.as_dict() for a in call.attempts] if call.attempts else [],
                 "reason": "; ".join(reasons),
-                "route": call.plan.backends,
-                "route_summary": call.plan.summary,
-                "skipped": [{"backend": s.backend, "reason": s.reason} for s in call.skipped],
+                "route": plan.backends,
+                "route_summary": plan.summary,
+                "skipped": [{"backend": s.backend, "reason": s.reason} for s in call.skipped]
+                if call.skipped
+                else [],
             },
         }
 
@@ -547,7 +577,7 @@ class HybridChatOllama(BaseChatModel):
             and (call.attempts or call.skipped)
         ):
             cls = ModelNotAvailableError
-            targets = [c for c in self._configs]
+            targets = [c for c in self._h.configs]
             pulls = [
                 f"OLLAMA_HOST={_hostport(c)} ollama pull {call.model}  ({c.name})" for c in targets
             ]
@@ -561,14 +591,15 @@ class HybridChatOllama(BaseChatModel):
 
     def _candidates(self, call: _Call) -> Iterator[tuple[BackendConfig, Sequence[str]]]:
         """Yield each candidate whose breaker admits the call, planning again per round."""
+        router = self._h.router
         for round_ in range(self.max_retries + 1):
             if round_:
                 call.plan = self.select_backend(call.model, options={"num_ctx": call.num_ctx})
                 call.skipped = list(call.plan.skipped)
             tried = False
             for cand in call.plan.candidates:
-                cfg = self._router.get(cand.backend).config
-                if not self._router.acquire(cfg.name):
+                cfg = router.get(cand.backend).config
+                if not router.acquire(cfg.name):
                     call.skipped.append(
                         SkipRecord(cfg.name, cfg.safe_url, "circuit opened during this call")
                     )
@@ -590,7 +621,7 @@ class HybridChatOllama(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         final: ChatGenerationChunk | None = None
-        for chunk in self._routed_stream(messages, stop, None, gate=False, **kwargs):
+        for chunk in self._routed_stream(messages, stop, gate=False, **kwargs):
             final = chunk if final is None else final + chunk
         assert final is not None
         return _to_result(final)
@@ -602,13 +633,14 @@ class HybridChatOllama(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        yield from self._routed_stream(messages, stop, run_manager, gate=True, **kwargs)
+        # langchain-core calls on_llm_new_token for every chunk _stream yields; emitting it
+        # here as well would hand every callback each token twice (ChatOllama does).
+        return self._routed_stream(messages, stop, gate=True, **kwargs)
 
     def _routed_stream(
         self,
         messages: list[BaseMessage],
         stop: list[str] | None,
-        run_manager: CallbackManagerForLLMRun | None,
         *,
         gate: bool,
         **kwargs: Any,
@@ -618,7 +650,7 @@ class HybridChatOllama(BaseChatModel):
         so even a death mid-generation falls back."""
         call = self._start(kwargs)
         stop = self._effective_stop(stop)
-        router = self._router
+        router = self._h.router
         for cfg, reasons in self._candidates(call):
             inner = self.backend_model(cfg.name)
             started = time.perf_counter()
@@ -636,9 +668,8 @@ class HybridChatOllama(BaseChatModel):
                     for chunk in stream:
                         if committed:
                             delivered += 1
-                            chars += len(chunk.text)
-                            if run_manager:
-                                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                            content = chunk.message.content
+                            chars += len(content) if isinstance(content, str) else 0
                             yield chunk
                             continue
                         held.append(chunk)
@@ -651,8 +682,6 @@ class HybridChatOllama(BaseChatModel):
                             for c in held:
                                 delivered += 1
                                 chars += len(c.text)
-                                if run_manager:
-                                    run_manager.on_llm_new_token(c.text, chunk=c)
                                 yield c
                             held = []
                     if not held and not committed:
@@ -697,8 +726,6 @@ class HybridChatOllama(BaseChatModel):
                 if held:  # not streaming (or a stream with no visible content)
                     held[0].message.response_metadata.update(self._metadata(call, cfg, reasons))
                     for c in held:
-                        if run_manager:
-                            run_manager.on_llm_new_token(c.text, chunk=c)
                         yield c
                 router.record_success(cfg.name, time.perf_counter() - started, ttft)
                 return
@@ -715,7 +742,7 @@ class HybridChatOllama(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         final: ChatGenerationChunk | None = None
-        async for chunk in self._arouted_stream(messages, stop, None, gate=False, **kwargs):
+        async for chunk in self._arouted_stream(messages, stop, gate=False, **kwargs):
             final = chunk if final is None else final + chunk
         assert final is not None
         return _to_result(final)
@@ -727,14 +754,13 @@ class HybridChatOllama(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        async for chunk in self._arouted_stream(messages, stop, run_manager, gate=True, **kwargs):
+        async for chunk in self._arouted_stream(messages, stop, gate=True, **kwargs):
             yield chunk
 
     async def _arouted_stream(
         self,
         messages: list[BaseMessage],
         stop: list[str] | None,
-        run_manager: AsyncCallbackManagerForLLMRun | None,
         *,
         gate: bool,
         **kwargs: Any,
@@ -742,7 +768,7 @@ class HybridChatOllama(BaseChatModel):
         """The async twin of :meth:`_routed_stream`; the decisions are shared."""
         call = self._start(kwargs)
         stop = self._effective_stop(stop)
-        router = self._router
+        router = self._h.router
         for cfg, reasons in self._candidates(call):
             started = time.perf_counter()
             ttft: float | None = None
@@ -760,9 +786,8 @@ class HybridChatOllama(BaseChatModel):
                     async for chunk in stream:
                         if committed:
                             delivered += 1
-                            chars += len(chunk.text)
-                            if run_manager:
-                                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                            content = chunk.message.content
+                            chars += len(content) if isinstance(content, str) else 0
                             yield chunk
                             continue
                         held.append(chunk)
@@ -775,8 +800,6 @@ class HybridChatOllama(BaseChatModel):
                             for c in held:
                                 delivered += 1
                                 chars += len(c.text)
-                                if run_manager:
-                                    await run_manager.on_llm_new_token(c.text, chunk=c)
                                 yield c
                             held = []
                     if not held and not committed:
@@ -821,8 +844,6 @@ class HybridChatOllama(BaseChatModel):
                 if held:
                     held[0].message.response_metadata.update(self._metadata(call, cfg, reasons))
                     for c in held:
-                        if run_manager:
-                            await run_manager.on_llm_new_token(c.text, chunk=c)
                         yield c
                 router.record_success(cfg.name, time.perf_counter() - started, ttft)
                 return

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import ollama
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import tool
 
 from langchain_contextharbor import (
@@ -193,3 +196,34 @@ def test_unknown_model_and_malformed_replies_are_typed_errors(
     with pytest.raises(AllBackendsFailedError) as info:
         model.invoke("x")
     assert [a.error_class for a in info.value.attempts] == ["JSONDecodeError"] * 2
+
+
+class _TokenCounter(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+        self.starts = 0
+
+    def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+        self.starts += 1
+
+    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        self.tokens.append(token)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_callbacks_see_each_token_once_even_after_a_failover(
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama], mode: str,
+) -> None:
+    gpu, _ = pair
+    model = make_model()
+    gpu.inject(Fault.CUT_MID_STREAM, count=1, after_chunks=0)
+    counter = _TokenCounter()
+    cfg: RunnableConfig = {"callbacks": [counter]}
+    if mode == "sync":
+        chunks = [c.content for c in model.stream("hi", config=cfg)]
+    else:
+        chunks = [c.content async for c in model.astream("hi", config=cfg)]
+    assert counter.starts == 1
+    assert "".join(counter.tokens) == "".join(str(c) for c in chunks)
+    assert "".join(counter.tokens).startswith("Hello from cpu")
