@@ -354,9 +354,10 @@ class Router:
     def record_success(self, name: str, latency: float, ttft: float | None) -> None:
         b = self._by_name[name]
         with self._lock:
-            if b.breaker.state != "closed" or b.breaker.failures:
+            br = b.breaker
+            if not br.is_clean:
                 self._version += 1
-            b.breaker.record_success()
+                br.record_success()
             b.stats.successes += 1
             b.stats.latency.add(latency)
             if ttft is not None:
@@ -402,6 +403,17 @@ class Router:
                         thread_name_prefix="contextharbor-probe",
                     )
         return self._executor
+
+    def submit_background(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` on the router's worker threads (errors are logged, never raised)."""
+
+        def run() -> None:
+            try:
+                fn()
+            except Exception:  # pragma: no cover - background work must not crash
+                logger.debug("background task failed", exc_info=True)
+
+        self._pool().submit(run)
 
     def _schedule_stale(self, now: float, key: str) -> None:
         if now < self._next_probe_check and key in self._shows_checked:

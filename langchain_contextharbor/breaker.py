@@ -69,6 +69,11 @@ class CircuitBreaker:
     def cooldown(self) -> float:
         return self._cooldown
 
+    @property
+    def is_clean(self) -> bool:
+        """Closed, no failure counted, no trial pending: a success changes nothing."""
+        return self.state == "closed" and not self.failures and not self._trial_in_flight
+
     def retry_at(self) -> float | None:
         """When an open circuit lets its trial call through (None unless open)."""
         if self.state != "open" or self.opened_at is None:

@@ -372,13 +372,23 @@ class HybridChatOllama(BaseChatModel):
         h = self._h
         inner = h.sync_inner.get(name)
         if inner is None:
+            first = False
             cfg = h.router.get(name).config
             with h.build_lock:
                 inner = h.sync_inner.get(name)
                 if inner is None:
                     inner = self._build_inner(cfg)
                     h.sync_inner[name] = inner
+                    first = len(h.sync_inner) == 1
+            if first and len(h.configs) > 1:
+                # Build the fallbacks' clients off the hot path (~40 ms each), so the
+                # first failover does not pay for them.
+                h.router.submit_background(self._prebuild_sync_inners)
         return inner
+
+    def _prebuild_sync_inners(self) -> None:
+        for cfg in self._h.configs:
+            self.backend_model(cfg.name)
 
     @property
     def inner_models(self) -> dict[str, ChatOllama]:

@@ -99,49 +99,106 @@ def build_parser() -> argparse.ArgumentParser:
     # subparser from overwriting a value given before the subcommand with its own default.
     common = argparse.ArgumentParser(add_help=False)
     opts = common.add_argument_group("common options")
-    opts.add_argument("--gpu-url", metavar="URL", default=argparse.SUPPRESS,
-                      help="GPU server URL (overrides OLLAMA_GPU_URL; '' disables it)")
-    opts.add_argument("--cpu-url", metavar="URL", default=argparse.SUPPRESS,
-                      help="CPU server URL (overrides OLLAMA_CPU_URL; '' disables it)")
-    opts.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=argparse.SUPPRESS,
-                      help="probe timeout per server (default 1.5); nothing waits longer")
-    opts.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                      help="print JSON instead of a table")
+    opts.add_argument(
+        "--gpu-url",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="GPU server URL (overrides OLLAMA_GPU_URL; '' disables it)",
+    )
+    opts.add_argument(
+        "--cpu-url",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="CPU server URL (overrides OLLAMA_CPU_URL; '' disables it)",
+    )
+    opts.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=argparse.SUPPRESS,
+        help="probe timeout per server (default 1.5); nothing waits longer",
+    )
+    opts.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print JSON instead of a table",
+    )
 
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="contextharbor", parents=[common], formatter_class=fmt, epilog=_EPILOG,
-        description=_para("Check the Ollama servers langchain-contextharbor routes across, list "
-                    "their models, and show where a model would be routed."))
+        prog="contextharbor",
+        parents=[common],
+        formatter_class=fmt,
+        epilog=_EPILOG,
+        description=_para(
+            "Check the Ollama servers langchain-contextharbor routes across, list "
+            "their models, and show where a model would be routed."
+        ),
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     legacy = parser.add_mutually_exclusive_group()
-    legacy.add_argument("--check", dest="legacy", action="store_const", const="check",
-                        help="the original script's flag: same as 'check --json'")
-    legacy.add_argument("--models", dest="legacy", action="store_const", const="models",
-                        help="the original script's flag: same as 'models --json'")
+    legacy.add_argument(
+        "--check",
+        dest="legacy",
+        action="store_const",
+        const="check",
+        help="the original script's flag: same as 'check --json'",
+    )
+    legacy.add_argument(
+        "--models",
+        dest="legacy",
+        action="store_const",
+        const="models",
+        help="the original script's flag: same as 'models --json'",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser(
-        "check", parents=[common], formatter_class=fmt, epilog=_EPILOG,
+        "check",
+        parents=[common],
+        formatter_class=fmt,
+        epilog=_EPILOG,
         help="health of each server: status, version, latency, memory, loaded models",
-        description=_para("Probe each configured server (/api/version, /api/tags, /api/ps) and "
-                    "report its status, Ollama version, probe latency, memory and the loaded "
-                    "models with their GPU/CPU split."))
+        description=_para(
+            "Probe each configured server (/api/version, /api/tags, /api/ps) and "
+            "report its status, Ollama version, probe latency, memory and the loaded "
+            "models with their GPU/CPU split."
+        ),
+    )
     p_models = sub.add_parser(
-        "models", parents=[common], formatter_class=fmt, epilog=_EPILOG,
+        "models",
+        parents=[common],
+        formatter_class=fmt,
+        epilog=_EPILOG,
         help="models per server; marks models only one server has (no fallback)",
-        description=_para("List the models of each server. A model that only one answering "
-                    "server has is marked: if that server fails, there is no fallback."))
-    p_models.add_argument("--detail", action="store_true",
-                          help="with --json: per-model detail instead of the original "
-                               "{backend: [models]} shape")
+        description=_para(
+            "List the models of each server. A model that only one answering "
+            "server has is marked: if that server fails, there is no fallback."
+        ),
+    )
+    p_models.add_argument(
+        "--detail",
+        action="store_true",
+        help="with --json: per-model detail instead of the original {backend: [models]} shape",
+    )
     p_route = sub.add_parser(
-        "route", parents=[common], formatter_class=fmt, epilog=_EPILOG,
+        "route",
+        parents=[common],
+        formatter_class=fmt,
+        epilog=_EPILOG,
         help="where a call for MODEL would go now, with every reason",
-        description=_para("Probe the servers, then show the ordered candidates for a call to "
-                    "MODEL with the reason for each position and for each skipped server."))
+        description=_para(
+            "Probe the servers, then show the ordered candidates for a call to "
+            "MODEL with the reason for each position and for each skipped server."
+        ),
+    )
     p_route.add_argument("model", metavar="MODEL", help="model tag, e.g. llama3.1:8b")
-    p_route.add_argument("--num-ctx", type=_positive_int, metavar="N",
-                         help="context size of the call (default 4096, Ollama's default)")
+    p_route.add_argument(
+        "--num-ctx",
+        type=_positive_int,
+        metavar="N",
+        help="context size of the call (default 4096, Ollama's default)",
+    )
     return parser
 
 
@@ -152,8 +209,7 @@ def _gb(v: float | None) -> str:
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-            for r in rows]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
 def _memory(h: BackendHealth) -> str:
@@ -169,8 +225,10 @@ def _memory(h: BackendHealth) -> str:
 
 def _print_check(healths: Sequence[BackendHealth], out: TextIO) -> None:
     rows = [("BACKEND", "KIND", "STATUS", "VERSION", "LATENCY", "MEMORY", "URL")]
-    rows += [(h.name, h.kind, h.status, h.version or "-", f"{h.latency_ms:.0f} ms",
-              _memory(h), h.url) for h in healths]
+    rows += [
+        (h.name, h.kind, h.status, h.version or "-", f"{h.latency_ms:.0f} ms", _memory(h), h.url)
+        for h in healths
+    ]
     header, *lines = _table(rows)
     print(header, file=out)
     for h, line in zip(healths, lines, strict=True):
@@ -184,8 +242,7 @@ def _print_check(healths: Sequence[BackendHealth], out: TextIO) -> None:
             print(f"    loaded: none ({len(h.models or ())} models available)", file=out)
         for m in h.loaded:
             ctx = f", ctx {m.context_length}" if m.context_length else ""
-            print(f"    loaded: {m.name}  {m.placement}  ({_gb(m.size / 1024**3)}{ctx})",
-                  file=out)
+            print(f"    loaded: {m.name}  {m.placement}  ({_gb(m.size / 1024**3)}{ctx})", file=out)
     up = sum(h.healthy for h in healths)
     print(f"{up}/{len(healths)} backends healthy", file=out)
 
@@ -195,8 +252,9 @@ def _print_models(healths: Sequence[BackendHealth], out: TextIO) -> None:
     names = sorted({m for h in healths for m in (h.models or ())})
     rows: list[tuple[str, ...]] = [("MODEL", *(h.name for h in healths), "")]
     for m in names:
-        cells = ["yes" if m in (h.models or ()) else ("?" if h.models is None else "-")
-                 for h in healths]
+        cells = [
+            "yes" if m in (h.models or ()) else ("?" if h.models is None else "-") for h in healths
+        ]
         note = f"* only on {only[m]}: no fallback" if m in only else ""
         rows.append((m, *cells, note))
     for line in _table(rows):
@@ -207,8 +265,11 @@ def _print_models(healths: Sequence[BackendHealth], out: TextIO) -> None:
         if h.models is None:
             print(f"{h.name}: down, its models are unknown ({h.error})", file=out)
     if only:
-        print(f"{len(only)} model(s) on one backend only (marked *): a failure there "
-              "cannot fall back", file=out)
+        print(
+            f"{len(only)} model(s) on one backend only (marked *): a failure there "
+            "cannot fall back",
+            file=out,
+        )
 
 
 def _models_detail(healths: Sequence[BackendHealth]) -> dict[str, Any]:
@@ -216,15 +277,24 @@ def _models_detail(healths: Sequence[BackendHealth]) -> dict[str, Any]:
     names = sorted({m for h in healths for m in (h.models or ())})
     loaded = {(h.name, m.name): m.placement for h in healths for m in h.loaded}
     return {
-        "backends": {h.name: {"status": h.status, "url": h.url, "is_gpu": h.is_gpu,
-                              "error": h.error,
-                              "models": None if h.models is None else list(h.models)}
-                     for h in healths},
-        "models": {m: {"backends": [h.name for h in healths if m in (h.models or ())],
-                       "only_on": only.get(m),
-                       "loaded": {h.name: loaded[(h.name, m)] for h in healths
-                                  if (h.name, m) in loaded}}
-                   for m in names},
+        "backends": {
+            h.name: {
+                "status": h.status,
+                "url": h.url,
+                "is_gpu": h.is_gpu,
+                "error": h.error,
+                "models": None if h.models is None else list(h.models),
+            }
+            for h in healths
+        },
+        "models": {
+            m: {
+                "backends": [h.name for h in healths if m in (h.models or ())],
+                "only_on": only.get(m),
+                "loaded": {h.name: loaded[(h.name, m)] for h in healths if (h.name, m) in loaded},
+            }
+            for m in names
+        },
     }
 
 
@@ -252,16 +322,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.legacy is not None:
         if command is not None:
             parser.print_usage(sys.stderr)
-            print(f"contextharbor: error: --{args.legacy} cannot be combined with the "
-                  f"'{command}' command", file=sys.stderr)
+            print(
+                f"contextharbor: error: --{args.legacy} cannot be combined with the "
+                f"'{command}' command",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         command, as_json = args.legacy, True
     if command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    config = {"gpu_url": getattr(args, "gpu_url", None),
-              "cpu_url": getattr(args, "cpu_url", None),
-              "timeout": getattr(args, "timeout", None)}
+    config = {
+        "gpu_url": getattr(args, "gpu_url", None),
+        "cpu_url": getattr(args, "cpu_url", None),
+        "timeout": getattr(args, "timeout", None),
+    }
     out = sys.stdout
     try:
         if command == "route":

@@ -136,8 +136,12 @@ def _loaded_dict(m: LoadedModel) -> dict[str, Any]:
 def _check_timeout(timeout: float | None) -> float | None:
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-            or not math.isfinite(timeout) or timeout <= 0:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
         raise ConfigurationError(f"probe timeout must be a number of seconds > 0, got {timeout!r}")
     return float(timeout)
 
@@ -179,19 +183,26 @@ def resolve_backends(
             (gpu_url, "--gpu-url", GPU_URL_ENV, DEFAULT_GPU_URL),
             (cpu_url, "--cpu-url", CPU_URL_ENV, DEFAULT_CPU_URL),
         ):
-            url, source = (explicit, flag) if explicit is not None else (
-                source_env.get(var, default), var)
+            url, source = (
+                (explicit, flag) if explicit is not None else (source_env.get(var, default), var)
+            )
             if url.strip():
                 _check_url(url, source)
         configs = backends_from_env(source_env, gpu_url=gpu_url, cpu_url=cpu_url)
         if not configs:
             raise ConfigurationError(
                 f"no backend configured: the GPU and the CPU URL are both empty "
-                f"(set {GPU_URL_ENV} or {CPU_URL_ENV})")
+                f"(set {GPU_URL_ENV} or {CPU_URL_ENV})"
+            )
     if probe is not None:
         configs = [
-            c.model_copy(update={"timeouts": c.timeouts.model_copy(update={
-                "probe": probe, "connect": min(c.timeouts.connect, probe)})})
+            c.model_copy(
+                update={
+                    "timeouts": c.timeouts.model_copy(
+                        update={"probe": probe, "connect": min(c.timeouts.connect, probe)}
+                    )
+                }
+            )
             for c in configs
         ]
     return configs
@@ -232,14 +243,20 @@ def _scrub(text: str, cfg: BackendConfig) -> str:
     return text
 
 
-def _health(router: Router, cfg: BackendConfig, p: ProbeResult | None,
-            waited_ms: float) -> BackendHealth:
+def _health(
+    router: Router, cfg: BackendConfig, p: ProbeResult | None, waited_ms: float
+) -> BackendHealth:
     if p is None:
         return BackendHealth(
-            cfg.name, cfg.safe_url, cfg.kind, False, waited_ms,
+            cfg.name,
+            cfg.safe_url,
+            cfg.kind,
+            False,
+            waited_ms,
             error=f"no answer within {cfg.timeouts.probe:g} s (probe timeout)",
             max_memory_gb=cfg.max_memory_gb,
-            memory_source="max_memory_gb (configured)" if cfg.max_memory_gb else "unknown")
+            memory_source="max_memory_gb (configured)" if cfg.max_memory_gb else "unknown",
+        )
     free, source = router._capacity(cfg, p if p.ok else None)
     if cfg.max_memory_gb is not None:
         max_gb: float | None = cfg.max_memory_gb
@@ -250,15 +267,29 @@ def _health(router: Router, cfg: BackendConfig, p: ProbeResult | None,
         max_gb = None
     if not p.ok:
         return BackendHealth(
-            cfg.name, cfg.safe_url, cfg.kind, False, p.latency_ms,
-            error=_scrub(p.reason or "probe failed", cfg), max_memory_gb=max_gb,
-            memory_source=source)
+            cfg.name,
+            cfg.safe_url,
+            cfg.kind,
+            False,
+            p.latency_ms,
+            error=_scrub(p.reason or "probe failed", cfg),
+            max_memory_gb=max_gb,
+            memory_source=source,
+        )
     loaded = tuple(sorted((p.loaded or {}).values(), key=lambda m: m.name))
     return BackendHealth(
-        cfg.name, cfg.safe_url, cfg.kind, True, p.latency_ms,
-        version=p.version or "unknown", max_memory_gb=max_gb,
-        free_memory_gb=None if free is None else free / _GIB, memory_source=source,
-        models=tuple(sorted(p.models or {})), loaded=loaded)
+        cfg.name,
+        cfg.safe_url,
+        cfg.kind,
+        True,
+        p.latency_ms,
+        version=p.version or "unknown",
+        max_memory_gb=max_gb,
+        free_memory_gb=None if free is None else free / _GIB,
+        memory_source=source,
+        models=tuple(sorted(p.models or {})),
+        loaded=loaded,
+    )
 
 
 def check_backends(
@@ -277,8 +308,7 @@ def check_backends(
     ``nvml`` (a pynvml-compatible module) and ``host_memory`` replace the real GPU and RAM
     readings (tests). Returns within about the probe timeout whatever the servers do.
     """
-    configs = resolve_backends(backends, env=env, gpu_url=gpu_url, cpu_url=cpu_url,
-                               timeout=timeout)
+    configs = resolve_backends(backends, env=env, gpu_url=gpu_url, cpu_url=cpu_url, timeout=timeout)
     router = Router(configs, background_probes=False, nvml=nvml, host_memory=host_memory)
     try:
         started = time.perf_counter()
@@ -311,8 +341,9 @@ def list_models(
     Pass ``healths`` to reuse a :func:`check_backends` result instead of probing again.
     """
     if healths is None:
-        healths = check_backends(backends, env=env, gpu_url=gpu_url, cpu_url=cpu_url,
-                                 timeout=timeout)
+        healths = check_backends(
+            backends, env=env, gpu_url=gpu_url, cpu_url=cpu_url, timeout=timeout
+        )
     return {h.name: list(h.models or ()) for h in healths}
 
 
@@ -355,23 +386,34 @@ def preview_route(
     """
     if not isinstance(model, str) or not model.strip():
         raise ConfigurationError("model must be a non-empty model tag, e.g. 'llama3.1:8b'")
-    if num_ctx is not None and (isinstance(num_ctx, bool) or not isinstance(num_ctx, int)
-                                or num_ctx <= 0):
+    if num_ctx is not None and (
+        isinstance(num_ctx, bool) or not isinstance(num_ctx, int) or num_ctx <= 0
+    ):
         raise ConfigurationError(f"num_ctx must be a positive integer, got {num_ctx!r}")
     owned = not isinstance(backends, HybridChatOllama)
     if isinstance(backends, HybridChatOllama) and timeout is None:
         llm = backends
     else:
-        configs = resolve_backends(backends, env=env, gpu_url=gpu_url, cpu_url=cpu_url,
-                                   timeout=timeout)
+        configs = resolve_backends(
+            backends, env=env, gpu_url=gpu_url, cpu_url=cpu_url, timeout=timeout
+        )
         extra: dict[str, Any] = {}
         if isinstance(backends, HybridChatOllama):
-            extra = {"model_sizes": dict(backends.model_sizes),
-                     "size_threshold_gb": backends.size_threshold_gb,
-                     "prefer_warm": backends.prefer_warm, "spillover": backends.spillover}
+            extra = {
+                "model_sizes": dict(backends.model_sizes),
+                "size_threshold_gb": backends.size_threshold_gb,
+                "prefer_warm": backends.prefer_warm,
+                "spillover": backends.spillover,
+            }
             owned = True
-        llm = HybridChatOllama(model=model, backends=configs, background_probes=False,
-                               nvml=nvml, host_memory=host_memory, **extra)
+        llm = HybridChatOllama(
+            model=model,
+            backends=configs,
+            background_probes=False,
+            nvml=nvml,
+            host_memory=host_memory,
+            **extra,
+        )
     try:
         probe = max(c.timeouts.probe for c in llm.backend_configs)
         # Probe, then /api/show for the model's architecture: two probe timeouts at most.
@@ -380,8 +422,10 @@ def preview_route(
         plan = llm.select_backend(model, **request)
         silent = [rt.config.name for rt in llm.router.backends if rt.probe is None]
         if silent:
-            note = (f"no probe answer within {probe:g} s from {', '.join(silent)}: "
-                    "planned on what was known")
+            note = (
+                f"no probe answer within {probe:g} s from {', '.join(silent)}: "
+                "planned on what was known"
+            )
             plan = dataclasses.replace(plan, notes=(*plan.notes, note))
         return plan
     finally:

@@ -116,21 +116,26 @@ class HybridCollector:
         successes = counter("successes", "Calls the backend answered.")
         failures = counter("failures", "Failed calls by error class.", [*base, "error_class"])
         fallbacks = counter("fallbacks", "Calls that left the backend for the next one.")
-        interrupted = counter("interrupted_streams",
-                              "Streams that failed after output reached the caller.")
+        interrupted = counter(
+            "interrupted_streams", "Streams that failed after output reached the caller."
+        )
         circuit = gauge("circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.")
-        consecutive = gauge("circuit_consecutive_failures",
-                            "Failures since the backend's last success.")
+        consecutive = gauge(
+            "circuit_consecutive_failures", "Failures since the backend's last success."
+        )
         in_flight = gauge("in_flight", "Calls running on the backend now.")
-        info = gauge("backend_info", "Backend kind and URL (credentials removed).",
-                     [*base, "kind", "url"])
+        info = gauge(
+            "backend_info", "Backend kind and URL (credentials removed).", [*base, "kind", "url"]
+        )
         summaries = {
             "latency": core.SummaryMetricFamily(
-                f"{ns}_request_latency_seconds", "Duration of successful calls.",
-                labels=base),
+                f"{ns}_request_latency_seconds", "Duration of successful calls.", labels=base
+            ),
             "time_to_first_token": core.SummaryMetricFamily(
                 f"{ns}_time_to_first_token_seconds",
-                "Time to the first token of successful streams.", labels=base),
+                "Time to the first token of successful streams.",
+                labels=base,
+            ),
         }
         for router, llm in self._models:
             for backend, s in llm.stats().items():
@@ -148,16 +153,28 @@ class HybridCollector:
                 for key, family in summaries.items():
                     summary = s[key]
                     count = int(summary["count"])
-                    family.add_metric(labels, count_value=count,
-                                      sum_value=_seconds(summary["mean_ms"]) * count)
+                    family.add_metric(
+                        labels, count_value=count, sum_value=_seconds(summary["mean_ms"]) * count
+                    )
                     for q, field in (("0.5", "p50_ms"), ("0.95", "p95_ms")):
                         if summary[field] is not None:
-                            family.add_sample(family.name, {"router": router,
-                                                            "backend": backend,
-                                                            "quantile": q},
-                                              _seconds(summary[field]))
-        yield from (requests, successes, failures, fallbacks, interrupted, circuit,
-                    consecutive, in_flight, *summaries.values(), info)
+                            family.add_sample(
+                                family.name,
+                                {"router": router, "backend": backend, "quantile": q},
+                                _seconds(summary[field]),
+                            )
+        yield from (
+            requests,
+            successes,
+            failures,
+            fallbacks,
+            interrupted,
+            circuit,
+            consecutive,
+            in_flight,
+            *summaries.values(),
+            info,
+        )
 
 
 @dataclass

@@ -110,8 +110,7 @@ async def smart_chat(
     if not isinstance(model, str) or not model.strip():
         raise ValueError("model must be a non-empty model tag, e.g. 'llama3.1:8b'")
     if intent is not None:
-        logger.debug("smart_chat: intent=%r ignored (routing is by size and free memory)",
-                     intent)
+        logger.debug("smart_chat: intent=%r ignored (routing is by size and free memory)", intent)
     llm = get_default_model(model)
     runnable = llm.bind_tools(list(tools)) if tools else llm
     answer = await runnable.ainvoke(_messages(messages), config, model=model, **kwargs)
