@@ -554,35 +554,29 @@ class Router:
             self._next_probe_check = float("-inf")
         return arch
 
+    def _show_futures(self, model: str) -> list[concurrent.futures.Future[ArchInfo | None]]:
+        """Start (or join) /api/show of ``model`` on every backend known to have it."""
+        key = normalize_model_name(model)
+        for b in self._backends:
+            p = b.probe
+            if p and p.ok and p.models and key in p.models:
+                self._submit_show(b, key)
+        return [f for b in self._backends if (f := b.show_futures.get(key)) is not None]
+
     def refresh(self, model: str | None = None) -> dict[str, ProbeResult]:
         """Probe every backend now (sharing any probe already running) and wait."""
         futs = {b.config.name: self._submit_probe(b) for b in self._backends}
         out = {n: f.result() for n, f in futs.items()}
-        if model:
-            key = normalize_model_name(model)
-            for b in self._backends:
-                p = b.probe
-                if p and p.ok and p.models and key in p.models:
-                    self._submit_show(b, key)
-            for b in self._backends:
-                f = b.show_futures.get(key)
-                if f is not None:
-                    f.result()
+        for f in self._show_futures(model) if model else []:
+            f.result()
         return out
 
     async def arefresh(self, model: str | None = None) -> dict[str, ProbeResult]:
+        """The async twin of :meth:`refresh`; it awaits the same shared futures."""
         futs = {b.config.name: self._submit_probe(b) for b in self._backends}
         out = {n: await asyncio.wrap_future(f) for n, f in futs.items()}
-        if model:
-            key = normalize_model_name(model)
-            for b in self._backends:
-                p = b.probe
-                if p and p.ok and p.models and key in p.models:
-                    self._submit_show(b, key)
-            for b in self._backends:
-                f = b.show_futures.get(key)
-                if f is not None:
-                    await asyncio.wrap_future(f)
+        for f in self._show_futures(model) if model else []:
+            await asyncio.wrap_future(f)
         return out
 
     def close(self) -> None:

@@ -554,6 +554,46 @@ class HybridChatOllama(BaseChatModel):
         )
         return c
 
+    def _settle_failure(
+        self,
+        call: _Call,
+        cfg: BackendConfig,
+        exc: Exception,
+        started: float,
+        delivered: int,
+        chars: int,
+        committed: bool,
+    ) -> bool:
+        """Record a failed attempt and decide: True = try the next backend, False = the
+        caller re-raises ``exc`` as it is; after a commit it raises StreamInterruptedError.
+        Shared by the sync and async loops, which differ only in how they iterate."""
+        router = self._h.router
+        verdict = self._on_failure(call, cfg, exc, started, delivered)
+        if committed:
+            router.record_failure(
+                cfg.name,
+                call.model,
+                call.num_ctx,
+                verdict,
+                str(exc),
+                fell_back=False,
+                interrupted=True,
+            )
+            raise StreamInterruptedError(
+                backend=cfg.name,
+                url=cfg.safe_url,
+                delivered_chunks=delivered,
+                delivered_chars=chars,
+                cause=exc,
+            ) from exc
+        if not self._should_failover(exc, verdict):
+            router.record_failure(
+                cfg.name, call.model, call.num_ctx, _no_verdict(verdict), str(exc), fell_back=False
+            )
+            return False
+        router.record_failure(cfg.name, call.model, call.num_ctx, verdict, str(exc), fell_back=True)
+        return True
+
     def _metadata(self, call: _Call, cfg: BackendConfig, reasons: Sequence[str]) -> dict[str, Any]:
         plan = call.plan
         return {
@@ -699,37 +739,10 @@ class HybridChatOllama(BaseChatModel):
                 except GeneratorExit:
                     raise
                 except Exception as exc:
-                    verdict = self._on_failure(call, cfg, exc, started, delivered)
-                    if committed:
-                        router.record_failure(
-                            cfg.name,
-                            call.model,
-                            call.num_ctx,
-                            verdict,
-                            str(exc),
-                            fell_back=False,
-                            interrupted=True,
-                        )
-                        raise StreamInterruptedError(
-                            backend=cfg.name,
-                            url=cfg.safe_url,
-                            delivered_chunks=delivered,
-                            delivered_chars=chars,
-                            cause=exc,
-                        ) from exc
-                    if not self._should_failover(exc, verdict):
-                        router.record_failure(
-                            cfg.name,
-                            call.model,
-                            call.num_ctx,
-                            _no_verdict(verdict),
-                            str(exc),
-                            fell_back=False,
-                        )
+                    if not self._settle_failure(
+                        call, cfg, exc, started, delivered, chars, committed
+                    ):
                         raise
-                    router.record_failure(
-                        cfg.name, call.model, call.num_ctx, verdict, str(exc), fell_back=True
-                    )
                     continue
                 finally:
                     stream.close()
@@ -817,37 +830,10 @@ class HybridChatOllama(BaseChatModel):
                 except (GeneratorExit, asyncio.CancelledError):
                     raise
                 except Exception as exc:
-                    verdict = self._on_failure(call, cfg, exc, started, delivered)
-                    if committed:
-                        router.record_failure(
-                            cfg.name,
-                            call.model,
-                            call.num_ctx,
-                            verdict,
-                            str(exc),
-                            fell_back=False,
-                            interrupted=True,
-                        )
-                        raise StreamInterruptedError(
-                            backend=cfg.name,
-                            url=cfg.safe_url,
-                            delivered_chunks=delivered,
-                            delivered_chars=chars,
-                            cause=exc,
-                        ) from exc
-                    if not self._should_failover(exc, verdict):
-                        router.record_failure(
-                            cfg.name,
-                            call.model,
-                            call.num_ctx,
-                            _no_verdict(verdict),
-                            str(exc),
-                            fell_back=False,
-                        )
+                    if not self._settle_failure(
+                        call, cfg, exc, started, delivered, chars, committed
+                    ):
                         raise
-                    router.record_failure(
-                        cfg.name, call.model, call.num_ctx, verdict, str(exc), fell_back=True
-                    )
                     continue
                 finally:
                     await stream.aclose()
