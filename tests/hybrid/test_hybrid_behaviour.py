@@ -227,3 +227,39 @@ async def test_callbacks_see_each_token_once_even_after_a_failover(
     assert counter.starts == 1
     assert "".join(counter.tokens) == "".join(str(c) for c in chunks)
     assert "".join(counter.tokens).startswith("Hello from cpu")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_batch_falls_back_per_input(
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama], mode: str,
+) -> None:
+    gpu, _ = pair
+    model = make_model(timeouts=Timeouts(connect=1, first_token=5, idle=0.3))
+    gpu.inject(Fault.HANG_MID_STREAM, count=1, after_chunks=2)
+    inputs = ["one", "two", "three"]
+    cfg: RunnableConfig = {"max_concurrency": 1}
+    out = model.batch(inputs, cfg) if mode == "sync" else await model.abatch(inputs, cfg)
+    assert [m.response_metadata["backend"] for m in out] == ["cpu", "cpu", "cpu"]
+    meta = [m.response_metadata["contextharbor"] for m in out]
+    # The first input met the stall and fell back whole; the GPU's circuit then stayed open.
+    assert [a["category"] for a in meta[0]["attempts"]] == ["timeout"]
+    assert all(m["attempts"] == [] and m["skipped"][0]["backend"] == "gpu" for m in meta[1:])
+    assert all(str(m.content).endswith(f"You said: {i}") for m, i in zip(out, inputs))
+
+
+def test_structured_output_include_raw_survives_a_failover(
+    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+) -> None:
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        country: str
+
+    gpu, _ = pair
+    gpu.inject(Fault.OOM, count=1)
+    out = make_model().with_structured_output(City, include_raw=True).invoke("Paris?")
+    assert isinstance(out, dict)
+    assert isinstance(out["parsed"], City) and out["parsing_error"] is None
+    assert out["raw"].response_metadata["backend"] == "cpu"
