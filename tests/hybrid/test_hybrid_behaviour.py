@@ -37,7 +37,8 @@ def get_time(city: str) -> str:
 
 
 def test_idle_deadline_catches_a_mid_stream_stall_long_before_the_first_token_deadline(
-    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, _ = pair
     model = make_model(timeouts=Timeouts(connect=1, first_token=60, idle=0.3))
@@ -50,7 +51,8 @@ def test_idle_deadline_catches_a_mid_stream_stall_long_before_the_first_token_de
 
 
 def test_a_slow_first_token_is_not_judged_by_the_idle_deadline(
-    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, _ = pair
     model = make_model(timeouts=Timeouts(connect=1, first_token=10, idle=0.2))
@@ -61,7 +63,8 @@ def test_a_slow_first_token_is_not_judged_by_the_idle_deadline(
 
 
 def test_tools_are_replayed_unchanged_on_the_fallback(
-    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, cpu = pair
     llm = make_model().bind_tools([get_weather, get_time])
@@ -76,7 +79,8 @@ def test_tools_are_replayed_unchanged_on_the_fallback(
 
 
 def test_tool_choice_is_honoured_as_far_as_ollama_allows(
-    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, _ = pair
     model = make_model()
@@ -92,23 +96,38 @@ def test_tool_choice_is_honoured_as_far_as_ollama_allows(
 
 
 def test_every_chatollama_parameter_reaches_every_backend(
-    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, cpu = pair
-    model = make_model(temperature=0.2, num_ctx=2048, max_tokens=64, seed=7, top_k=5,
-                       keep_alive="10m", stop=["END"])
+    model = make_model(
+        temperature=0.2,
+        num_ctx=2048,
+        max_tokens=64,
+        seed=7,
+        top_k=5,
+        keep_alive="10m",
+        stop=["END"],
+    )
     model.invoke("a")
     gpu.inject(Fault.REFUSE)
     model.invoke("b")
     for srv in (gpu, cpu):
         body = [r for r in srv.requests_to("/api/chat") if r.body][-1].body
-        assert body["options"] == {"temperature": 0.2, "num_ctx": 2048, "num_predict": 64,
-                                   "seed": 7, "top_k": 5, "stop": ["END"]}
+        assert body["options"] == {
+            "temperature": 0.2,
+            "num_ctx": 2048,
+            "num_predict": 64,
+            "seed": 7,
+            "top_k": 5,
+            "stop": ["END"],
+        }
         assert body["keep_alive"] == "10m"
 
 
 def test_per_call_model_override_routes_and_traces_that_model(
-    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, _ = pair
     model = make_model()
@@ -119,7 +138,8 @@ def test_per_call_model_override_routes_and_traces_that_model(
 
 
 def test_max_retries_makes_another_pass_when_every_server_was_busy(
-    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, cpu = pair
     for srv in (gpu, cpu):
@@ -134,7 +154,8 @@ def test_max_retries_makes_another_pass_when_every_server_was_busy(
 
 
 def test_exceptions_to_handle_replaces_the_classifier(
-    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, _ = pair
     only_connect = make_model(exceptions_to_handle=(httpx.ConnectError,))
@@ -147,7 +168,8 @@ def test_exceptions_to_handle_replaces_the_classifier(
 
 
 def test_probes_are_shared_between_threads_and_tasks(
-    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, cpu = pair
     for srv in (gpu, cpu):
@@ -170,7 +192,8 @@ def test_probes_are_shared_between_threads_and_tasks(
 
 def test_fresh_probes_stay_off_the_hot_path(
     pair: tuple[OllamaStandIn, OllamaStandIn],
-    make_model: Callable[..., HybridChatOllama], clock: FakeClock,
+    make_model: Callable[..., HybridChatOllama],
+    clock: FakeClock,
 ) -> None:
     gpu, _ = pair
     model = make_model(background_probes=True, probe_ttl=10)
@@ -187,7 +210,8 @@ def test_fresh_probes_stay_off_the_hot_path(
 
 
 def test_unknown_model_and_malformed_replies_are_typed_errors(
-    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, cpu = pair
     model = make_model()
@@ -213,7 +237,8 @@ class _TokenCounter(BaseCallbackHandler):
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_callbacks_see_each_token_once_even_after_a_failover(
     pair: tuple[OllamaStandIn, OllamaStandIn],
-    make_model: Callable[..., HybridChatOllama], mode: str,
+    make_model: Callable[..., HybridChatOllama],
+    mode: str,
 ) -> None:
     gpu, _ = pair
     model = make_model()
@@ -232,7 +257,8 @@ async def test_callbacks_see_each_token_once_even_after_a_failover(
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_batch_falls_back_per_input(
     pair: tuple[OllamaStandIn, OllamaStandIn],
-    make_model: Callable[..., HybridChatOllama], mode: str,
+    make_model: Callable[..., HybridChatOllama],
+    mode: str,
 ) -> None:
     gpu, _ = pair
     model = make_model(timeouts=Timeouts(connect=1, first_token=5, idle=0.3))
@@ -245,11 +271,12 @@ async def test_batch_falls_back_per_input(
     # The first input met the stall and fell back whole; the GPU's circuit then stayed open.
     assert [a["category"] for a in meta[0]["attempts"]] == ["timeout"]
     assert all(m["attempts"] == [] and m["skipped"][0]["backend"] == "gpu" for m in meta[1:])
-    assert all(str(m.content).endswith(f"You said: {i}") for m, i in zip(out, inputs))
+    assert all(str(m.content).endswith(f"You said: {i}") for m, i in zip(out, inputs, strict=True))
 
 
 def test_structured_output_include_raw_survives_a_failover(
-    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
 ) -> None:
     from pydantic import BaseModel
 

@@ -39,11 +39,13 @@ def pair(
     ollama_standin_factory: StandInFactory, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[OllamaStandIn, OllamaStandIn]:
     """GPU stand-in (SMALL fully on GPU, GPU_ONLY partly offloaded) and CPU stand-in."""
-    gpu = ollama_standin_factory(name="gpu", models=[SMALL, StandInModel(GPU_ONLY)],
-                                 loaded=[SMALL], gpu_fraction=1.0)
+    gpu = ollama_standin_factory(
+        name="gpu", models=[SMALL, StandInModel(GPU_ONLY)], loaded=[SMALL], gpu_fraction=1.0
+    )
     gpu.set_loaded(GPU_ONLY, size=100 * 2**20, size_vram=52 * 2**20)
-    cpu = ollama_standin_factory(name="cpu", models=[SMALL, StandInModel(CPU_ONLY)],
-                                 loaded=[SMALL], gpu_fraction=0.0)
+    cpu = ollama_standin_factory(
+        name="cpu", models=[SMALL, StandInModel(CPU_ONLY)], loaded=[SMALL], gpu_fraction=0.0
+    )
     monkeypatch.setenv("OLLAMA_GPU_URL", gpu.url)
     monkeypatch.setenv("OLLAMA_CPU_URL", cpu.url)
     return gpu, cpu
@@ -77,7 +79,14 @@ def test_check_table_reports_status_version_latency_and_placement(
     code, out, err = run(capsys, "check")
     assert code == EXIT_OK, err
     assert out.splitlines()[0].split() == [
-        "BACKEND", "KIND", "STATUS", "VERSION", "LATENCY", "MEMORY", "URL"]
+        "BACKEND",
+        "KIND",
+        "STATUS",
+        "VERSION",
+        "LATENCY",
+        "MEMORY",
+        "URL",
+    ]
     statuses = [line.split()[2] for line in out.splitlines()[1:] if line[:1].isalnum()]
     assert statuses[:2] == ["healthy", "healthy"] and "unhealthy" not in out
     assert "0.14.3" in out and " ms " in out
@@ -98,13 +107,24 @@ def test_check_json_extends_the_original_shape(
     assert list(data) == ["gpu", "cpu"]
     g, c = data["gpu"], data["cpu"]
     # The original hybrid_router.py --check keys, with their meaning kept ...
-    assert (g["status"], g["url"], g["is_gpu"], g["version"]) == ("healthy", gpu.url, True,
-                                                                  "0.14.3")
+    assert (g["status"], g["url"], g["is_gpu"], g["version"]) == (
+        "healthy",
+        gpu.url,
+        True,
+        "0.14.3",
+    )
     assert (c["status"], c["url"], c["is_gpu"], c["error"]) == ("healthy", cpu.url, False, None)
     # ... and the extension.
     for entry in (g, c):
-        assert set(entry) >= {"kind", "latency_ms", "max_memory_gb", "free_memory_gb",
-                              "memory_source", "models_available", "models_loaded"}
+        assert set(entry) >= {
+            "kind",
+            "latency_ms",
+            "max_memory_gb",
+            "free_memory_gb",
+            "memory_source",
+            "models_available",
+            "models_loaded",
+        }
         assert entry["latency_ms"] > 0
     placements = {m["name"]: m["placement"] for m in g["models_loaded"]}
     assert placements == {SMALL: "100% GPU", GPU_ONLY: "48%/52% CPU/GPU"}
@@ -134,12 +154,12 @@ def test_check_exit_codes_some_down_all_down(
     code, out, _ = run(capsys, "check")
     assert code == EXIT_ALL_DOWN
     assert "0/2 backends healthy" in out
-    assert len({EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_DEGRADED, EXIT_ALL_DOWN,
-                EXIT_NO_ROUTE}) == 6
+    assert len({EXIT_OK, EXIT_CONFIG, EXIT_USAGE, EXIT_DEGRADED, EXIT_ALL_DOWN, EXIT_NO_ROUTE}) == 6
 
 
 def test_empty_url_disables_a_backend(
-    pair: tuple[OllamaStandIn, OllamaStandIn], capsys: pytest.CaptureFixture[str],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, cpu = pair
@@ -153,7 +173,8 @@ def test_empty_url_disables_a_backend(
 
 
 def test_credentials_never_printed(
-    ollama_standin_factory: StandInFactory, capsys: pytest.CaptureFixture[str],
+    ollama_standin_factory: StandInFactory,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     gpu = ollama_standin_factory(name="gpu", models=[SMALL], loaded=[SMALL])
@@ -162,8 +183,15 @@ def test_credentials_never_printed(
     monkeypatch.setenv("OLLAMA_GPU_URL", secret_gpu)
     monkeypatch.setenv("OLLAMA_CPU_URL", secret_cpu)
     outputs = []
-    for argv in (["check"], ["check", "--json"], ["--check"], ["models"],
-                 ["models", "--json", "--detail"], ["route", SMALL], ["route", SMALL, "--json"]):
+    for argv in (
+        ["check"],
+        ["check", "--json"],
+        ["--check"],
+        ["models"],
+        ["models", "--json", "--detail"],
+        ["route", SMALL],
+        ["route", SMALL, "--json"],
+    ):
         code, out, err = run(capsys, *argv)
         assert code in (EXIT_OK, EXIT_DEGRADED), (argv, err)
         outputs.append(out + err)
@@ -205,8 +233,11 @@ def test_probe_timeout_bounds_a_hung_server(
     ],
 )
 def test_bad_configuration_is_one_line_and_exit_1(
-    env: dict[str, str], argv: list[str], needle: str,
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    argv: list[str],
+    needle: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("OLLAMA_GPU_URL", dead_url())
     monkeypatch.setenv("OLLAMA_CPU_URL", dead_url())
@@ -222,8 +253,15 @@ def test_bad_configuration_is_one_line_and_exit_1(
 
 @pytest.mark.parametrize(
     "argv",
-    [["check", "--timeout", "0"], ["check", "--timeout", "soon"], ["route"],
-     ["route", SMALL, "--num-ctx", "-1"], ["frobnicate"], ["--check", "models"], []],
+    [
+        ["check", "--timeout", "0"],
+        ["check", "--timeout", "soon"],
+        ["route"],
+        ["route", SMALL, "--num-ctx", "-1"],
+        ["frobnicate"],
+        ["--check", "models"],
+        [],
+    ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     code, _out, err = run(capsys, *argv)
@@ -234,8 +272,18 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
 def test_help_documents_commands_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--help")
     assert code == EXIT_OK
-    for text in ("check", "models", "route", "--check", "--models", "--timeout", "--json",
-                 "OLLAMA_GPU_URL", "OLLAMA_CPU_URL", "exit codes:"):
+    for text in (
+        "check",
+        "models",
+        "route",
+        "--check",
+        "--models",
+        "--timeout",
+        "--json",
+        "OLLAMA_GPU_URL",
+        "OLLAMA_CPU_URL",
+        "exit codes:",
+    ):
         assert text in out
     for exit_code in (EXIT_DEGRADED, EXIT_ALL_DOWN, EXIT_NO_ROUTE):
         assert f"\n  {exit_code} " in out
@@ -267,8 +315,11 @@ def test_models_json_is_the_original_shape(
     assert code == EXIT_OK and legacy == data
 
     code, detail = run_json(capsys, "models", "--json", "--detail")
-    assert detail["models"][GPU_ONLY] == {"backends": ["gpu"], "only_on": "gpu",
-                                          "loaded": {"gpu": "48%/52% CPU/GPU"}}
+    assert detail["models"][GPU_ONLY] == {
+        "backends": ["gpu"],
+        "only_on": "gpu",
+        "loaded": {"gpu": "48%/52% CPU/GPU"},
+    }
     assert detail["models"][SMALL]["only_on"] is None
     assert detail["models"][SMALL]["loaded"] == {"gpu": "100% GPU", "cpu": "100% CPU"}
     assert detail["backends"]["cpu"]["models"] == [SMALL, CPU_ONLY]
@@ -345,7 +396,12 @@ def test_module_entry_point_runs_in_a_subprocess(
     env = {**os.environ, "OLLAMA_GPU_URL": gpu.url, "OLLAMA_CPU_URL": cpu.url}
     proc = subprocess.run(
         [sys.executable, "-m", "langchain_contextharbor", "--check"],
-        env=env, capture_output=True, text=True, timeout=60, check=False)
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == EXIT_OK, proc.stderr
     data = json.loads(proc.stdout)
     assert data["gpu"]["status"] == data["cpu"]["status"] == "healthy"

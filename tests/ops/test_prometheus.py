@@ -37,9 +37,13 @@ def llm(pair: tuple[OllamaStandIn, OllamaStandIn]) -> Iterator[HybridChatOllama]
     t = Timeouts(connect=1.0, first_token=2.0, idle=1.0, probe=1.0)
     secret = gpu.url.replace("http://", "http://user:secret@")
     model = HybridChatOllama(
-        model=MODEL, background_probes=False,
-        backends=[BackendConfig(name="gpu", base_url=secret, kind="gpu", timeouts=t),
-                  BackendConfig(name="cpu", base_url=cpu.url, kind="cpu", timeouts=t)])
+        model=MODEL,
+        background_probes=False,
+        backends=[
+            BackendConfig(name="gpu", base_url=secret, kind="gpu", timeouts=t),
+            BackendConfig(name="cpu", base_url=cpu.url, kind="cpu", timeouts=t),
+        ],
+    )
     yield model
     model.close()
 
@@ -95,8 +99,10 @@ def test_exporter_serves_counters_after_calls(
     # Only the streamed call has a time to first token.
     assert value(s, "contextharbor_time_to_first_token_seconds_count", **c) == 1
     assert value(s, "contextharbor_time_to_first_token_seconds_count", **g) == 0
-    assert value(s, "contextharbor_backend_info", **g, kind="gpu",
-                 url=llm.backend_configs[0].safe_url) == 1
+    assert (
+        value(s, "contextharbor_backend_info", **g, kind="gpu", url=llm.backend_configs[0].safe_url)
+        == 1
+    )
     assert "# TYPE contextharbor_request_latency_seconds summary" in text
     assert "# TYPE contextharbor_requests_total counter" in text
     assert "secret" not in text
@@ -106,8 +112,10 @@ def test_several_instances_are_told_apart(
     pair: tuple[OllamaStandIn, OllamaStandIn],
 ) -> None:
     gpu, cpu = pair
-    backends = [BackendConfig(name="gpu", base_url=gpu.url, kind="gpu"),
-                BackendConfig(name="cpu", base_url=cpu.url, kind="cpu")]
+    backends = [
+        BackendConfig(name="gpu", base_url=gpu.url, kind="gpu"),
+        BackendConfig(name="cpu", base_url=cpu.url, kind="cpu"),
+    ]
     a = HybridChatOllama(model=MODEL, backends=backends, background_probes=False)
     b = HybridChatOllama(model=MODEL, backends=backends, background_probes=False)
     try:
@@ -117,8 +125,7 @@ def test_several_instances_are_told_apart(
         with start_exporter([a, b]) as exporter:
             _, s = scrape(exporter.url)
         assert value(s, "contextharbor_successes_total", router=MODEL, backend="gpu") == 1
-        assert value(s, "contextharbor_successes_total", router=f"{MODEL}#2",
-                     backend="gpu") == 2
+        assert value(s, "contextharbor_successes_total", router=f"{MODEL}#2", backend="gpu") == 2
         # Named instances; a second exporter on its own registry does not clash.
         with start_exporter({"chat": a, "batch": b}) as exporter:
             _, s = scrape(exporter.url)
@@ -158,7 +165,8 @@ def test_missing_prometheus_client_gives_a_clear_import_error(
 
 # ---------------------------------------------------------------------------- logging
 def test_routing_decisions_are_logged_at_info(
-    llm: HybridChatOllama, pair: tuple[OllamaStandIn, OllamaStandIn],
+    llm: HybridChatOllama,
+    pair: tuple[OllamaStandIn, OllamaStandIn],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     gpu, _ = pair
@@ -167,8 +175,11 @@ def test_routing_decisions_are_logged_at_info(
         gpu.inject(Fault.HTTP_ERROR, count=1, status=500, message="boom")
         llm.invoke("again")
     records = [r for r in caplog.records if r.name == "langchain_contextharbor"]
-    routes = [r for r in records if r.levelno == logging.INFO and r.getMessage().startswith(
-        f"route {MODEL}:")]
+    routes = [
+        r
+        for r in records
+        if r.levelno == logging.INFO and r.getMessage().startswith(f"route {MODEL}:")
+    ]
     assert len(routes) == 2
     assert "['gpu', 'cpu']" in routes[0].getMessage()
     failures = [r for r in records if r.levelno == logging.WARNING]
@@ -181,8 +192,11 @@ def test_probe_details_are_logged_at_debug(
 ) -> None:
     with caplog.at_level(logging.DEBUG, logger="langchain_contextharbor"):
         llm.refresh()
-    debug = [r.getMessage() for r in caplog.records
-             if r.name == "langchain_contextharbor" and r.levelno == logging.DEBUG]
+    debug = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "langchain_contextharbor" and r.levelno == logging.DEBUG
+    ]
     assert any(m.startswith("probe gpu ok") for m in debug)
     assert any(m.startswith("probe cpu ok") for m in debug)
 
@@ -192,6 +206,9 @@ def test_route_reasons_are_logged_at_debug(
 ) -> None:
     with caplog.at_level(logging.DEBUG, logger="langchain_contextharbor"):
         llm.invoke("hi")
-    debug = "\n".join(r.getMessage() for r in caplog.records
-                      if r.name == "langchain_contextharbor" and r.levelno == logging.DEBUG)
+    debug = "\n".join(
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "langchain_contextharbor" and r.levelno == logging.DEBUG
+    )
     assert "gpu tier (preferred)" in debug

@@ -31,8 +31,9 @@ def pair(
     ollama_standin_factory: StandInFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[OllamaStandIn, OllamaStandIn]]:
     gpu = ollama_standin_factory(name="gpu", models=[SMALL], gpu_fraction=1.0)
-    cpu = ollama_standin_factory(name="cpu", models=[SMALL, StandInModel(CPU_ONLY)],
-                                 gpu_fraction=0.0)
+    cpu = ollama_standin_factory(
+        name="cpu", models=[SMALL, StandInModel(CPU_ONLY)], gpu_fraction=0.0
+    )
     monkeypatch.setenv("OLLAMA_GPU_URL", gpu.url)
     monkeypatch.setenv("OLLAMA_CPU_URL", cpu.url)
     reset_default_model()
@@ -48,8 +49,9 @@ async def test_dict_messages_return_an_ai_message_naming_the_backend(
     pair: tuple[OllamaStandIn, OllamaStandIn],
 ) -> None:
     gpu, cpu = pair
-    answer = await smart_chat(SMALL, [{"role": "system", "content": "Be brief."},
-                                      {"role": "user", "content": "hi"}])
+    answer = await smart_chat(
+        SMALL, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    )
     assert isinstance(answer, AIMessage)
     assert answer.response_metadata["backend"] == "gpu"
     assert answer.content == f"Hello from gpu ({SMALL}). You said: hi"
@@ -93,8 +95,9 @@ async def test_tools_are_bound_and_returned_as_tool_calls(
         """Current weather in a city."""
         return f"sunny in {city}"
 
-    answer = await smart_chat(SMALL, [{"role": "user", "content": "Weather in 'Paris'?"}],
-                              tools=[get_weather])
+    answer = await smart_chat(
+        SMALL, [{"role": "user", "content": "Weather in 'Paris'?"}], tools=[get_weather]
+    )
     assert answer.response_metadata["backend"] == "gpu"
     assert [c["name"] for c in answer.tool_calls] == ["get_weather"]
     assert isinstance(answer.tool_calls[0]["args"]["city"], str)
@@ -105,8 +108,13 @@ async def test_tools_are_bound_and_returned_as_tool_calls(
 async def test_failover_and_call_options(pair: tuple[OllamaStandIn, OllamaStandIn]) -> None:
     gpu, cpu = pair
     gpu.inject(Fault.HTTP_ERROR, count=1, status=500, message="boom")
-    answer = await smart_chat(SMALL, [{"role": "user", "content": "hi"}],
-                              intent="fast", options={"num_ctx": 2048}, keep_alive="5m")
+    answer = await smart_chat(
+        SMALL,
+        [{"role": "user", "content": "hi"}],
+        intent="fast",
+        options={"num_ctx": 2048},
+        keep_alive="5m",
+    )
     assert answer.response_metadata["backend"] == "cpu"
     meta = answer.response_metadata["contextharbor"]
     assert meta["fallback"] is True and meta["attempts"][0]["backend"] == "gpu"
@@ -115,7 +123,8 @@ async def test_failover_and_call_options(pair: tuple[OllamaStandIn, OllamaStandI
 
 
 async def test_reset_rebuilds_from_the_environment(
-    pair: tuple[OllamaStandIn, OllamaStandIn], monkeypatch: pytest.MonkeyPatch,
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     llm = get_default_model()
     assert [c.name for c in llm.backend_configs] == ["gpu", "cpu"]
@@ -143,8 +152,10 @@ def test_design_model_sizes_update_sends_a_big_model_cpu_first(
     gpu, cpu = pair
     llm = HybridChatOllama(
         model="my-model",
-        backends=[BackendConfig(name="gpu", base_url=gpu.url, kind="gpu"),
-                  BackendConfig(name="cpu", base_url=cpu.url, kind="cpu")],
+        backends=[
+            BackendConfig(name="gpu", base_url=gpu.url, kind="gpu"),
+            BackendConfig(name="cpu", base_url=cpu.url, kind="cpu"),
+        ],
         background_probes=False,  # plan on the size table alone, as the design did
     )
     try:
