@@ -24,6 +24,7 @@ from langchain_contextharbor.errors import (
     NoBackendAvailableError,
     SkipRecord,
     StreamInterruptedError,
+    TruncatedStreamError,
 )
 from langchain_contextharbor.health import (
     BackendHealth,
@@ -75,6 +76,7 @@ __all__ = [
     "SkipRecord",
     "StreamInterruptedError",
     "Timeouts",
+    "TruncatedStreamError",
     "__version__",
     "backends_from_env",
     "check_backends",

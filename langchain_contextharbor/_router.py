@@ -200,21 +200,23 @@ class Router:
                 self._keys.clear()
         if schedule_refresh and self.background_probes:
             self._schedule_stale(now, key)
-        ck: tuple[Any, ...] = (
-            model,
-            num_ctx,
-            policy,
-            tuple(sizes.items()),
-            self._version,
-            tuple(b.in_flight for b in self._backends),
-        )
-        try:
-            hit = self._plan_cache.get(ck)
-        except TypeError:  # an unhashable value in the size table: estimate raises below
-            ck, hit = (), None
-        if hit is not None and now < hit[0]:
-            return hit[1]
         with self._lock:
+            # The key and the snapshots are read under one lock, so a plan is never stored
+            # under a state (version, in-flight counts) other than the one it was made from.
+            ck: tuple[Any, ...] = (
+                model,
+                num_ctx,
+                policy,
+                tuple(sizes.items()),
+                self._version,
+                tuple(b.in_flight for b in self._backends),
+            )
+            try:
+                hit = self._plan_cache.get(ck)
+            except TypeError:  # an unhashable value in the size table: estimate raises below
+                ck, hit = (), None
+            if hit is not None and now < hit[0]:
+                return hit[1]
             snaps, tags_size, arch, valid_until = self._snapshots(key, num_ctx, now)
         # A size the user put in the table beats the server's; a built-in default does not.
         user_sizes = {k: v for k, v in sizes.items() if DEFAULT_MODEL_SIZES.get(k) != v}
@@ -233,9 +235,10 @@ class Router:
         )
         plan = plan_route(req, snaps, policy)
         if ck:
-            if len(self._plan_cache) > 512:
-                self._plan_cache.clear()
-            self._plan_cache[ck] = (valid_until, plan)
+            with self._lock:
+                if len(self._plan_cache) > 512:
+                    self._plan_cache.clear()
+                self._plan_cache[ck] = (valid_until, plan)
         return plan
 
     def _snapshots(
@@ -443,7 +446,7 @@ class Router:
     def _submit_probe(self, b: BackendRuntime) -> concurrent.futures.Future[ProbeResult]:
         with self._lock:
             fut = b.probe_future
-            if fut is not None:
+            if fut is not None and not fut.cancelled():
                 return fut
             fut = self._pool().submit(self._run_probe, b)
             b.probe_future = fut
@@ -456,6 +459,10 @@ class Router:
             b.show_futures[key] = self._pool().submit(self._run_show, b, key)
 
     def _http(self, b: BackendRuntime) -> httpx.Client:
+        with self._lock:
+            return self._http_locked(b)
+
+    def _http_locked(self, b: BackendRuntime) -> httpx.Client:
         if b.client is None:
             cfg = b.config
             kw = {k: v for k, v in cfg.client_kwargs.items() if k != "async_transport"}
@@ -498,7 +505,7 @@ class Router:
                 False,
                 self.clock(),
                 (time.perf_counter() - t0) * 1000,
-                reason=f"{type(exc).__name__}: {exc}"[:300],
+                reason=b.config.scrub(f"{type(exc).__name__}: {exc}")[:300],
             )
         with self._lock:
             b.probe = res
@@ -580,13 +587,20 @@ class Router:
         return out
 
     def close(self) -> None:
-        for b in self._backends:
-            if b.client is not None:
-                b.client.close()
+        """Stop the probe threads and close the probe clients. The router stays usable:
+        a later call or ``refresh()`` starts them again."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+            clients = [b.client for b in self._backends if b.client is not None]
+            for b in self._backends:
                 b.client = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+                b.probe_future = None
+                b.show_futures.clear()
+            self._next_probe_check = float("-inf")
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+        for c in clients:
+            c.close()
 
     def stats(self) -> dict[str, Any]:
         now = self.clock()

@@ -171,6 +171,24 @@ class BackendConfig(BaseModel):
     def _mem(cls, v: float | None) -> float | None:
         return _finite_positive(v, "max_memory_gb")
 
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not name or any(ord(ch) < 33 or ch == ":" for ch in name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+            if any((ord(ch) < 32 and ch != "\t") or ord(ch) == 127 for ch in value):
+                # The value is a secret more often than not: never echo it.
+                raise ValueError(f"header {name!r} has a control character (CR/LF?) in its value")
+        return v
+
+    @field_validator("verify")
+    @classmethod
+    def _verify(cls, v: bool | str) -> bool | str:
+        if isinstance(v, str) and not os.path.exists(v):
+            raise ValueError(f"verify={v!r}: no such CA bundle file or directory")
+        return v
+
     @model_validator(mode="after")
     def _kwargs(self) -> BackendConfig:
         bad = {"base_url", "host", "headers", "timeout"} & set(self.client_kwargs)
@@ -185,6 +203,20 @@ class BackendConfig(BaseModel):
     def safe_url(self) -> str:
         """The base URL with credentials removed (computed once: it is on the hot path)."""
         return redact_url(self.base_url)
+
+    def scrub(self, text: str) -> str:
+        """``text`` with this backend's credentials removed: the URL's userinfo and every
+        configured header value (bearer tokens, API keys). For errors, logs and metadata."""
+        if self.base_url in text:
+            text = text.replace(self.base_url, self.safe_url)
+        userinfo = httpx.URL(self.base_url).userinfo
+        if userinfo:
+            text = text.replace(userinfo.decode(errors="replace"), "***")
+        for value in self.headers.values():
+            for part in (value, *value.split()):
+                if len(part) >= 6 and part in text:
+                    text = text.replace(part, "***")
+        return text
 
     @property
     def is_gpu(self) -> bool:

@@ -66,6 +66,7 @@ from langchain_contextharbor.errors import (
     NoBackendAvailableError,
     SkipRecord,
     StreamInterruptedError,
+    TruncatedStreamError,
 )
 from langchain_contextharbor.routing import RoutePlan, RoutePolicy
 from langchain_contextharbor.sizing import (
@@ -103,6 +104,12 @@ _PASSTHROUGH = (
 _METADATA_KEY = "contextharbor"
 
 
+def _is_final(chunk: ChatGenerationChunk) -> bool:
+    """Whether this is Ollama's closing chunk (ChatOllama copies it into generation_info)."""
+    info = chunk.generation_info
+    return bool(info and info.get("done") is True)
+
+
 def _substantive(chunk: ChatGenerationChunk) -> bool:
     """Whether a chunk carries something the caller sees (the stream's commit point)."""
     msg = chunk.message
@@ -130,11 +137,20 @@ class _Call:
 class _HotState:
     """Mutable state behind one HybridChatOllama (router, inner models, caches)."""
 
-    __slots__ = ("async_inner", "build_lock", "configs", "policy_cache", "router", "sync_inner")
+    __slots__ = (
+        "async_inner",
+        "build_lock",
+        "configs",
+        "owner",
+        "policy_cache",
+        "router",
+        "sync_inner",
+    )
 
-    def __init__(self, configs: list[BackendConfig], router: Router) -> None:
+    def __init__(self, configs: list[BackendConfig], router: Router, owner: int) -> None:
         import threading
 
+        self.owner = owner
         self.configs = configs
         self.router = router
         self.sync_inner: dict[str, ChatOllama] = {}
@@ -329,12 +345,30 @@ class HybridChatOllama(BaseChatModel):
             nvml=self.nvml,
             host_memory=self.host_memory,
         )
-        self._hot = _HotState(configs, router)
+        self._hot = _HotState(configs, router, id(self))
         return self
 
     @property
     def _h(self) -> _HotState:
-        return self.__pydantic_private__["_hot"]  # type: ignore[index,no-any-return]
+        h: _HotState = self.__pydantic_private__["_hot"]  # type: ignore[index]
+        if h.owner != id(self):
+            # A model_copy() (or copy.copy) shares the private state of its original. Keep
+            # the router (breakers and probes describe the servers, not this object), but
+            # build inner models from this copy's own parameters.
+            h = _HotState(h.configs, h.router, id(self))
+            self.__pydantic_private__["_hot"] = h  # type: ignore[index]
+        return h
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "model" or name in _PASSTHROUGH:
+            # The inner ChatOllama models carry these parameters: rebuild them on next use.
+            private = self.__pydantic_private__ or {}
+            h = private.get("_hot")
+            if isinstance(h, _HotState):
+                with h.build_lock:
+                    h.sync_inner.clear()
+                    h.async_inner.clear()
 
     @property
     def backend_configs(self) -> list[BackendConfig]:
@@ -536,7 +570,7 @@ class HybridChatOllama(BaseChatModel):
         self, call: _Call, cfg: BackendConfig, exc: Exception, started: float, delivered: int
     ) -> Classification:
         c = classify_exception(exc)
-        msg = _scrub(str(exc) or type(exc).__name__, cfg)
+        msg = cfg.scrub(str(exc) or type(exc).__name__)
         call.attempts.append(
             AttemptRecord(
                 cfg.name,
@@ -569,13 +603,14 @@ class HybridChatOllama(BaseChatModel):
         Shared by the sync and async loops, which differ only in how they iterate."""
         router = self._h.router
         verdict = self._on_failure(call, cfg, exc, started, delivered)
+        text = cfg.scrub(str(exc))
         if committed:
             router.record_failure(
                 cfg.name,
                 call.model,
                 call.num_ctx,
                 verdict,
-                str(exc),
+                text,
                 fell_back=False,
                 interrupted=True,
             )
@@ -585,13 +620,14 @@ class HybridChatOllama(BaseChatModel):
                 delivered_chunks=delivered,
                 delivered_chars=chars,
                 cause=exc,
+                detail=text,
             ) from exc
         if not self._should_failover(exc, verdict):
             router.record_failure(
-                cfg.name, call.model, call.num_ctx, _no_verdict(verdict), str(exc), fell_back=False
+                cfg.name, call.model, call.num_ctx, _no_verdict(verdict), text, fell_back=False
             )
             return False
-        router.record_failure(cfg.name, call.model, call.num_ctx, verdict, str(exc), fell_back=True)
+        router.record_failure(cfg.name, call.model, call.num_ctx, verdict, text, fell_back=True)
         return True
 
     def _metadata(self, call: _Call, cfg: BackendConfig, reasons: Sequence[str]) -> dict[str, Any]:
@@ -702,18 +738,18 @@ class HybridChatOllama(BaseChatModel):
         stop = self._effective_stop(stop)
         router = self._h.router
         for cfg, reasons in self._candidates(call):
-            inner = self.backend_model(cfg.name)
             started = time.perf_counter()
             ttft: float | None = None
             held: list[ChatGenerationChunk] = []
             delivered = 0
             chars = 0
             committed = False
-            stream = cast(
-                Generator[ChatGenerationChunk, None, None],
-                inner._iterate_over_stream(messages, stop, **kwargs),
-            )
-            try:
+            try:  # from here on the slot acquired by _candidates is always released
+                inner = self.backend_model(cfg.name)
+                stream = cast(
+                    Generator[ChatGenerationChunk, None, None],
+                    inner._iterate_over_stream(messages, stop, **kwargs),
+                )
                 try:
                     for chunk in stream:
                         if committed:
@@ -736,6 +772,8 @@ class HybridChatOllama(BaseChatModel):
                             held = []
                     if not held and not committed:
                         raise EmptyResponseError(cfg.name)
+                    if not _is_final(held[-1] if held else chunk):
+                        raise TruncatedStreamError(cfg.name)
                 except GeneratorExit:
                     raise
                 except Exception as exc:
@@ -827,6 +865,8 @@ class HybridChatOllama(BaseChatModel):
                             held = []
                     if not held and not committed:
                         raise EmptyResponseError(cfg.name)
+                    if not _is_final(held[-1] if held else chunk):
+                        raise TruncatedStreamError(cfg.name)
                 except (GeneratorExit, asyncio.CancelledError):
                     raise
                 except Exception as exc:
@@ -959,15 +999,6 @@ def _pydantic_parser(schema: Any) -> Runnable[Any, Any]:
 def _no_verdict(c: Classification) -> Classification:
     """A fatal error says nothing about the backend's health: don't feed the breaker."""
     return Classification(c.category, False, False, c.status_code)
-
-
-def _scrub(message: str, cfg: BackendConfig) -> str:
-    if cfg.base_url in message:
-        message = message.replace(cfg.base_url, cfg.safe_url)
-    userinfo = httpx.URL(cfg.base_url).userinfo
-    if userinfo:
-        message = message.replace(userinfo.decode(errors="replace"), "***")
-    return message
 
 
 def _hostport(cfg: BackendConfig) -> str:

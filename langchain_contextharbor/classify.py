@@ -22,7 +22,7 @@ from enum import Enum
 
 import httpx
 
-from langchain_contextharbor.errors import EmptyResponseError
+from langchain_contextharbor.errors import EmptyResponseError, TruncatedStreamError
 
 __all__ = ["Classification", "FailoverCategory", "classify_exception"]
 
@@ -105,7 +105,7 @@ def _classify_response_error(status: int, text: str) -> Classification:
         if any(m in low for m in _OOM_MARKERS):
             return _c(FailoverCategory.OUT_OF_MEMORY, True, False, status)
         return _c(FailoverCategory.SERVER_ERROR, True, True, status)
-    if status in (401, 403, 407, 429):
+    if status in (401, 403, 407, 408, 429):
         # Not Ollama's own answers: a proxy or auth layer in front of one server.
         return _c(FailoverCategory.SERVER_ERROR, True, True, status)
     return _c(FailoverCategory.FATAL, False, False, status)
@@ -125,6 +125,8 @@ def classify_exception(exc: BaseException) -> Classification:
         return _c(FailoverCategory.CONNECT, True, True)
     if isinstance(exc, httpx.TimeoutException):
         return _c(FailoverCategory.TIMEOUT, True, True)
+    if isinstance(exc, httpx.DecodingError):
+        return _c(FailoverCategory.MALFORMED, True, True)
     if isinstance(exc, httpx.TransportError):
         return _c(FailoverCategory.TRANSPORT, True, True)
     if isinstance(exc, httpx.HTTPStatusError):
@@ -137,6 +139,6 @@ def classify_exception(exc: BaseException) -> Classification:
         return _c(FailoverCategory.TIMEOUT, True, True)
     if isinstance(exc, ConnectionError):
         return _c(FailoverCategory.CONNECT, True, True)
-    if isinstance(exc, (json.JSONDecodeError, EmptyResponseError)):
+    if isinstance(exc, (json.JSONDecodeError, EmptyResponseError, TruncatedStreamError)):
         return _c(FailoverCategory.MALFORMED, True, True)
     return _c(FailoverCategory.FATAL, False, False)

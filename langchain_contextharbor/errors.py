@@ -9,6 +9,7 @@ was delivered) so nobody has to parse messages, and chains the original exceptio
     ContextHarborError
     ├── ConfigurationError (also ValueError)      bad URL, duplicate backend, bad size ...
     ├── EmptyResponseError                        a backend closed the stream with no chunk
+    ├── TruncatedStreamError                      a stream ended without its done chunk
     ├── StreamInterruptedError                    failure after the first chunk reached you
     └── AllBackendsFailedError                    every candidate failed; .attempts lists them
         ├── NoBackendAvailableError               nothing could be tried (circuits open, down)
@@ -33,6 +34,7 @@ __all__ = [
     "NoBackendAvailableError",
     "SkipRecord",
     "StreamInterruptedError",
+    "TruncatedStreamError",
 ]
 
 
@@ -42,6 +44,18 @@ class ContextHarborError(Exception):
 
 class ConfigurationError(ContextHarborError, ValueError):
     """The configuration cannot work (raised at construction, before any I/O)."""
+
+
+class TruncatedStreamError(ContextHarborError):
+    """A backend's stream ended cleanly but without Ollama's final ``done: true`` line:
+    the answer may be cut short, so it is treated like a broken connection."""
+
+    def __init__(self, backend: str) -> None:
+        super().__init__(f"backend {backend!r} ended the stream without its final done chunk")
+        self.backend = backend
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.backend,))
 
 
 class EmptyResponseError(ContextHarborError):
@@ -109,11 +123,15 @@ class StreamInterruptedError(ContextHarborError):
         delivered_chunks: int,
         delivered_chars: int,
         cause: BaseException | None,
+        detail: str | None = None,
     ) -> None:
+        """``detail`` replaces ``str(cause)`` in the message (the router passes it with
+        credentials removed)."""
+        text = str(cause) if detail is None else detail
         super().__init__(
             f"stream from backend {backend!r} ({url}) failed after {delivered_chunks} chunk(s) "
             f"/ {delivered_chars} character(s) were delivered: "
-            f"{type(cause).__name__}: {cause}"
+            f"{type(cause).__name__}: {text}"
         )
         self.backend = backend
         self.url = url

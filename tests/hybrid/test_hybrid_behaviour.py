@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -290,3 +290,159 @@ def test_structured_output_include_raw_survives_a_failover(
     assert isinstance(out, dict)
     assert isinstance(out["parsed"], City) and out["parsing_error"] is None
     assert out["raw"].response_metadata["backend"] == "cpu"
+
+
+def test_copies_and_assignments_send_their_own_parameters(
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
+) -> None:
+    gpu, _ = pair
+    llm = make_model(temperature=0.1)
+    llm.invoke("a")
+    copy = llm.model_copy(update={"model": "qwen2.5:0.5b", "temperature": 0.9})
+    copy.invoke("b")
+    llm.temperature = 0.5
+    llm.invoke("c")
+    bodies = [r.body for r in gpu.requests_to("/api/chat")]
+    assert [(b["model"], b["options"]["temperature"]) for b in bodies] == [
+        ("llama3.2:1b", 0.1),
+        ("qwen2.5:0.5b", 0.9),
+        ("llama3.2:1b", 0.5),
+    ]
+    assert copy.router is llm.router  # breakers and probes describe the servers: shared
+
+
+def test_a_failed_inner_build_releases_its_slot_and_trial(
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gpu, _ = pair
+    model = make_model()
+    gpu.inject(Fault.REFUSE)
+    model.invoke("open the GPU circuit")
+    gpu.clear_faults()
+    clock.advance(model.breaker.cooldown + 1)
+
+    def broken(self: HybridChatOllama, cfg: Any) -> Any:
+        raise RuntimeError("client construction failed")
+
+    model._h.sync_inner.clear()
+    monkeypatch.setattr(HybridChatOllama, "_build_inner", broken)
+    with pytest.raises(RuntimeError):
+        model.invoke("trial call; its client cannot be built")
+    s = model.stats()["gpu"]
+    assert s["in_flight"] == 0 and s["circuit"] == "half_open"
+    monkeypatch.undo()
+    assert model.invoke("next trial").response_metadata["backend"] == "gpu"
+    assert model.stats()["gpu"]["circuit"] == "closed"
+
+
+@pytest.fixture
+def no_done_server() -> Iterator[str]:
+    """A real HTTP server whose /api/chat streams two chunks and ends cleanly WITHOUT
+    Ollama's final done:true line (the stand-in always sends it, so this one is bespoke)."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for word in ("Half", " an"):
+                line = (
+                    json.dumps(
+                        {
+                            "model": "llama3.2:1b",
+                            "created_at": "2025-01-01T00:00:00Z",
+                            "message": {"role": "assistant", "content": word},
+                            "done": False,
+                        }
+                    ).encode()
+                    + b"\n"
+                )
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+            self.wfile.write(b"0\r\n\r\n")
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_a_stream_without_its_done_line_is_not_taken_as_complete(
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    no_done_server: str,
+) -> None:
+    from langchain_contextharbor import BackendConfig, StreamInterruptedError
+
+    _, cpu = pair
+    model = HybridChatOllama(
+        model="llama3.2:1b",
+        background_probes=False,
+        backends=[
+            BackendConfig(name="gpu", base_url=no_done_server),
+            BackendConfig(name="cpu", kind="cpu", base_url=cpu.url),
+        ],
+    )
+    msg = model.invoke("hi")  # the cut-short answer is not returned: the CPU's whole one is
+    assert msg.response_metadata["backend"] == "cpu"
+    attempt = msg.response_metadata["contextharbor"]["attempts"][0]
+    assert (attempt["error_class"], attempt["category"]) == ("TruncatedStreamError", "malformed")
+    fresh = HybridChatOllama(
+        model="llama3.2:1b",
+        background_probes=False,
+        backends=[
+            BackendConfig(name="gpu", base_url=no_done_server),
+            BackendConfig(name="cpu", kind="cpu", base_url=cpu.url),
+        ],
+    )
+    got: list[str] = []
+    with pytest.raises(StreamInterruptedError) as info:
+        for chunk in fresh.stream("hi"):
+            got.append(str(chunk.content))
+    assert "".join(got) == "Half an" and info.value.delivered_chunks == 2
+    model.close()
+    fresh.close()
+
+
+def test_secrets_in_headers_and_probe_errors_never_leak(
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from langchain_contextharbor import BackendConfig
+
+    gpu, cpu = pair
+    caplog.set_level("DEBUG", logger="langchain_contextharbor")
+    model = HybridChatOllama(
+        model="llama3.2:1b",
+        background_probes=False,
+        backends=[
+            BackendConfig(
+                name="gpu",
+                base_url=f"http://alice:s3cretPW@127.0.0.1:{gpu.port}",
+                headers={"X-Api-Key": "key-ABCDEF123"},
+            ),
+            BackendConfig(name="cpu", kind="cpu", base_url=cpu.url),
+        ],
+    )
+    gpu.inject(Fault.HTTP_ERROR, status=500, paths=("/api/version",))
+    probes = model.refresh()
+    plan = model.select_backend()
+    text = " ".join([str(probes), plan.explain(), caplog.text, repr(model)])
+    assert "s3cretPW" not in text and "key-ABCDEF123" not in text
+    assert model.backend_configs[0].scrub("a key-ABCDEF123 b") == "a *** b"
+    with pytest.raises(ValueError, match="control character"):
+        BackendConfig(name="x", base_url=cpu.url, headers={"Authorization": "Bearer t\n"})
+    model.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -262,18 +263,25 @@ def test_backend_config_rejects(kwargs: dict[str, Any], match: str) -> None:
         BackendConfig(**{**base, **kwargs})
 
 
-def test_backend_config_accepts_other_client_kwargs() -> None:
+def test_backend_config_accepts_other_client_kwargs(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
     b = BackendConfig(
         name="b",
         base_url="https://h",
         client_kwargs={"trust_env": False},
-        verify="/etc/ssl/ca.pem",
+        verify=str(ca),
         max_memory_gb=24,
         priority=-1,
         max_parallel=4,
     )
     assert b.client_kwargs == {"trust_env": False}
     assert b.max_memory_gb == 24.0 and isinstance(b.max_memory_gb, float)
+
+
+def test_backend_config_rejects_a_missing_ca_bundle(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no such CA bundle"):
+        BackendConfig(name="b", base_url="https://h", verify=str(tmp_path / "missing.pem"))
 
 
 def test_backend_config_is_frozen() -> None:

@@ -34,6 +34,7 @@ EXPECTED = {
     "HybridChatOllama",
     "BackendConfig",
     "Timeouts",
+    "TruncatedStreamError",
     "BreakerPolicy",
     "backends_from_env",
     "redact_url",
