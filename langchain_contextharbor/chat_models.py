@@ -510,12 +510,13 @@ class HybridChatOllama(BaseChatModel):
                 **request,
                 "options": {**request.get("options", {}), "num_ctx": request.pop("num_ctx")},
             }
+        return self._plan(model or self.model, self._num_ctx(request))
+
+    def _plan(self, model: str, num_ctx: int) -> RoutePlan:
+        """The one place calls are planned (select_backend, each call, each retry pass)."""
         try:
             return self._h.router.plan(
-                model or self.model,
-                num_ctx=self._num_ctx(request),
-                sizes=self.model_sizes,
-                policy=self._policy(),
+                model, num_ctx=num_ctx, sizes=self.model_sizes, policy=self._policy()
             )
         except ValueError as exc:  # a bad value put into model_sizes after construction
             raise ConfigurationError(str(exc)) from None
@@ -546,12 +547,7 @@ class HybridChatOllama(BaseChatModel):
     def _start(self, kwargs: dict[str, Any]) -> _Call:
         model = str(kwargs.get("model") or self.model)
         num_ctx = self._num_ctx(kwargs)
-        try:
-            plan = self._h.router.plan(
-                model, num_ctx=num_ctx, sizes=self.model_sizes, policy=self._policy()
-            )
-        except ValueError as exc:  # a bad value put into model_sizes after construction
-            raise ConfigurationError(str(exc)) from None
+        plan = self._plan(model, num_ctx)
         if logger.isEnabledFor(logging.INFO):
             logger.info("route %s: %s -> %s", model, plan.summary, plan.backends or "none")
         if logger.isEnabledFor(logging.DEBUG):
@@ -663,9 +659,9 @@ class HybridChatOllama(BaseChatModel):
             and (call.attempts or call.skipped)
         ):
             cls = ModelNotAvailableError
-            targets = [c for c in self._h.configs]
             pulls = [
-                f"OLLAMA_HOST={_hostport(c)} ollama pull {call.model}  ({c.name})" for c in targets
+                f"OLLAMA_HOST={_hostport(c)} ollama pull {call.model}  ({c.name})"
+                for c in self._h.configs
             ]
             hint = "pull it first: " + "; ".join(pulls)
         elif not call.attempts:
@@ -680,7 +676,7 @@ class HybridChatOllama(BaseChatModel):
         router = self._h.router
         for round_ in range(self.max_retries + 1):
             if round_:
-                call.plan = self.select_backend(call.model, options={"num_ctx": call.num_ctx})
+                call.plan = self._plan(call.model, call.num_ctx)
                 call.skipped = list(call.plan.skipped)
             tried = False
             for cand in call.plan.candidates:
