@@ -173,7 +173,7 @@ class HybridChatOllama(BaseChatModel):
             ``OLLAMA_GPU_URL`` / ``OLLAMA_CPU_URL``; an empty value disables one.
         temperature, num_ctx, num_predict/max_tokens, keep_alive, reasoning, format, stop,
         seed, ...: every ChatOllama parameter, applied on every backend.
-        size_threshold_gb: models at or above this go CPU first when GPU capacity is unknown.
+        size_threshold_gb: models above this go CPU first when GPU capacity is unknown.
         timeouts / timeout: connect, first-token, idle and probe timeouts.
 
     Instantiate:

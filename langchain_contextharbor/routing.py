@@ -15,7 +15,8 @@ The order of preference, most important first:
 4. with spill-over on, demote a saturated backend (in-flight >= max_parallel), by how many
    requests per slot a new one would queue behind;
 5. the preferred tier: GPU first when the request fits the GPU (capacity known) or,
-   capacity unknown, when the weights are below the size threshold; CPU first otherwise;
+   capacity unknown, when the weights are at most the size threshold (the design's table
+   puts an 8 GB model on the GPU); CPU first otherwise;
 6. within a tier (or across tiers with ``prefer_warm``), prefer the backend that has the
    model loaded fully, then partially, then cold;
 7. configured priority, then configuration order.
@@ -233,16 +234,16 @@ def plan_route(
     elif not gpus and any(b.kind == "gpu" for b in usable):
         tier = "cpu"
         why_tier = "cpu first: every GPU backend ran out of memory on this model recently"
-    elif req.weights_bytes < policy.size_threshold_bytes:
+    elif req.weights_bytes <= policy.size_threshold_bytes:
         tier = "gpu"
         why_tier = (
-            f"gpu first: weights {format_bytes(req.weights_bytes)} < threshold "
+            f"gpu first: weights {format_bytes(req.weights_bytes)} <= threshold "
             f"{format_bytes(policy.size_threshold_bytes)} (GPU capacity unknown)"
         )
     else:
         tier = "cpu"
         why_tier = (
-            f"cpu first: weights {format_bytes(req.weights_bytes)} >= threshold "
+            f"cpu first: weights {format_bytes(req.weights_bytes)} > threshold "
             f"{format_bytes(policy.size_threshold_bytes)}"
         )
 

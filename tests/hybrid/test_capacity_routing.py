@@ -249,3 +249,13 @@ def test_a_size_the_user_sets_beats_the_servers(build: Callable[..., Any]) -> No
     model.model_sizes.update({"my-model:latest": 30})  # the design's override
     plan = model.select_backend("my-model")
     assert plan.backends == ["cpu", "gpu"] and "size table" in plan.request.size_detail
+
+
+def test_a_model_exactly_at_the_threshold_goes_gpu_first(build: Callable[..., Any]) -> None:
+    # The design's table puts llama3.2:11b (8 GB) on the GPU; the threshold is 8 GiB.
+    broken = FakeNVML.from_fixture(fail_init=True)
+    model, _ = build(_two([SMALL]), nvml=broken)
+    plan = model.select_backend("llama3.2:11b")
+    assert plan.request.weights_bytes == 8 * GIB
+    assert plan.backends == ["gpu", "cpu"]
+    assert "8.0 GiB <= threshold 8.0 GiB" in plan.summary
