@@ -134,6 +134,94 @@ class _Call:
         self.skipped: list[SkipRecord] = list(plan.skipped)
 
 
+class _Attempt:
+    """One try on one backend: what the sync and async call loops share per chunk.
+
+    ``feed`` takes each chunk from the inner stream and returns the chunks to hand on
+    now; ``finish`` runs the end-of-stream checks and returns what was still held. With
+    ``gate`` (streaming) chunks are held until the first substantive one (the commit
+    point: after it a failure can no longer fall back); without it (invoke) everything is
+    held until the stream completed, so any failure falls back.
+    """
+
+    __slots__ = (
+        "call",
+        "cfg",
+        "chars",
+        "committed",
+        "delivered",
+        "gate",
+        "held",
+        "last",
+        "model",
+        "reasons",
+        "started",
+        "ttft",
+    )
+
+    def __init__(
+        self,
+        model: HybridChatOllama,
+        call: _Call,
+        cfg: BackendConfig,
+        reasons: Sequence[str],
+        gate: bool,
+    ) -> None:
+        self.model = model
+        self.call = call
+        self.cfg = cfg
+        self.reasons = reasons
+        self.gate = gate
+        self.started = time.perf_counter()
+        self.ttft: float | None = None
+        self.held: list[ChatGenerationChunk] = []
+        self.last: ChatGenerationChunk | None = None
+        self.delivered = 0
+        self.chars = 0
+        self.committed = False
+
+    def feed(self, chunk: ChatGenerationChunk) -> Sequence[ChatGenerationChunk]:
+        """The chunks to yield now (often none while held, or just this one)."""
+        self.last = chunk
+        if self.committed:
+            self.delivered += 1
+            content = chunk.message.content
+            self.chars += len(content) if isinstance(content, str) else 0
+            return (chunk,)
+        held = self.held
+        held.append(chunk)
+        if self.gate and _substantive(chunk):
+            self.committed = True
+            self.ttft = time.perf_counter() - self.started
+            self._stamp()
+            self.held = []
+            self.delivered += len(held)
+            self.chars += sum(len(c.text) for c in held)
+            return held
+        return ()
+
+    def finish(self) -> list[ChatGenerationChunk]:
+        """End-of-stream checks (raise to fail over); returns the chunks still held."""
+        if self.last is None:
+            raise EmptyResponseError(self.cfg.name)
+        if not _is_final(self.last):
+            raise TruncatedStreamError(self.cfg.name)
+        held = self.held
+        if held:  # not streaming (or a stream with no visible content)
+            self._stamp()
+            self.held = []
+        return held
+
+    def succeeded(self, router: Router) -> None:
+        router.record_success(self.cfg.name, time.perf_counter() - self.started, self.ttft)
+
+    def _stamp(self) -> None:
+        """Routing metadata goes on the first chunk the caller sees."""
+        self.held[0].message.response_metadata.update(
+            self.model._metadata(self.call, self.cfg, self.reasons)
+        )
+
+
 class _HotState:
     """Mutable state behind one HybridChatOllama (router, inner models, caches)."""
 
@@ -584,23 +672,15 @@ class HybridChatOllama(BaseChatModel):
         )
         return c
 
-    def _settle_failure(
-        self,
-        call: _Call,
-        cfg: BackendConfig,
-        exc: Exception,
-        started: float,
-        delivered: int,
-        chars: int,
-        committed: bool,
-    ) -> bool:
+    def _settle_failure(self, att: _Attempt, exc: Exception) -> bool:
         """Record a failed attempt and decide: True = try the next backend, False = the
         caller re-raises ``exc`` as it is; after a commit it raises StreamInterruptedError.
         Shared by the sync and async loops, which differ only in how they iterate."""
         router = self._h.router
-        verdict = self._on_failure(call, cfg, exc, started, delivered)
+        call, cfg = att.call, att.cfg
+        verdict = self._on_failure(call, cfg, exc, att.started, att.delivered)
         text = cfg.scrub(str(exc))
-        if committed:
+        if att.committed:
             router.record_failure(
                 cfg.name,
                 call.model,
@@ -613,8 +693,8 @@ class HybridChatOllama(BaseChatModel):
             raise StreamInterruptedError(
                 backend=cfg.name,
                 url=cfg.safe_url,
-                delivered_chunks=delivered,
-                delivered_chars=chars,
+                delivered_chunks=att.delivered,
+                delivered_chars=att.chars,
                 cause=exc,
                 detail=text,
             ) from exc
@@ -729,17 +809,13 @@ class HybridChatOllama(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         """Try candidates in order. With ``gate`` (streaming), chunks are held back until
         the first substantive one; without it (invoke), the whole answer is gathered first
-        so even a death mid-generation falls back."""
+        so even a death mid-generation falls back. The per-chunk decisions live in
+        :class:`_Attempt`; this loop and its async twin only iterate."""
         call = self._start(kwargs)
         stop = self._effective_stop(stop)
         router = self._h.router
         for cfg, reasons in self._candidates(call):
-            started = time.perf_counter()
-            ttft: float | None = None
-            held: list[ChatGenerationChunk] = []
-            delivered = 0
-            chars = 0
-            committed = False
+            att = _Attempt(self, call, cfg, reasons, gate)
             try:  # from here on the slot acquired by _candidates is always released
                 inner = self.backend_model(cfg.name)
                 stream = cast(
@@ -748,43 +824,18 @@ class HybridChatOllama(BaseChatModel):
                 )
                 try:
                     for chunk in stream:
-                        if committed:
-                            delivered += 1
-                            content = chunk.message.content
-                            chars += len(content) if isinstance(content, str) else 0
-                            yield chunk
-                            continue
-                        held.append(chunk)
-                        if gate and _substantive(chunk):
-                            committed = True
-                            ttft = time.perf_counter() - started
-                            held[0].message.response_metadata.update(
-                                self._metadata(call, cfg, reasons)
-                            )
-                            for c in held:
-                                delivered += 1
-                                chars += len(c.text)
-                                yield c
-                            held = []
-                    if not held and not committed:
-                        raise EmptyResponseError(cfg.name)
-                    if not _is_final(held[-1] if held else chunk):
-                        raise TruncatedStreamError(cfg.name)
+                        yield from att.feed(chunk)
+                    tail = att.finish()
                 except GeneratorExit:
                     raise
                 except Exception as exc:
-                    if not self._settle_failure(
-                        call, cfg, exc, started, delivered, chars, committed
-                    ):
+                    if not self._settle_failure(att, exc):
                         raise
                     continue
                 finally:
                     stream.close()
-                if held:  # not streaming (or a stream with no visible content)
-                    held[0].message.response_metadata.update(self._metadata(call, cfg, reasons))
-                    for c in held:
-                        yield c
-                router.record_success(cfg.name, time.perf_counter() - started, ttft)
+                yield from tail
+                att.succeeded(router)
                 return
             finally:
                 router.release(cfg.name)
@@ -827,12 +878,7 @@ class HybridChatOllama(BaseChatModel):
         stop = self._effective_stop(stop)
         router = self._h.router
         for cfg, reasons in self._candidates(call):
-            started = time.perf_counter()
-            ttft: float | None = None
-            held: list[ChatGenerationChunk] = []
-            delivered = 0
-            chars = 0
-            committed = False
+            att = _Attempt(self, call, cfg, reasons, gate)
             try:
                 inner = self._async_backend_model(cfg.name)
                 stream = cast(
@@ -841,43 +887,20 @@ class HybridChatOllama(BaseChatModel):
                 )
                 try:
                     async for chunk in stream:
-                        if committed:
-                            delivered += 1
-                            content = chunk.message.content
-                            chars += len(content) if isinstance(content, str) else 0
-                            yield chunk
-                            continue
-                        held.append(chunk)
-                        if gate and _substantive(chunk):
-                            committed = True
-                            ttft = time.perf_counter() - started
-                            held[0].message.response_metadata.update(
-                                self._metadata(call, cfg, reasons)
-                            )
-                            for c in held:
-                                delivered += 1
-                                chars += len(c.text)
-                                yield c
-                            held = []
-                    if not held and not committed:
-                        raise EmptyResponseError(cfg.name)
-                    if not _is_final(held[-1] if held else chunk):
-                        raise TruncatedStreamError(cfg.name)
+                        for out in att.feed(chunk):
+                            yield out
+                    tail = att.finish()
                 except (GeneratorExit, asyncio.CancelledError):
                     raise
                 except Exception as exc:
-                    if not self._settle_failure(
-                        call, cfg, exc, started, delivered, chars, committed
-                    ):
+                    if not self._settle_failure(att, exc):
                         raise
                     continue
                 finally:
                     await stream.aclose()
-                if held:
-                    held[0].message.response_metadata.update(self._metadata(call, cfg, reasons))
-                    for c in held:
-                        yield c
-                router.record_success(cfg.name, time.perf_counter() - started, ttft)
+                for out in tail:
+                    yield out
+                att.succeeded(router)
                 return
             finally:
                 router.release(cfg.name)
