@@ -1,7 +1,12 @@
 """langchain-contextharbor: one LangChain chat model over a GPU and a CPU Ollama server.
 
-Public API (everything else is private and may change):
+The public API is the names in ``__all__`` below; everything else is private and may change.
+The package logs to the ``langchain_contextharbor`` logger, which has a ``NullHandler``: a
+library does not print, the application decides where its records go (``logging.basicConfig``
+or a handler of its own).
 """
+
+import logging as _logging
 
 from langchain_contextharbor.backends import (
     DEFAULT_CPU_URL,
@@ -48,6 +53,10 @@ from langchain_contextharbor.sizing import DEFAULT_MODEL_SIZES
 from langchain_contextharbor.smart import get_default_model, reset_default_model, smart_chat
 
 __version__ = "0.1.0"
+
+# Without a handler of its own, a failover's WARNING would reach Python's last-resort handler
+# and be printed to stderr in every script or notebook that never configured logging.
+_logging.getLogger("langchain_contextharbor").addHandler(_logging.NullHandler())
 
 __all__ = [
     "DEFAULT_CPU_URL",

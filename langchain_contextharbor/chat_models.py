@@ -1,9 +1,10 @@
 """HybridChatOllama: one LangChain chat model over several Ollama servers.
 
-Why a chat model and not ``gpu.with_fallbacks([cpu])``: ``RunnableWithFallbacks`` is not a
-``BaseChatModel`` (agents and LangGraph prebuilt helpers reject it), it falls back on a
-stream only before the first chunk, it keeps paying for a dead server on every call, and
-it has no idea which server should take a model in the first place. This class is a real
+Why a chat model and not ``gpu.with_fallbacks([cpu])``: ``RunnableWithFallbacks`` works in
+``create_agent``, but it is not a ``BaseChatModel`` for code that checks, it sends every call
+to a failing server first again, it has no idea which server should take a model, and a
+stream that fails after its first chunk raises a raw transport error
+(``tests/docs/test_with_fallbacks_facts.py`` shows each point). This class is a real
 ``BaseChatModel`` that wraps one ``ChatOllama`` per backend, plans every call with the
 pure router (:mod:`langchain_contextharbor.routing`) and fails over inside the call.
 """

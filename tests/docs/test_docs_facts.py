@@ -1,0 +1,37 @@
+"""Small facts a new user relies on: distinct document titles, a changelog, a licence file."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _title(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# "), f"{path.name} does not start with a '# ' title"
+    return first[2:].strip()
+
+
+def test_every_document_has_its_own_title() -> None:
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    titles = {p.name: _title(p) for p in docs}
+    # Distinct in their first words too: two titles both starting "Operations:" read as one.
+    heads = [re.split(r"[:(]", t)[0].strip().lower() for t in titles.values()]
+    assert len(set(heads)) == len(heads), titles
+
+
+def test_changelog_names_the_current_version() -> None:
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert version is not None
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert f"## [{version.group(1)}]" in changelog
+    assert "## [Unreleased]" in changelog
+
+
+def test_package_docstring_has_no_dangling_line() -> None:
+    import langchain_contextharbor
+
+    doc = (langchain_contextharbor.__doc__ or "").strip()
+    assert doc and not doc.endswith(":"), doc
