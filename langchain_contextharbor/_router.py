@@ -8,8 +8,12 @@ values and hands them to the pure :func:`~langchain_contextharbor.routing.plan_r
 Probes (``/api/version``, ``/api/tags``, ``/api/ps``, and ``/api/show`` per model) run on a
 small thread pool, at most one at a time per backend; sync callers wait on the same
 ``concurrent.futures.Future`` that async callers await, so both share a probe. On the hot
-path a stale cache only *schedules* a refresh; a call never waits for a probe unless it
-asks to (``refresh()``).
+path a stale cache only *schedules* a refresh. The one exception is the very first plan
+of a router: it has no facts at all (is the model on the GPU server? how big is it?), and
+scripts, notebooks and CLI tools make *only* first calls, so it waits for the backends'
+first probes, bounded by ``first_probe_wait`` seconds of real time (a loopback probe takes
+about a millisecond). Once every backend has been probed, or the budget is spent, no plan
+waits again unless it asks to (``refresh()``).
 """
 
 from __future__ import annotations
@@ -141,10 +145,16 @@ class Router:
         oom_cooldown: float = 120.0,
         missing_ttl: float = 60.0,
         background_probes: bool = True,
+        first_probe_wait: float = 0.25,
         nvml: Any = None,
         host_memory: Callable[[], int | None] | None = None,
     ) -> None:
         self.clock = clock
+        self.first_probe_wait = first_probe_wait
+        self._primed = not background_probes or first_probe_wait <= 0
+        """True once no plan needs to wait for a first probe any more."""
+        self._prime_deadline: float | None = None
+        """perf_counter() time after which first plans stop waiting (set by the first plan)."""
         self.probe_ttl = probe_ttl
         self.show_ttl = show_ttl
         self.oom_cooldown = oom_cooldown
@@ -200,6 +210,8 @@ class Router:
                 self._keys.clear()
         if schedule_refresh and self.background_probes:
             self._schedule_stale(now, key)
+        if not self._primed:
+            self.wait_first_probes()
         with self._lock:
             # The key and the snapshots are read under one lock, so a plan is never stored
             # under a state (version, in-flight counts) other than the one it was made from.
@@ -240,6 +252,45 @@ class Router:
                     self._plan_cache.clear()
                 self._plan_cache[ck] = (valid_until, plan)
         return plan
+
+    def _first_probes(self) -> tuple[list[concurrent.futures.Future[ProbeResult]], float]:
+        """The in-flight first probes a plan should wait for, and for how long (seconds)."""
+        t = time.perf_counter()
+        with self._lock:
+            if self._prime_deadline is None:
+                self._prime_deadline = t + self.first_probe_wait
+            left = self._prime_deadline - t
+            if self.background_probes:
+                for b in self._backends:
+                    if b.probe is None and b.probe_future is None:
+                        self._submit_probe(b)
+            unprobed = [b for b in self._backends if b.probe is None]
+            if left <= 0 or not unprobed:
+                self._primed = True
+                return [], 0.0
+            futs = [b.probe_future for b in unprobed if b.probe_future is not None]
+            return futs, left
+
+    def _after_first_wait(self, futs: Sequence[concurrent.futures.Future[ProbeResult]]) -> None:
+        assert self._prime_deadline is not None
+        if all(f.done() for f in futs) or time.perf_counter() >= self._prime_deadline:
+            self._primed = True
+
+    def wait_first_probes(self) -> None:
+        """Block until every backend's first probe is in, or the first-probe budget is spent."""
+        if not self._primed:
+            futs, left = self._first_probes()
+            if futs:
+                concurrent.futures.wait(futs, timeout=left)
+                self._after_first_wait(futs)
+
+    async def await_first_probes(self) -> None:
+        """The async twin of :meth:`wait_first_probes`: awaits, never blocks the loop."""
+        if not self._primed:
+            futs, left = self._first_probes()
+            if futs:
+                await asyncio.wait([asyncio.wrap_future(f) for f in futs], timeout=left)
+                self._after_first_wait(futs)
 
     def _snapshots(
         self, key: str, num_ctx: int, now: float

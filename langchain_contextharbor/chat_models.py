@@ -354,6 +354,11 @@ class HybridChatOllama(BaseChatModel):
     """Seconds a health/status probe stays fresh."""
     background_probes: bool = True
     """Refresh stale probes off the hot path (False: only on ``refresh()``)."""
+    first_probe_wait: float = 0.25
+    """Seconds the first plan of a new model instance may wait for the backends' first
+    probes (sync calls wait on the shared probe, async calls await it). Without it the
+    first call is planned blind: a model only on the CPU server would first be sent to the
+    GPU server for a 404. After the first probes no call waits. 0 disables the wait."""
     oom_cooldown: float = 120.0
     """Seconds an out-of-memory answer keeps that model/context off that backend."""
     exceptions_to_handle: tuple[type[BaseException] | FailoverCategory, ...] | None = None
@@ -398,6 +403,10 @@ class HybridChatOllama(BaseChatModel):
             raise ConfigurationError(f"timeout must be > 0 seconds, got {self.timeout!r}")
         if not (math.isfinite(self.probe_ttl) and self.probe_ttl > 0):
             raise ConfigurationError(f"probe_ttl must be > 0 seconds, got {self.probe_ttl!r}")
+        if not (math.isfinite(self.first_probe_wait) and self.first_probe_wait >= 0):
+            raise ConfigurationError(
+                f"first_probe_wait must be >= 0 seconds, got {self.first_probe_wait!r}"
+            )
         if not (math.isfinite(self.oom_cooldown) and self.oom_cooldown >= 0):
             raise ConfigurationError(
                 f"oom_cooldown must be >= 0 seconds, got {self.oom_cooldown!r}"
@@ -431,6 +440,7 @@ class HybridChatOllama(BaseChatModel):
             probe_ttl=self.probe_ttl,
             oom_cooldown=self.oom_cooldown,
             background_probes=self.background_probes,
+            first_probe_wait=self.first_probe_wait,
             nvml=self.nvml,
             host_memory=self.host_memory,
         )
@@ -875,6 +885,7 @@ class HybridChatOllama(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         """The async twin of :meth:`_routed_stream`; the decisions are shared."""
+        await self._h.router.await_first_probes()  # so _start's plan never blocks the loop
         call = self._start(kwargs)
         stop = self._effective_stop(stop)
         router = self._h.router
