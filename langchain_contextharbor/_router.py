@@ -33,6 +33,7 @@ from langchain_contextharbor._stats import BackendStats
 from langchain_contextharbor.backends import BackendConfig
 from langchain_contextharbor.breaker import BreakerPolicy, CircuitBreaker
 from langchain_contextharbor.classify import Classification, FailoverCategory
+from langchain_contextharbor.fleet import SharedBackend, SharedBreaker, SharedState
 from langchain_contextharbor.routing import (
     BackendSnapshot,
     LoadedModel,
@@ -89,6 +90,14 @@ class BackendRuntime:
     """normalized model -> (num_ctx, until, message) (learned out-of-memory)"""
     stats: BackendStats = field(default_factory=BackendStats)
     client: httpx.Client | None = None
+    fleet: SharedBackend | None = None
+    """The fleet's view of this backend (fleet mode, shared store reachable), else None."""
+
+    @property
+    def load(self) -> int:
+        """Calls in flight as planning sees them: fleet-wide in fleet mode, else local."""
+        f = self.fleet
+        return self.in_flight if f is None else max(f.in_flight, self.in_flight)
 
 
 def _parse_loaded(items: Iterable[Mapping[str, Any]]) -> dict[str, LoadedModel]:
@@ -148,6 +157,7 @@ class Router:
         first_probe_wait: float = 0.25,
         nvml: Any = None,
         host_memory: Callable[[], int | None] | None = None,
+        shared_state: SharedState | None = None,
     ) -> None:
         self.clock = clock
         self.first_probe_wait = first_probe_wait
@@ -155,6 +165,8 @@ class Router:
         """True once no plan needs to wait for a first probe any more."""
         self._prime_deadline: float | None = None
         """perf_counter() time after which first plans stop waiting (set by the first plan)."""
+        self._shared = shared_state
+        """Fleet mode hooks (see :mod:`langchain_contextharbor.fleet`); None: local only."""
         self.probe_ttl = probe_ttl
         self.show_ttl = show_ttl
         self.oom_cooldown = oom_cooldown
@@ -212,6 +224,8 @@ class Router:
             self._schedule_stale(now, key)
         if not self._primed:
             self.wait_first_probes()
+        if self._shared is not None:
+            self._apply_fleet_view(now)
         with self._lock:
             # The key and the snapshots are read under one lock, so a plan is never stored
             # under a state (version, in-flight counts) other than the one it was made from.
@@ -221,7 +235,7 @@ class Router:
                 policy,
                 tuple(sizes.items()),
                 self._version,
-                tuple(b.in_flight for b in self._backends),
+                tuple(b.load for b in self._backends),
             )
             try:
                 hit = self._plan_cache.get(ck)
@@ -341,6 +355,9 @@ class Router:
             retry_at = br.retry_at()
             if retry_at is not None and now < retry_at:
                 valid_until = min(valid_until, retry_at)
+            allows = br.would_allow(now)
+            if allows and b.fleet is not None and b.fleet.breaker is not None:
+                allows = not b.fleet.breaker.trial_busy  # another worker holds the trial
             snaps.append(
                 BackendSnapshot(
                     name=cfg.name,
@@ -349,9 +366,9 @@ class Router:
                     index=b.index,
                     priority=cfg.priority,
                     max_parallel=cfg.max_parallel,
-                    in_flight=b.in_flight,
+                    in_flight=b.load,
                     circuit=br.state,
-                    circuit_allows=br.would_allow(now),
+                    circuit_allows=allows,
                     retry_in=(retry_at - now) if retry_at is not None else None,
                     healthy=(p.ok if p is not None else None),
                     health_reason=(p.reason if p is not None else None),
@@ -386,15 +403,26 @@ class Router:
     def acquire(self, name: str) -> bool:
         """Reserve a call on ``name`` (breaker permitting) and count it in flight."""
         b = self._by_name[name]
+        now = self.clock()
         with self._lock:
             before = b.breaker.state
-            if not b.breaker.acquire(self.clock()):
+            if not b.breaker.acquire(now):
                 return False
             if b.breaker.state != before:
                 self._version += 1
             b.in_flight += 1
             b.stats.requests += 1
-            return True
+            trial = b.breaker.state == "half_open"
+        sh = self._shared
+        if sh is not None and sh.acquire(name, now, trial=trial) is False:
+            # Another worker holds the fleet's one trial call: this call skips the backend.
+            with self._lock:
+                b.in_flight -= 1
+                b.stats.requests -= 1
+                b.breaker.release()
+                self._version += 1
+            return False
+        return True
 
     def release(self, name: str) -> None:
         b = self._by_name[name]
@@ -404,11 +432,14 @@ class Router:
             b.breaker.release()
             if b.breaker.state != before:
                 self._version += 1
+        if self._shared is not None:
+            self._shared.release(name, self.clock())
 
     def record_success(self, name: str, latency: float, ttft: float | None) -> None:
         b = self._by_name[name]
         with self._lock:
             br = b.breaker
+            closed = br.state != "closed"
             if not br.is_clean:
                 self._version += 1
                 br.record_success()
@@ -416,6 +447,8 @@ class Router:
             b.stats.latency.add(latency)
             if ttft is not None:
                 b.stats.ttft.add(ttft)
+        if closed and self._shared is not None:
+            self._shared.publish_breaker(name, SharedBreaker("closed"), self.clock())
 
     def record_failure(
         self,
@@ -438,6 +471,7 @@ class Router:
                 b.stats.fallbacks += 1
             if interrupted:
                 b.stats.interrupted += 1
+            before = (b.breaker.state, b.breaker.opened_at)
             if c.counts_against_backend:
                 b.breaker.record_failure(now)
             if c.category is FailoverCategory.MODEL_NOT_FOUND:
@@ -446,6 +480,41 @@ class Router:
                 old = b.oom.get(key)
                 ctx = min(num_ctx, old[0]) if (old and now < old[1]) else num_ctx
                 b.oom[key] = (ctx, now + self.oom_cooldown, message[:200])
+            br = b.breaker
+            opened = (br.state, br.opened_at) != before and br.state == "open"
+            shared = SharedBreaker("open", br.failures, br.opened_at, br.cooldown)
+        sh = self._shared
+        if sh is not None:
+            if opened:
+                sh.publish_breaker(name, shared, now)
+            if c.category is FailoverCategory.MODEL_NOT_FOUND:
+                sh.publish_mark(name, "missing", key, now + self.missing_ttl, now)
+            elif c.category is FailoverCategory.OUT_OF_MEMORY:
+                ctx, until, msg = b.oom[key]
+                sh.publish_mark(name, "oom", key, until, now, num_ctx=ctx, message=msg)
+
+    def _apply_fleet_view(self, now: float) -> None:
+        """Feed the fleet's shared state into this router's (fleet mode only)."""
+        assert self._shared is not None
+        view = self._shared.view(now)
+        with self._lock:
+            for b in self._backends:
+                v = view.get(b.config.name) if view is not None else None
+                b.fleet = v
+                if v is None:
+                    continue
+                changed = b.breaker.adopt_shared(v.breaker, now)
+                for k, until in v.missing.items():
+                    if until > b.missing.get(k, float("-inf")):
+                        b.missing[k] = until
+                        changed = True
+                for k, mark in v.oom.items():
+                    old = b.oom.get(k)
+                    if old is None or mark[1] > old[1] or (mark[1] == old[1] and mark[0] < old[0]):
+                        b.oom[k] = mark
+                        changed = True
+                if changed:
+                    self._version += 1
 
     # ------------------------------------------------------------------ probes
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
@@ -529,6 +598,25 @@ class Router:
         return b.client
 
     def _run_probe(self, b: BackendRuntime) -> ProbeResult:
+        sh = self._shared
+        if sh is not None:
+            # Fleet mode: one probe per backend per TTL for the whole fleet.
+            kind, shared = sh.probe_decision(b.config.name, self.clock(), self.probe_ttl)
+            if kind != "probe" and (shared is not None or b.probe is not None):
+                res = shared if shared is not None else b.probe
+                assert res is not None
+                with self._lock:
+                    b.probe = res
+                    b.probe_future = None
+                    self._version += 1
+                    self._next_probe_check = float("-inf")
+                return res
+        res = self._probe_http(b)
+        if sh is not None:
+            sh.publish_probe(b.config.name, res, self.clock(), self.probe_ttl)
+        return res
+
+    def _probe_http(self, b: BackendRuntime) -> ProbeResult:
         t0 = time.perf_counter()
         res: ProbeResult
         try:
@@ -664,6 +752,8 @@ class Router:
                 ra = b.breaker.retry_at()
                 d["retry_in_s"] = round(ra - now, 3) if ra is not None else None
                 d["in_flight"] = b.in_flight
+                if self._shared is not None:
+                    d["fleet_in_flight"] = b.fleet.in_flight if b.fleet is not None else None
                 d["url"] = b.config.safe_url
                 d["kind"] = b.config.kind
                 out[b.config.name] = d

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from langchain_contextharbor.fleet import SharedBreaker
 
 __all__ = ["BreakerPolicy", "CircuitBreaker", "CircuitState"]
 
@@ -127,6 +130,30 @@ class CircuitBreaker:
         if self.state == "half_open":
             # No verdict: keep it half-open so the next call becomes the trial.
             pass
+
+    def adopt_shared(self, shared: SharedBreaker | None, now: float) -> bool:
+        """Take on what the fleet learned (fleet mode); True when this breaker changed.
+
+        An open circuit published by another worker (opened later than ours) opens this
+        one with the same time and cooldown; a fleet circuit closed again (another worker's
+        trial call succeeded) closes an open one here. A trial call this worker holds is
+        never overridden. ``None`` means the fleet knows of no open circuit."""
+        if self._trial_in_flight:
+            return False
+        if shared is None or shared.state == "closed":
+            if self.state == "closed":
+                return False
+            self.record_success()
+            return True
+        if shared.state == "open" and shared.opened_at is not None:
+            if self.state == "open" and (self.opened_at or 0.0) >= shared.opened_at:
+                return False
+            self.state = "open"
+            self.opened_at = shared.opened_at
+            self.failures = max(self.failures, shared.failures)
+            self._cooldown = min(max(shared.cooldown, 0.0), self.policy.max_cooldown)
+            return True
+        return False
 
     def _open(self, now: float) -> None:
         self.state = "open"

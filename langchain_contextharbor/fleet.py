@@ -1,0 +1,199 @@
+"""Fleet mode: what the router knows, shared by many processes through one store.
+
+Why: a web app under gunicorn/uvicorn runs several workers, each with its own
+``HybridChatOllama``. Alone, each worker counts only its own calls in flight, rediscovers a
+dead server with a failed call of its own and probes every server every TTL. With a shared
+state the workers pool four things: calls in flight per backend (as expiring leases, so a
+dead worker leaves no phantom load), circuit-breaker state (one worker's failure opens the
+circuit for all; one trial call for all), learned 404 / out-of-memory marks, and probe
+results (one probe per backend per TTL for the whole fleet).
+
+Decisions stay local: the router still plans with the pure
+:func:`~langchain_contextharbor.routing.plan_route`; the shared state only feeds the
+snapshots it plans over. This module holds the hook interface the router calls
+(:class:`SharedState`), the plain values it exchanges, and :func:`make_shared_state`,
+which builds the Redis implementation (:mod:`langchain_contextharbor._fleet_redis`) only
+when asked, so ``redis`` is never imported otherwise.
+
+Every hook is best effort: a store that is down or slow never fails a call; the router
+then decides on its local state alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from langchain_contextharbor.errors import ConfigurationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from langchain_contextharbor._router import ProbeResult
+
+__all__ = [
+    "REDIS_URL_ENV",
+    "SharedBackend",
+    "SharedBreaker",
+    "SharedState",
+    "make_shared_state",
+]
+
+REDIS_URL_ENV = "CONTEXTHARBOR_REDIS_URL"
+
+MarkKind = Literal["missing", "oom"]
+
+
+@dataclass(frozen=True)
+class SharedBreaker:
+    """A backend's circuit as the fleet sees it (times on the router's clock)."""
+
+    state: Literal["closed", "open", "half_open"]
+    failures: int = 0
+    opened_at: float | None = None
+    cooldown: float = 0.0
+    trial_busy: bool = False
+    """Some worker holds the fleet's one trial call right now."""
+
+
+@dataclass(frozen=True)
+class SharedBackend:
+    """What the fleet knows about one backend (times on the router's clock)."""
+
+    in_flight: int
+    """Calls in flight on this backend across the fleet (this worker's included)."""
+    breaker: SharedBreaker | None = None
+    """None: nothing shared (closed as far as the fleet knows)."""
+    missing: Mapping[str, float] = field(default_factory=dict)
+    """normalized model -> until (learned 404)"""
+    oom: Mapping[str, tuple[int, float, str]] = field(default_factory=dict)
+    """normalized model -> (num_ctx, until, message) (learned out-of-memory)"""
+
+
+ProbeDecision = tuple[Literal["probe", "adopt", "skip"], "ProbeResult | None"]
+"""``("probe", None)``: this worker probes and publishes; ``("adopt", result)``: use the
+fleet's fresh result; ``("skip", result_or_None)``: another worker is probing right now."""
+
+
+@runtime_checkable
+class SharedState(Protocol):
+    """The hooks a :class:`~langchain_contextharbor._router.Router` calls in fleet mode.
+
+    ``now`` arguments and times in returned values are on the router's clock; an
+    implementation converts to whatever clock its store shares. Every method returns
+    quickly and never raises: on trouble it answers ``None`` ("no shared knowledge, decide
+    locally") and recovers by itself.
+    """
+
+    def view(self, now: float) -> Mapping[str, SharedBackend] | None:
+        """The fleet's state of every backend, or None when unavailable."""
+        ...
+
+    def acquire(self, backend: str, now: float, *, trial: bool) -> bool | None:
+        """Count a call in flight on ``backend``. With ``trial`` the call is the breaker's
+        trial call: True only for the one worker that gets it fleet-wide. None: store
+        unavailable (the local decision stands)."""
+        ...
+
+    def release(self, backend: str, now: float) -> None:
+        """The call counted by :meth:`acquire` ended (also frees a trial it held)."""
+        ...
+
+    def publish_breaker(self, backend: str, breaker: SharedBreaker, now: float) -> None:
+        """This worker's breaker of ``backend`` changed state (opened, re-opened, closed)."""
+        ...
+
+    def publish_mark(
+        self,
+        backend: str,
+        kind: MarkKind,
+        model: str,
+        until: float,
+        now: float,
+        num_ctx: int = 0,
+        message: str = "",
+    ) -> None:
+        """A learned 404 (``missing``) or out-of-memory (``oom``) mark."""
+        ...
+
+    def probe_decision(self, backend: str, now: float, ttl: float) -> ProbeDecision:
+        """Whether this worker should probe ``backend`` now (and claim it fleet-wide)."""
+        ...
+
+    def publish_probe(self, backend: str, result: ProbeResult, now: float, ttl: float) -> None:
+        """Share a probe result this worker obtained."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Mode and connection state for ``stats()`` (credentials never included)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalState:
+    """The no-op shared state: every worker on its own (the default).
+
+    The router treats ``shared_state=None`` the same way and skips the hooks entirely; this
+    class exists for callers that want an explicit object (and documents the contract)."""
+
+    def view(self, now: float) -> Mapping[str, SharedBackend] | None:
+        return None
+
+    def acquire(self, backend: str, now: float, *, trial: bool) -> bool | None:
+        return None
+
+    def release(self, backend: str, now: float) -> None:
+        return None
+
+    def publish_breaker(self, backend: str, breaker: SharedBreaker, now: float) -> None:
+        return None
+
+    def publish_mark(
+        self,
+        backend: str,
+        kind: MarkKind,
+        model: str,
+        until: float,
+        now: float,
+        num_ctx: int = 0,
+        message: str = "",
+    ) -> None:
+        return None
+
+    def probe_decision(self, backend: str, now: float, ttl: float) -> ProbeDecision:
+        return ("probe", None)
+
+    def publish_probe(self, backend: str, result: ProbeResult, now: float, ttl: float) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": "local"}
+
+    def close(self) -> None:
+        return None
+
+
+def make_shared_state(
+    spec: str | SharedState | None,
+    backends: list[str],
+    *,
+    clock: Callable[[], float] | None = None,
+    env: Mapping[str, str] | None = None,
+    **options: Any,
+) -> SharedState | None:
+    """Resolve the ``shared_state`` argument: None (and no ``CONTEXTHARBOR_REDIS_URL``) or
+    ``"local"`` -> None (local mode); a ``redis://`` / ``rediss://`` / ``unix://`` URL ->
+    the Redis implementation (needs ``pip install 'langchain-contextharbor[fleet]'``); an
+    object implementing :class:`SharedState` is used as it is."""
+    if spec is None:
+        spec = (os.environ if env is None else env).get(REDIS_URL_ENV) or None
+    if spec is None or spec == "local":
+        return None
+    if not isinstance(spec, str):
+        if not isinstance(spec, SharedState):
+            raise ConfigurationError(
+                f"shared_state must be a redis:// URL or a SharedState, got {type(spec).__name__}"
+            )
+        return spec
+    raise ConfigurationError("shared_state URLs need the Redis implementation (not built yet)")
