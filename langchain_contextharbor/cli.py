@@ -30,6 +30,7 @@ from langchain_contextharbor import (
     models_on_one_backend,
     preview_route,
 )
+from langchain_contextharbor.routing import RoutePlan
 
 __all__ = [
     "EXIT_ALL_DOWN",
@@ -199,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="context size of the call (default 4096, Ollama's default)",
     )
+    p_route.add_argument(
+        "--table",
+        action="store_true",
+        help="print the plan as a table: one row per backend, in the order they are tried",
+    )
     return parser
 
 
@@ -219,7 +225,10 @@ def _memory(h: BackendHealth) -> str:
     if h.max_memory_gb is not None:
         parts.append(f"{_gb(h.max_memory_gb)} total")
     if h.free_memory_gb is not None:
-        parts.append(f"{_gb(h.free_memory_gb)} free")
+        held = h.loaded_memory_gb or 0.0
+        # The same split `route` names: free, plus what loaded models hold (reclaimable).
+        extra = f" + {_gb(held)} in loaded models" if held >= 0.05 else ""
+        parts.append(f"{_gb(h.free_memory_gb)} free{extra}")
     return ", ".join(parts)
 
 
@@ -238,13 +247,32 @@ def _print_check(healths: Sequence[BackendHealth], out: TextIO) -> None:
             continue
         if h.memory_source != "unknown":
             print(f"    memory source: {h.memory_source}", file=out)
+        for warning in h.warnings:
+            print(f"    WARNING: {warning}", file=out)
         if not h.loaded:
             print(f"    loaded: none ({len(h.models or ())} models available)", file=out)
         for m in h.loaded:
             ctx = f", ctx {m.context_length}" if m.context_length else ""
             print(f"    loaded: {m.name}  {m.placement}  ({_gb(m.size / 1024**3)}{ctx})", file=out)
     up = sum(h.healthy for h in healths)
-    print(f"{up}/{len(healths)} backends healthy", file=out)
+    warned = sum(len(h.warnings) for h in healths)
+    tail = f", {warned} warning(s) above" if warned else ""
+    print(f"{up}/{len(healths)} backends healthy{tail}", file=out)
+
+
+def _print_route_table(plan: RoutePlan, out: TextIO) -> None:
+    """The plan as rows: order tried, backend, kind, URL, and the reasons in one cell."""
+    print(f"route for {plan.model!r}: {plan.summary}", file=out)
+    rows: list[tuple[str, ...]] = [("#", "BACKEND", "KIND", "URL", "WHY")]
+    rows += [
+        (str(i), c.backend, c.kind, c.url, "; ".join(c.reasons))
+        for i, c in enumerate(plan.candidates, 1)
+    ]
+    rows += [("-", s.backend, "", s.url, f"skipped: {s.reason}") for s in plan.skipped]
+    for line in _table(rows):
+        print(line, file=out)
+    for note in plan.notes:
+        print(f"note: {note}", file=out)
 
 
 def _print_models(healths: Sequence[BackendHealth], out: TextIO) -> None:
@@ -343,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             plan = preview_route(args.model, num_ctx=args.num_ctx, **config)
             if as_json:
                 _dump(plan.as_dict(), out)
+            elif getattr(args, "table", False):
+                _print_route_table(plan, out)
             else:
                 print(plan.explain(), file=out)
             return EXIT_OK if plan.candidates else EXIT_NO_ROUTE

@@ -67,9 +67,13 @@ class BackendHealth:
     ``models`` is ``None`` when the server did not answer (unknown, not "none"). ``loaded``
     comes from ``/api/ps``; each entry's ``placement`` is Ollama's own wording ("100% GPU",
     "100% CPU", "48%/52% CPU/GPU"). ``max_memory_gb`` is the configured capacity, else the
-    measured one (NVML total VRAM of a local GPU server), else ``None``; ``free_memory_gb``
-    is what the router would plan with (free VRAM, ``MemAvailable``, or configured capacity
-    minus loaded models); ``memory_source`` says where both came from.
+    measured one (NVML total VRAM of a local GPU server, ``MemTotal`` of a local CPU
+    server), else ``None``. ``free_memory_gb`` is the free part (free VRAM, ``MemAvailable``,
+    or configured capacity minus loaded models) and ``loaded_memory_gb`` what the loaded
+    models hold (VRAM on a GPU server, their whole size on a CPU server); the router plans
+    with their sum, because Ollama unloads idle models to make room. ``memory_source`` says
+    where the numbers came from. ``warnings`` flags a setup that looks healthy but is not
+    what it should be (a model on the "cpu" server placed on a GPU, and the reverse).
     """
 
     name: str
@@ -84,6 +88,8 @@ class BackendHealth:
     memory_source: str = "unknown"
     models: tuple[str, ...] | None = None
     loaded: tuple[LoadedModel, ...] = ()
+    loaded_memory_gb: float | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def status(self) -> str:
@@ -110,9 +116,11 @@ class BackendHealth:
             "latency_ms": round(self.latency_ms, 1),
             "max_memory_gb": _round_gb(self.max_memory_gb),
             "free_memory_gb": _round_gb(self.free_memory_gb),
+            "loaded_memory_gb": _round_gb(self.loaded_memory_gb),
             "memory_source": self.memory_source,
             "models_available": None if self.models is None else len(self.models),
             "models_loaded": [_loaded_dict(m) for m in self.loaded],
+            "warnings": list(self.warnings),
         }
 
 
@@ -188,7 +196,9 @@ def resolve_backends(
             )
             if url.strip():
                 _check_url(url, source)
-        configs = backends_from_env(source_env, gpu_url=gpu_url, cpu_url=cpu_url)
+        # coerce_backends rejects the same URL twice, as HybridChatOllama does: a "GPU" and a
+        # "CPU" server that are one server would otherwise be reported as two healthy ones.
+        configs = coerce_backends(backends_from_env(source_env, gpu_url=gpu_url, cpu_url=cpu_url))
         if not configs:
             raise ConfigurationError(
                 f"no backend configured: the GPU and the CPU URL are both empty "
@@ -243,8 +253,44 @@ def _scrub(text: str, cfg: BackendConfig) -> str:
     return text
 
 
+def read_host_memory_total(meminfo_path: str = "/proc/meminfo") -> int | None:
+    """``MemTotal`` from /proc/meminfo in bytes (a local CPU server's RAM); ``None`` if unread."""
+    try:
+        with open(meminfo_path, encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if key.strip() == "MemTotal" and parts and parts[0].isdigit():
+                    unit = parts[1].lower() if len(parts) > 1 else "kb"
+                    return int(parts[0]) * {"kb": 1024, "mb": 1024**2}.get(unit, 1)
+    except OSError:
+        return None
+    return None
+
+
+def _placement_warnings(cfg: BackendConfig, loaded: Sequence[LoadedModel]) -> tuple[str, ...]:
+    """A "cpu" server whose model sits on a GPU (GPUs not hidden), or a "gpu" server at 100% CPU."""
+    out = []
+    for m in loaded:
+        if cfg.kind == "cpu" and m.size_vram > 0:
+            out.append(
+                f"{m.name} is loaded {m.placement} on this cpu server: its GPUs are not "
+                "hidden (see docs/operations.md, Environment variables)"
+            )
+        elif cfg.kind == "gpu" and m.size > 0 and m.size_vram <= 0:
+            out.append(
+                f"{m.name} is loaded 100% CPU on this gpu server: check that Ollama finds "
+                'the GPU (journalctl: msg="inference compute")'
+            )
+    return tuple(out)
+
+
 def _health(
-    router: Router, cfg: BackendConfig, p: ProbeResult | None, waited_ms: float
+    router: Router,
+    cfg: BackendConfig,
+    p: ProbeResult | None,
+    waited_ms: float,
+    host_total: Callable[[], int | None],
 ) -> BackendHealth:
     if p is None:
         return BackendHealth(
@@ -263,6 +309,8 @@ def _health(
         source = "max_memory_gb (configured)"
     elif cfg.kind == "gpu" and p.gpu_total is not None:
         max_gb = p.gpu_total / _GIB
+    elif cfg.kind == "cpu" and cfg.is_local and (total := host_total()) is not None:
+        max_gb = total / _GIB
     else:
         max_gb = None
     if not p.ok:
@@ -277,6 +325,7 @@ def _health(
             memory_source=source,
         )
     loaded = tuple(sorted((p.loaded or {}).values(), key=lambda m: m.name))
+    held = sum((m.size_vram if cfg.kind == "gpu" else m.size) for m in loaded)
     return BackendHealth(
         cfg.name,
         cfg.safe_url,
@@ -289,6 +338,8 @@ def _health(
         memory_source=source,
         models=tuple(sorted(p.models or {})),
         loaded=loaded,
+        loaded_memory_gb=held / _GIB,
+        warnings=_placement_warnings(cfg, loaded),
     )
 
 
@@ -301,12 +352,14 @@ def check_backends(
     timeout: float | None = None,
     nvml: Any = None,
     host_memory: Callable[[], int | None] | None = None,
+    host_memory_total: Callable[[], int | None] | None = None,
 ) -> list[BackendHealth]:
     """Probe every backend once, in parallel, and report each (configuration order).
 
     ``backends``/``env``/``gpu_url``/``cpu_url``/``timeout``: see :func:`resolve_backends`.
-    ``nvml`` (a pynvml-compatible module) and ``host_memory`` replace the real GPU and RAM
-    readings (tests). Returns within about the probe timeout whatever the servers do.
+    ``nvml`` (a pynvml-compatible module), ``host_memory`` (``MemAvailable``) and
+    ``host_memory_total`` (``MemTotal``) replace the real GPU and RAM readings (tests).
+    Returns within about the probe timeout whatever the servers do.
     """
     configs = resolve_backends(backends, env=env, gpu_url=gpu_url, cpu_url=cpu_url, timeout=timeout)
     router = Router(configs, background_probes=False, nvml=nvml, host_memory=host_memory)
@@ -314,7 +367,8 @@ def check_backends(
         started = time.perf_counter()
         _run_within(router.refresh, max(c.timeouts.probe for c in configs) + _GRACE_S)
         waited_ms = (time.perf_counter() - started) * 1000
-        return [_health(router, rt.config, rt.probe, waited_ms) for rt in router.backends]
+        total = host_memory_total or read_host_memory_total
+        return [_health(router, rt.config, rt.probe, waited_ms, total) for rt in router.backends]
     finally:
         router.close()
 

@@ -193,6 +193,18 @@ def _available(b: BackendSnapshot) -> int | None:
     return b.free_bytes + max(held, b.evictable_bytes)
 
 
+def _capacity_words(b: BackendSnapshot, avail: int | None) -> str:
+    """Where the available figure comes from, split as ``contextharbor check`` shows it.
+
+    The figure is the free memory plus what loaded models hold (Ollama unloads those to
+    make room), so the label names both parts instead of calling the sum "MemAvailable".
+    """
+    if avail is None or b.free_bytes is None or avail <= b.free_bytes:
+        return b.capacity_source
+    held = format_bytes(avail - b.free_bytes)
+    return f"{b.capacity_source} {format_bytes(b.free_bytes)} + {held} held by loaded models"
+
+
 def _fits(b: BackendSnapshot, req: RouteRequest) -> bool | None:
     avail = _available(b)
     if avail is None:
@@ -257,15 +269,15 @@ def plan_route(
         fits = _fits(b, req)
         avail = _available(b)
         mem_word = "VRAM" if b.kind == "gpu" else "RAM"
+        source = _capacity_words(b, avail)
         if fits is False:
             reasons.append(
                 f"demoted: needs {need}, only {format_bytes(avail or 0)} {mem_word} "
-                f"available ({b.capacity_source})"
+                f"available ({source})"
             )
         elif fits is True:
             reasons.append(
-                f"fits: needs {need}, {format_bytes(avail or 0)} {mem_word} "
-                f"available ({b.capacity_source})"
+                f"fits: needs {need}, {format_bytes(avail or 0)} {mem_word} available ({source})"
             )
         else:
             reasons.append("capacity unknown")
