@@ -5,7 +5,7 @@ driver, a GPU-less host, a lost GPU or an odd pynvml build all become a
 :class:`MemorySnapshot` with ``gpus=None`` ("unknown") and the reason in ``source``, so the
 router can fall back to what /api/ps says instead of failing a chat call.
 
-Costs, measured on an H200 (``tests/fixtures/nvml-h200.json``): ``import pynvml`` ~100 ms,
+Costs, measured on an H200 (``testing/data/nvml-h200.json``): ``import pynvml`` ~100 ms,
 ``nvmlInit`` ~13 ms, one memory query ~0.05 ms. Hence pynvml is imported lazily on the first
 read (importing this module stays cheap for users who never route by VRAM), ``nvmlInit`` runs
 once, device handles, names and UUIDs are cached, and a failed init is retried only after a

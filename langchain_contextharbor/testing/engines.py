@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from langchain_contextharbor.testing.models import StandInModel
 __all__ = [
     "ChatTurn",
     "DoneEvent",
+    "EmbeddingNotSupported",
     "Engine",
     "EngineEvent",
     "ScriptedEngine",
@@ -38,6 +38,8 @@ __all__ = [
     "ToolDecision",
     "count_words",
     "embed_text",
+    "embedding_features",
+    "normalize",
     "split_tokens",
 ]
 
@@ -148,11 +150,61 @@ def count_words(messages: Sequence[dict[str, Any]]) -> int:
     return max(1, sum(len(_content_text(m.get("content")).split()) for m in messages))
 
 
-def embed_text(model: str, text: str, dimensions: int) -> list[float]:
-    """Deterministic, L2-normalised pseudo-embedding of ``text`` for ``model``."""
-    seed = int.from_bytes(hashlib.sha256(f"{model}\0{text}".encode()).digest()[:8], "big")
-    rng = random.Random(seed)
-    vec = [rng.gauss(0.0, 1.0) for _ in range(max(1, dimensions))]
+# Words too frequent to say what a text is about; they are left out of the features.
+_EMBED_STOPWORDS = frozenset(
+    "a an and are as at be by can do does for from has have how i in is it its of on or "
+    "that the their this to was were what when where which who why will with you your".split()
+)
+
+
+class EmbeddingNotSupported(Exception):
+    """Raised by an engine asked to embed with a model that cannot (Ollama's 501)."""
+
+
+def embedding_features(text: str) -> list[tuple[str, float]]:
+    """The weighted features the scripted embedding hashes: what "similar" means for it.
+
+    Each lower-cased word that is not a stop word counts 1.0, and each character trigram of
+    that word (with ``<``/``>`` marking its ends) counts 0.25. Two texts are near when they
+    share words, a little nearer when they share word pieces ("cat"/"cats"), and unrelated
+    (cosine ~0) when they share neither ("kitten"/"young cat": no synonyms here).
+    """
+    out: list[tuple[str, float]] = []
+    for word in re.findall(r"\w+", text.lower()):
+        if word in _EMBED_STOPWORDS:
+            continue
+        out.append(("w:" + word, 1.0))
+        padded = f"<{word}>"
+        out.extend(("c:" + padded[i : i + 3], 0.25) for i in range(len(padded) - 2))
+    return out
+
+
+def embed_text(digest: str, text: str, dimensions: int) -> list[float]:
+    """Deterministic, L2-normalised scripted embedding of ``text`` by the build ``digest``.
+
+    Feature hashing: every feature of :func:`embedding_features` adds its weight, with a
+    hashed sign, to a hashed one of ``dimensions`` slots; the hash is salted with the model's
+    digest. So the cosine of two vectors of one build approximates the weighted overlap of
+    the two texts' features, and two builds (digests) of the same model put the same text in
+    unrelated directions, like two real models that do not share a vector space. A text with
+    no features (empty, only stop words) gets a fixed direction of its own.
+    """
+    dim = max(1, dimensions)
+    vec = [0.0] * dim
+    salt = digest.encode()
+    for feature, weight in embedding_features(text) or [("<no features>", 1.0)]:
+        h = int.from_bytes(
+            hashlib.blake2b(feature.encode(), key=salt[:64], digest_size=8).digest(), "big"
+        )
+        vec[h % dim] += -weight if h >> 63 else weight
+    norm = math.sqrt(sum(v * v for v in vec))
+    if norm == 0.0:  # features cancelled out exactly: fall back to one fixed slot
+        vec[0], norm = 1.0, 1.0
+    return [v / norm for v in vec]
+
+
+def normalize(vec: Sequence[float]) -> list[float]:
+    """``vec`` scaled to length 1 (Ollama L2-normalises every vector it returns)."""
     norm = math.sqrt(sum(v * v for v in vec)) or 1.0
     return [v / norm for v in vec]
 
@@ -167,18 +219,39 @@ def _tool_function(tool: dict[str, Any]) -> dict[str, Any]:
     return fn if isinstance(fn, dict) else {}
 
 
-def _best_tool(tools: Sequence[dict[str, Any]], text: str) -> dict[str, Any]:
-    lowered = text.lower()
+# Words too common in tool names to show that a question is about that tool.
+_GENERIC_NAME_WORDS = frozenset(
+    {"get", "set", "run", "make", "tool", "tools", "function", "call", "the", "and", "for", "with"}
+)
+_ASKS_FOR_TOOL = re.compile(r"\btools?\b", re.IGNORECASE)
+
+
+def _tool_score(tool: dict[str, Any], text: str, words: set[str]) -> int:
+    """How strongly ``text`` points at ``tool``: 0 = not at all."""
+    name = str(_tool_function(tool).get("name", ""))
+    if not name:
+        return 0
+    if name.lower() in text.lower():
+        return 1000 + len(name)
+    return len((_name_words(name) - _GENERIC_NAME_WORDS) & words)
+
+
+def _best_tool(tools: Sequence[dict[str, Any]], text: str) -> dict[str, Any] | None:
+    """The tool the question calls for, or ``None`` when it calls for none.
+
+    A question calls for a tool when it names one (``magic_function``), contains a
+    distinctive word of a tool's name ("weather" for ``get_weather``, "add" for ``add``),
+    or asks for a tool outright (the word "tool"/"tools": then the best match, else the
+    first tool).
+    """
     words = {w.lower() for w in re.findall(r"\w+", text)}
-    best, best_score = tools[0], -1
+    best, best_score = None, 0
     for tool in tools:
-        name = str(_tool_function(tool).get("name", ""))
-        if name and name.lower() in lowered:
-            score = 1000 + len(name)
-        else:
-            score = len(_name_words(name) & words)
+        score = _tool_score(tool, text, words)
         if score > best_score:
             best, best_score = tool, score
+    if best is None and _ASKS_FOR_TOOL.search(text):
+        return tools[0]
     return best
 
 
@@ -187,10 +260,16 @@ class ScriptedEngine:
     """Deterministic engine whose answers name the instance and model that produced them.
 
     ``reply_template`` is formatted with ``instance``, ``model`` and ``prompt`` (the last user
-    message). ``tool_policy``: ``"auto"`` (default) calls the bound tool whose name best matches
-    the last user message (the first tool when nothing matches) unless the last message is a
-    tool result, which is answered in text quoting that result; ``"first"`` always picks the
-    first tool; ``"never"`` never calls tools; a callable gets the turn and returns a
+    message), so an answer repeats its prompt word for word: a RAG prompt that carries the
+    retrieved context gets that context back, which lets a test see what was retrieved.
+
+    ``tool_policy``: ``"auto"`` (default) calls a bound tool only when the last user message
+    calls for one, like a cooperative model: it names the tool (``magic_function(3)``),
+    contains a distinctive word of its name ("weather" -> ``get_weather``; generic words such
+    as "get" do not count), or asks for a tool with the word "tool"/"tools" (then the best
+    match, else the first tool). Any other question ("Hello!") is answered in text, and a
+    tool result as the last message is answered in text quoting it. ``"first"`` always calls
+    the first tool; ``"never"`` never calls tools; a callable gets the turn and returns a
     ``ToolDecision`` or ``None`` (answer in text). ``format="json"`` yields an object whose keys
     are the quoted identifiers of the prompt (``'setup'`` and ``'punchline'``) or ``answer``;
     a schema ``format`` yields a valid instance of it.
@@ -221,6 +300,18 @@ class ScriptedEngine:
             yield TextToken(tok)
         yield DoneEvent("stop", prompt_eval_count=count_words(turn.messages))
 
+    # ------------------------------------------------------------------ embeddings
+    def embed(self, spec: StandInModel, texts: Sequence[str]) -> list[list[float]]:
+        """Scripted vectors (:func:`embed_text`) of ``texts``, ``spec.embedding_length`` long.
+
+        Only a model with the ``embedding`` capability embeds; any other raises
+        :class:`EmbeddingNotSupported`, which the server answers as Ollama does (501
+        "this model does not support embeddings").
+        """
+        if not spec.has("embedding"):
+            raise EmbeddingNotSupported
+        return [embed_text(spec.digest, t, spec.embedding_length) for t in texts]
+
     # ------------------------------------------------------------------ tools
     def _decide_tool(self, turn: ChatTurn) -> ToolCallEvent | None:
         tools = [t for t in turn.tools if _tool_function(t).get("name")]
@@ -240,7 +331,10 @@ class ScriptedEngine:
             return ToolCallEvent(decision.name, self._arguments(chosen, turn.last_user_text))
         if turn.last_message.get("role") == "tool":
             return None
-        chosen = tools[0] if self.tool_policy == "first" else _best_tool(tools, turn.last_user_text)
+        pick = tools[0] if self.tool_policy == "first" else _best_tool(tools, turn.last_user_text)
+        if pick is None:
+            return None
+        chosen = pick
         name = str(_tool_function(chosen)["name"])
         return ToolCallEvent(name, self._arguments(chosen, turn.last_user_text))
 

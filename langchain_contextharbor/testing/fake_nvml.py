@@ -85,11 +85,12 @@ class FakeProcessInfo:
 
 
 def _fixture_candidates() -> list[Path]:
-    """Where the fixture lives: in the repo's tests, then the shared folder beside the repo."""
-    repo = Path(__file__).resolve().parents[2]
+    """Where the fixture lives: shipped in the package (``testing/data``, package data, so a
+    plain ``pip install`` has it), then the shared folder beside a source checkout."""
+    here = Path(__file__).resolve().parent
     return [
-        repo / "tests" / "fixtures" / FIXTURE_NAME,
-        repo.parent / "shared" / "fixtures" / FIXTURE_NAME,
+        here / "data" / FIXTURE_NAME,
+        here.parents[1].parent / "shared" / "fixtures" / FIXTURE_NAME,
     ]
 
 

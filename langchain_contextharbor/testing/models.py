@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_NUM_CTX",
+    "EMBEDDING_MODELS",
     "LoadedModel",
     "StandInModel",
     "human_bytes2",
@@ -74,6 +75,22 @@ _SHAPES: tuple[tuple[float, int, int, int, int], ...] = (
 )
 
 
+#: Well-known embedding models as Ollama lists them: base name -> (parameter_size, family,
+#: embedding dimensions). ``StandInModel("nomic-embed-text")`` gets these numbers and the
+#: ``["embedding"]`` capability, so its vectors have the real model's length.
+EMBEDDING_MODELS: dict[str, tuple[str, str, int]] = {
+    "nomic-embed-text": ("137M", "nomic-bert", 768),
+    "mxbai-embed-large": ("334M", "bert", 1024),
+    "all-minilm": ("23M", "bert", 384),
+    "snowflake-arctic-embed": ("335M", "bert", 1024),
+    "bge-m3": ("567M", "bert", 1024),
+}
+
+
+def _base_name(short_name: str) -> str:
+    return short_name.rsplit("/", 1)[-1].split(":", 1)[0].lower()
+
+
 def normalize_model_name(name: str) -> str:
     """Return Ollama's canonical short form of a model name (``llama3.2`` -> ``llama3.2:latest``).
 
@@ -110,7 +127,7 @@ def qualified_model_name(name: str) -> str:
 
 def parse_parameter_size(text: str) -> float:
     """Parse Ollama's ``parameter_size`` (``"3.2B"``, ``"135M"``, ``"8x7B"``) into a count."""
-    m = re.fullmatch(r"\s*(?:(\d+)x)?(\d+(?:\.\d+)?)\s*([KMBT]?)\s*", text.upper())
+    m = re.fullmatch(r"\s*(?:(\d+)X)?(\d+(?:\.\d+)?)\s*([KMBT]?)\s*", text.upper())
     if not m:
         raise ValueError(f"unparseable parameter_size: {text!r}")
     experts = int(m.group(1)) if m.group(1) else 1
@@ -164,7 +181,7 @@ def rfc3339_nano(ns: int | None = None, *, utc: bool = True) -> str:
 
 
 def _default_family(short_name: str) -> str:
-    base = short_name.rsplit("/", 1)[-1].split(":", 1)[0].lower()
+    base = _base_name(short_name)
     if base.startswith("llama"):
         return "llama"
     m = re.match(r"[a-z]+(?:\d+)?", base.split(".", 1)[0].replace("-", ""))
@@ -191,7 +208,12 @@ class StandInModel:
     ``context_length`` is the *trained* context reported by ``/api/show`` (the loaded
     ``num_ctx`` that ``/api/ps`` shows is a separate, per-load value, default 4096).
     ``capabilities`` drives behaviour: without ``"tools"`` a chat with tools gets Ollama's 400,
-    with ``"thinking"`` the model streams thinking chunks, ``["embedding"]`` refuses chat.
+    with ``"thinking"`` the model streams thinking chunks, ``["embedding"]`` refuses chat and
+    is the only kind the scripted engine embeds with. Left empty, ``capabilities`` is
+    ``["embedding"]`` for the models of :data:`EMBEDDING_MODELS` (which also give
+    ``parameter_size``, ``family`` and ``embedding_length``), else ``["completion", "tools"]``.
+    ``digest`` defaults to a hash of the name; give two stand-ins different digests for the
+    same name to model two builds of one model (their scripted vectors then differ).
     """
 
     name: str
@@ -202,7 +224,7 @@ class StandInModel:
     parameter_size: str = ""
     quantization_level: str = "Q4_K_M"
     format: str = "gguf"
-    capabilities: list[str] = field(default_factory=lambda: ["completion", "tools"])
+    capabilities: list[str] = field(default_factory=list)
     context_length: int = 0
     block_count: int = 0
     head_count: int = 0
@@ -214,6 +236,13 @@ class StandInModel:
 
     def __post_init__(self) -> None:
         self.name = normalize_model_name(self.name)
+        known = EMBEDDING_MODELS.get(_base_name(self.name))
+        if not self.capabilities:
+            self.capabilities = ["embedding"] if known else ["completion", "tools"]
+        if known is not None:
+            self.parameter_size = self.parameter_size or known[0]
+            self.family = self.family or known[1]
+            self.embedding_length = self.embedding_length or known[2]
         if not self.parameter_size:
             self.parameter_size = _parameter_size_from_tag(self.name) or "3.2B"
         params = parse_parameter_size(self.parameter_size)

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 from langchain_contextharbor.testing.engines import (
     ChatTurn,
     DoneEvent,
+    EmbeddingNotSupported,
     Engine,
     EngineEvent,
     ScriptedEngine,
@@ -50,7 +51,7 @@ from langchain_contextharbor.testing.engines import (
     ThinkingToken,
     ToolCallEvent,
     count_words,
-    embed_text,
+    normalize,
     split_tokens,
 )
 from langchain_contextharbor.testing.faults import (
@@ -301,14 +302,17 @@ def _validate_options(options: Any) -> dict[str, Any]:
             f"json: cannot unmarshal {_go_type(options)} into Go struct field "
             "ChatRequest.options of type map[string]interface {}",
         )
-    for key, val in options.items():
+    # Real Ollama's options parser skips nil values (OllamaEmbeddings sends every option it
+    # knows, unset ones as null), so a null means "not given", on every endpoint.
+    given: dict[str, Any] = {key: val for key, val in options.items() if val is not None}
+    for key, val in given.items():
         if key in _INT_OPTIONS and (isinstance(val, bool) or not isinstance(val, (int, float))):
             raise _RequestError(500, f'option "{key}" must be of type integer')
         if key in _FLOAT_OPTIONS and (isinstance(val, bool) or not isinstance(val, (int, float))):
             raise _RequestError(500, f'option "{key}" must be of type float32')
         if key == "stop" and not (isinstance(val, list) and all(isinstance(s, str) for s in val)):
             raise _RequestError(500, f'option "{key}" must be of type array')
-    return dict(options)
+    return given
 
 
 def _tool_call_id() -> str:
@@ -1098,11 +1102,24 @@ class OllamaStandIn:
         keep_alive = parse_keep_alive(body.get("keep_alive"))
         options = _validate_options(body.get("options"))
         dims = body.get("dimensions")
-        dim = spec.embedding_length
-        if isinstance(dims, int) and not isinstance(dims, bool) and 0 < dims < dim:
-            dim = dims
+        want = dims if isinstance(dims, int) and not isinstance(dims, bool) and dims > 0 else 0
+        embedder = getattr(self.engine, "embed", None)
+        if not callable(embedder):
+            embedder = _SCRIPTED.embed
         with self._use_model(ex, spec, options, keep_alive) as load_ns:
-            vectors = [embed_text(spec.name, t, dim) for t in texts]
+            if not texts:
+                vectors: list[list[float]] = []
+            else:
+                try:
+                    vectors = [list(v) for v in embedder(spec, texts)]
+                except EmbeddingNotSupported:
+                    # What Ollama's runner answers for a model without pooling (a chat
+                    # model); the legacy endpoint turns every runner error into a 500.
+                    raise _RequestError(
+                        500 if legacy else 501, "this model does not support embeddings"
+                    ) from None
+        if want:  # Ollama truncates to `dimensions` and normalises again
+            vectors = [normalize(v[:want]) if want < len(v) else v for v in vectors]
         if legacy:
             ex.send_json(200, {"embedding": vectors[0] if vectors else []})
             return
@@ -1484,6 +1501,8 @@ class OllamaStandIn:
         else:
             ex.send_json(200, final)
 
+
+_SCRIPTED = ScriptedEngine()
 
 _REQUEST_TYPES = {
     "/api/chat": "ChatRequest",

@@ -60,7 +60,9 @@ class _Flags:
 
     @property
     def has_tool_choice(self) -> bool:
-        return True
+        # Ollama has no tool_choice: bind_tools narrows the tools sent, but nothing forces a
+        # call, and the stand-in (like a real model) answers "Hello!" in text.
+        return False
 
     @property
     def has_structured_output(self) -> bool:

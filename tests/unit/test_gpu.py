@@ -1,7 +1,8 @@
 """Tests of the NVML / host-memory edge (``langchain_contextharbor.gpu``) against FakeNVML.
 
-The fake replays a real H200 reading (tests/fixtures/nvml-h200.json): idle, while another
-process holds 40 GiB, and after it lets go. No test sleeps; the backoff uses an injected clock.
+The fake replays a real H200 reading (``testing/data/nvml-h200.json``, shipped in the package):
+idle, while another process holds 40 GiB, and after it lets go. No test sleeps; the backoff
+uses an injected clock.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def two_gpu_fake(fixture_data: dict[str, Any]) -> FakeNVML:
 
 def test_fixture_is_in_the_repo_and_matches_shared_copy() -> None:
     path = find_h200_fixture()
-    assert path == REPO / "tests" / "fixtures" / "nvml-h200.json"
+    # Shipped as package data, so FakeNVML.from_fixture() works in a plain install.
+    assert path == REPO / "langchain_contextharbor" / "testing" / "data" / "nvml-h200.json"
     shared = REPO.parent / "shared" / "fixtures" / "nvml-h200.json"
     if shared.is_file():
         assert json.loads(shared.read_text()) == json.loads(path.read_text())
