@@ -587,9 +587,11 @@ class Router:
             cfg = b.config
             kw = {k: v for k, v in cfg.client_kwargs.items() if k != "async_transport"}
             kw.setdefault("verify", cfg.verify)
+            # Credentials travel in headers, never in the URL: httpx and httpcore log
+            # request URLs (INFO/DEBUG), and their error texts quote them.
             b.client = httpx.Client(
-                base_url=cfg.base_url,
-                headers=cfg.headers,
+                base_url=cfg.plain_url,
+                headers=cfg.request_headers,
                 timeout=httpx.Timeout(
                     cfg.timeouts.probe, connect=min(cfg.timeouts.connect, cfg.timeouts.probe)
                 ),

@@ -7,6 +7,7 @@ same redaction of credentials before a URL reaches a log, a repr or metadata.
 
 from __future__ import annotations
 
+import base64
 import functools
 import math
 import os
@@ -15,7 +16,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from langchain_contextharbor.errors import ConfigurationError
 
@@ -25,6 +34,7 @@ __all__ = [
     "BackendConfig",
     "Timeouts",
     "backends_from_env",
+    "ollama_host_url",
     "redact_url",
     "validate_base_url",
 ]
@@ -33,6 +43,7 @@ DEFAULT_GPU_URL = "http://127.0.0.1:11434"
 DEFAULT_CPU_URL = "http://127.0.0.1:11435"
 GPU_URL_ENV = "OLLAMA_GPU_URL"
 CPU_URL_ENV = "OLLAMA_CPU_URL"
+OLLAMA_HOST_ENV = "OLLAMA_HOST"
 
 BackendKind = Literal["gpu", "cpu"]
 
@@ -40,10 +51,13 @@ BackendKind = Literal["gpu", "cpu"]
 def validate_base_url(url: str, *, what: str = "base URL") -> str:
     """Return the URL without a trailing slash, or raise ConfigurationError saying why.
 
-    Accepts ``http``/``https`` URLs with a host and optional port and path prefix.
+    Accepts ``http``/``https`` URLs with a host and optional port and path prefix. No
+    message quotes the URL's credentials or query values, nor httpx's own error text
+    about them (httpx's "Invalid port: 's3cr3t'" is a password after a ``#``).
     """
     if not isinstance(url, str) or not url.strip():
-        raise ConfigurationError(f"{what} must be a non-empty string, got {url!r}")
+        shown_bad = "<non-string>" if not isinstance(url, str) else repr(url)
+        raise ConfigurationError(f"{what} must be a non-empty string, got {shown_bad}")
     text = url.strip()
     shown = redact_url(text)
     if "://" not in text:
@@ -52,8 +66,10 @@ def validate_base_url(url: str, *, what: str = "base URL") -> str:
         )
     try:
         parsed = httpx.URL(text)
-    except Exception as exc:  # httpx.InvalidURL and friends
-        raise ConfigurationError(f"{what} {shown!r} is not a valid URL: {exc}") from None
+    except Exception:  # httpx.InvalidURL and friends: its text may quote the password
+        raise ConfigurationError(
+            f"{what} {shown!r} is not a valid URL: {_why_invalid(text)}"
+        ) from None
     if parsed.scheme not in ("http", "https"):
         raise ConfigurationError(f"{what} {shown!r}: scheme must be http or https")
     if not parsed.host:
@@ -68,12 +84,33 @@ def validate_base_url(url: str, *, what: str = "base URL") -> str:
         raise ConfigurationError(f"{what} {shown!r}: port must be 1..65535")
     if parsed.query or parsed.fragment:
         raise ConfigurationError(f"{what} {shown!r} must not have a query or fragment")
+    if "@" in text and not parsed.userinfo:
+        # An '@' that httpx did not take as the end of credentials: a password with a '/'
+        # in it, which would otherwise travel (and be logged) as part of the path.
+        raise ConfigurationError(
+            f"{what} {shown!r} is not a valid URL: {_why_invalid('http://x:y/@')}"
+        )
     return text.rstrip("/")
 
 
-def redact_url(url: str) -> str:
-    """Remove credentials (``user:password@``) from a URL; safe on malformed input.
+def _why_invalid(text: str) -> str:
+    """httpx's reason a URL is invalid, computed on the redacted URL so it cannot quote a
+    secret; when only the original fails, the credentials part is what is malformed."""
+    try:
+        httpx.URL(redact_url(text))
+    except Exception as exc:
+        reason = redact_url(str(exc)) if "@" in str(exc) else str(exc)
+        return reason.replace(text, redact_url(text))
+    return (
+        "the credentials part (user:password@) is malformed; percent-encode reserved "
+        "characters such as '#', '/', '?' or '@' in the password"
+    )
 
+
+def redact_url(url: str) -> str:
+    """Remove credentials from a URL; safe on malformed input.
+
+    ``user:password@`` becomes ``***@`` and every query value and fragment ``***``.
     Everything before the last ``@`` is treated as userinfo, even when a ``/``, ``?`` or
     ``#`` appears in it (a password may contain them): over-redacting a URL whose path or
     query has an ``@`` in it is the safe mistake.
@@ -86,13 +123,24 @@ def redact_url(url: str) -> str:
         m = re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/+(?=[^/])", url)
         scheme, rest = (m.group(0), url[m.end() :]) if m and "@" in url[m.end() :] else ("", url)
         sep = ""
-    head, tail = rest, ""
+    head = rest
     if "@" in head:
         after = head.rsplit("@", 1)[1]
         lead = "//" if head.startswith("//") else ""
         head = f"{lead}***@{after}"
-    out = head + tail
-    return f"{scheme}://{out}" if sep else scheme + out
+    if "?" in head or "#" in head:
+        head = _redact_query(head)
+    return f"{scheme}://{head}" if sep else scheme + head
+
+
+def _redact_query(rest: str) -> str:
+    """``host/path?a=1&b#frag`` -> ``host/path?a=***&b=***#***`` (tokens ride in queries)."""
+    base, hsep, frag = rest.partition("#")
+    path, qsep, query = base.partition("?")
+    if qsep:
+        parts = [p.split("=", 1)[0] + "=***" if p else p for p in query.split("&")]
+        path = f"{path}?{'&'.join(parts)}"
+    return f"{path}#***" if hsep and frag else (path + hsep)
 
 
 def _finite_positive(v: float | None, name: str) -> float | None:
@@ -149,7 +197,10 @@ class BackendConfig(BaseModel):
     """Requests this server runs at once (Ollama's ``OLLAMA_NUM_PARALLEL``, default 1)."""
     max_memory_gb: float | None = None
     """Capacity for models (GiB) when it cannot be measured: remote servers, AMD/Vulkan."""
-    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    headers: dict[str, SecretStr] = Field(default_factory=dict, repr=False)
+    """Sent on every request (``Authorization``, API keys); stored as ``SecretStr`` so no
+    dump or repr shows them. Credentials in ``base_url`` become a Basic ``Authorization``
+    header; configuring both is an error (which one wins would be a guess)."""
     verify: bool | str = True
     timeouts: Timeouts = Field(default_factory=Timeouts)
     client_kwargs: dict[str, Any] = Field(default_factory=dict, repr=False)
@@ -173,8 +224,9 @@ class BackendConfig(BaseModel):
 
     @field_validator("headers")
     @classmethod
-    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
-        for name, value in v.items():
+    def _headers(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, secret in v.items():
+            value = secret.get_secret_value()
             if not name or any(ord(ch) < 33 or ch == ":" for ch in name):
                 raise ValueError(f"header name {name!r} is not a valid HTTP header name")
             if any((ord(ch) < 32 and ch != "\t") or ord(ch) == 127 for ch in value):
@@ -191,13 +243,48 @@ class BackendConfig(BaseModel):
 
     @model_validator(mode="after")
     def _kwargs(self) -> BackendConfig:
-        bad = {"base_url", "host", "headers", "timeout"} & set(self.client_kwargs)
+        bad = {"base_url", "host", "headers", "timeout", "auth"} & set(self.client_kwargs)
         if bad:
             raise ValueError(
                 f"client_kwargs of backend {self.name!r} may not set {sorted(bad)}; "
                 "use the BackendConfig fields (base_url, headers, timeouts) instead"
             )
+        if httpx.URL(self.base_url).userinfo and any(
+            k.lower() == "authorization" for k in self.headers
+        ):
+            raise ValueError(
+                f"backend {self.name!r} has credentials in its base_url and an Authorization "
+                "header; configure one of them (the URL's user:password@ is sent as Basic auth)"
+            )
         return self
+
+    @field_serializer("base_url")
+    def _dump_url(self, v: str) -> str:
+        return redact_url(v)
+
+    @field_serializer("client_kwargs")
+    def _dump_kwargs(self, v: dict[str, Any]) -> dict[str, str]:
+        # Arbitrary objects (transports, auth, certificates): name them, never dump them.
+        return {k: "***" for k in v}
+
+    @functools.cached_property
+    def plain_url(self) -> str:
+        """The base URL without its ``user:password@`` (that goes into a header instead,
+        so no URL that httpx logs carries it)."""
+        url = httpx.URL(self.base_url)
+        if not url.userinfo:
+            return self.base_url
+        return str(url.copy_with(username=None, password=None)).rstrip("/")
+
+    @functools.cached_property
+    def request_headers(self) -> dict[str, str]:
+        """The headers to send: the configured ones, plus Basic auth from URL credentials."""
+        out = {k: v.get_secret_value() for k, v in self.headers.items()}
+        url = httpx.URL(self.base_url)
+        if url.userinfo:
+            token = base64.b64encode(f"{url.username}:{url.password}".encode()).decode()
+            out["Authorization"] = f"Basic {token}"
+        return out
 
     @functools.cached_property
     def safe_url(self) -> str:
@@ -209,10 +296,12 @@ class BackendConfig(BaseModel):
         configured header value (bearer tokens, API keys). For errors, logs and metadata."""
         if self.base_url in text:
             text = text.replace(self.base_url, self.safe_url)
-        userinfo = httpx.URL(self.base_url).userinfo
-        if userinfo:
-            text = text.replace(userinfo.decode(errors="replace"), "***")
-        for value in self.headers.values():
+        url = httpx.URL(self.base_url)
+        if url.userinfo:
+            for s in (url.userinfo.decode(errors="replace"), url.password):
+                if s and len(s) >= 3:
+                    text = text.replace(s, "***")
+        for value in self.request_headers.values():
             for part in (value, *value.split()):
                 if len(part) >= 6 and part in text:
                     text = text.replace(part, "***")
@@ -237,6 +326,39 @@ class BackendConfig(BaseModel):
     __str__ = __repr__
 
 
+def ollama_host_url(value: str, *, what: str = "OLLAMA_HOST") -> str:
+    """A server address as Ollama's own tools read ``OLLAMA_HOST``, as a full URL.
+
+    ``host``, ``host:port``, ``:port`` and ``[::1]:port`` get ``http://`` and the default
+    host ``127.0.0.1`` / port ``11434``; a value with a scheme is taken as it is (its port
+    defaults to the scheme's). Raises ConfigurationError (credentials never quoted).
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{what} must be a non-empty server address")
+    text = value.strip()
+    if "://" not in text:
+        hostport, slash, path = text.partition("/")
+        host, port = hostport, ""
+        if hostport.startswith("["):
+            close = hostport.find("]")
+            host, port = hostport[: close + 1], hostport[close + 1 :].lstrip(":")
+        elif hostport.count(":") == 1:
+            host, port = hostport.split(":")
+        host = host or "127.0.0.1"
+        text = f"http://{host}:{port or 11434}{slash}{path}"
+    return validate_base_url(text, what=what)
+
+
+def default_gpu_url(env: Mapping[str, str] | None = None) -> str:
+    """``OLLAMA_GPU_URL``; unset: ``OLLAMA_HOST`` (as the ollama CLI and ChatOllama follow
+    it); unset too: ``http://127.0.0.1:11434``. An empty ``OLLAMA_GPU_URL`` stays empty."""
+    env = os.environ if env is None else env
+    if GPU_URL_ENV in env:
+        return env[GPU_URL_ENV]
+    host = env.get(OLLAMA_HOST_ENV, "")
+    return ollama_host_url(host) if host.strip() else DEFAULT_GPU_URL
+
+
 def backends_from_env(
     env: Mapping[str, str] | None = None,
     *,
@@ -245,16 +367,22 @@ def backends_from_env(
 ) -> list[BackendConfig]:
     """The default two backends from ``OLLAMA_GPU_URL`` / ``OLLAMA_CPU_URL``.
 
-    Unset means the default loopback port; set to the empty string disables that backend
-    (for example ``OLLAMA_GPU_URL=`` forces CPU only). Explicit arguments win over env.
+    Unset means the default loopback port (for the GPU server: ``OLLAMA_HOST`` first, as
+    Ollama's tools read it); set to the empty string disables that backend (for example
+    ``OLLAMA_GPU_URL=`` forces CPU only). Explicit arguments win over env.
     """
     env = os.environ if env is None else env
     out: list[BackendConfig] = []
-    for name, kind, explicit, var, default in (
-        ("gpu", "gpu", gpu_url, GPU_URL_ENV, DEFAULT_GPU_URL),
-        ("cpu", "cpu", cpu_url, CPU_URL_ENV, DEFAULT_CPU_URL),
+    for name, kind, explicit, var in (
+        ("gpu", "gpu", gpu_url, GPU_URL_ENV),
+        ("cpu", "cpu", cpu_url, CPU_URL_ENV),
     ):
-        url = explicit if explicit is not None else env.get(var, default)
+        if explicit is not None:
+            url = explicit
+        elif name == "gpu":
+            url = default_gpu_url(env)
+        else:
+            url = env.get(var, DEFAULT_CPU_URL)
         if url is None or not url.strip():
             continue
         try:

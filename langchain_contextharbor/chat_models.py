@@ -42,19 +42,28 @@ from langchain_core.utils import from_env
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from langchain_ollama import ChatOllama
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
 
 from langchain_contextharbor._router import Router
 from langchain_contextharbor._transport import AsyncPhaseTimeoutTransport, PhaseTimeoutTransport
 from langchain_contextharbor.backends import (
     CPU_URL_ENV,
     DEFAULT_CPU_URL,
-    DEFAULT_GPU_URL,
-    GPU_URL_ENV,
     BackendConfig,
     Timeouts,
     backends_from_env,
     coerce_backends,
+    default_gpu_url,
+    ollama_host_url,
+    redact_url,
 )
 from langchain_contextharbor.breaker import BreakerPolicy
 from langchain_contextharbor.classify import Classification, FailoverCategory, classify_exception
@@ -100,9 +109,13 @@ _PASSTHROUGH = (
     "repeat_last_n",
     "repeat_penalty",
     "tfs_z",
+    "logprobs",
+    "top_logprobs",
 )
 
 _METADATA_KEY = "contextharbor"
+_CLIENT_KWARGS_T = ("client_kwargs", "async_client_kwargs", "sync_client_kwargs")
+_CLIENT_KWARGS = frozenset(_CLIENT_KWARGS_T)
 
 
 def _is_final(chunk: ChatGenerationChunk) -> bool:
@@ -133,6 +146,53 @@ class _Call:
         self.attempts: list[AttemptRecord] = []
         self.exceptions: list[BaseException] = []
         self.skipped: list[SkipRecord] = list(plan.skipped)
+
+
+def _with_client_kwargs(cfg: BackendConfig, extra: Mapping[str, Any]) -> BackendConfig:
+    """``cfg`` with ChatOllama-style ``client_kwargs`` merged in (the backend's own win)."""
+    bad = sorted({"timeout", "base_url", "host", "auth"} & set(extra))
+    if bad:
+        raise ConfigurationError(
+            f"client_kwargs may not set {bad}: use timeout=/timeouts= for time limits and "
+            "headers (or user:password@ in the URL) for credentials"
+        )
+    kwargs = dict(extra)
+    headers = kwargs.pop("headers", None) or {}
+    if not isinstance(headers, Mapping):
+        raise ConfigurationError("client_kwargs['headers'] must be a mapping of strings")
+    fields = {f: getattr(cfg, f) for f in type(cfg).model_fields}
+    fields["headers"] = {
+        **{str(k): str(v) for k, v in headers.items()},
+        **{k: v.get_secret_value() for k, v in cfg.headers.items()},
+    }
+    fields["client_kwargs"] = {**kwargs, **cfg.client_kwargs}
+    try:
+        return BackendConfig(**fields)
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        msg = (
+            "; ".join(str(e.get("msg", "")) for e in getattr(exc, "errors", lambda **_: [])())
+            or type(exc).__name__
+        )
+        raise ConfigurationError(f"client_kwargs do not fit backend {cfg.name!r}: {msg}") from None
+
+
+class _InnerChatOllama(ChatOllama):
+    """The ChatOllama of one backend. Its client kwargs carry the credential headers:
+    reprs and dumps name them but never show them."""
+
+    def __repr_args__(self) -> Any:
+        for k, v in super().__repr_args__():
+            yield (k, _masked(v) if k in _CLIENT_KWARGS else v)
+
+    @field_serializer(*_CLIENT_KWARGS_T)
+    def _dump_kwargs(self, v: dict[str, Any] | None) -> dict[str, str] | None:
+        return None if v is None else _masked(v)
+
+
+def _masked(v: Any) -> Any:
+    return {k: "***" for k in v} if isinstance(v, Mapping) else v
 
 
 class _Attempt:
@@ -301,14 +361,24 @@ class HybridChatOllama(BaseChatModel):
     """Model tag, e.g. ``"llama3.1:8b"``."""
     backends: list[BackendConfig] | None = None
     """Explicit backends; when None, built from ``gpu_url`` and ``cpu_url``."""
-    gpu_url: str | None = Field(
-        default_factory=from_env(GPU_URL_ENV, default=DEFAULT_GPU_URL), repr=False
-    )
-    """GPU server (env ``OLLAMA_GPU_URL``); empty string disables it."""
+    gpu_url: str | None = Field(default_factory=default_gpu_url, repr=False)
+    """GPU server (env ``OLLAMA_GPU_URL``, else ``OLLAMA_HOST`` as Ollama's tools read it);
+    empty string disables it."""
     cpu_url: str | None = Field(
         default_factory=from_env(CPU_URL_ENV, default=DEFAULT_CPU_URL), repr=False
     )
     """CPU server (env ``OLLAMA_CPU_URL``); empty string disables it."""
+    base_url: str | None = Field(default=None, repr=False)
+    """ChatOllama's argument: one server (``http://host:port`` or Ollama's ``host:port``)
+    as the only backend, named ``"default"``. Not together with ``backends``/``gpu_url``/
+    ``cpu_url``."""
+    client_kwargs: dict[str, Any] | None = Field(default=None, exclude=True, repr=False)
+    """ChatOllama's argument: httpx client options applied to every backend (a backend's
+    own ``client_kwargs``/``headers`` win per key). ``headers`` merge into each backend's
+    headers; use ``timeout=``/``timeouts=`` instead of a ``timeout`` here."""
+    validate_model_on_init: bool = False
+    """Probe every backend at construction and raise ModelNotAvailableError (or
+    NoBackendAvailableError) when none of them can serve ``model``."""
 
     # --- ChatOllama parameters, applied to every inner model -------------------------
     temperature: float | None = None
@@ -331,6 +401,8 @@ class HybridChatOllama(BaseChatModel):
     repeat_last_n: int | None = None
     repeat_penalty: float | None = None
     tfs_z: float | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
     timeout: float | None = None
     """Standard request timeout: sets the first-token and idle timeouts of every backend
     that does not configure its own."""
@@ -370,6 +442,10 @@ class HybridChatOllama(BaseChatModel):
     """A pynvml-compatible module (tests inject a fake); default: real pynvml, lazily."""
     host_memory: Callable[[], int | None] | None = Field(default=None, exclude=True, repr=False)
 
+    @field_serializer("base_url", "gpu_url", "cpu_url")
+    def _dump_url(self, v: str | None) -> str | None:
+        return redact_url(v) if v else v
+
     _hot: _HotState = PrivateAttr()
     """Everything the call path needs, in one plain object: pydantic private attributes
     cost ~2 us per read, this costs one dict lookup per call."""
@@ -388,12 +464,34 @@ class HybridChatOllama(BaseChatModel):
             raise ConfigurationError(
                 f"invalid HybridChatOllama configuration: {problems}"
             ) from None
+        if self.validate_model_on_init:
+            self._validate_model()
+
+    def _validate_model(self) -> None:
+        """ChatOllama's ``validate_model_on_init``, over every backend: probe them all now
+        and raise the typed error a call would raise when none can serve the model."""
+        self.refresh()
+        num_ctx = self.num_ctx or DEFAULT_NUM_CTX
+        plan = self._plan(self.model, num_ctx)
+        if not plan.candidates:
+            self.close()
+            raise self._all_failed(_Call(self.model, num_ctx, plan))
 
     @model_validator(mode="after")
     def _setup(self) -> HybridChatOllama:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ConfigurationError("model must be a non-empty model tag, e.g. 'llama3.1:8b'")
-        if self.backends is not None:
+        if self.base_url is not None:
+            clash = sorted({"backends", "gpu_url", "cpu_url"} & self.model_fields_set)
+            if clash or self.backends is not None:
+                raise ConfigurationError(
+                    f"base_url cannot be combined with {clash or ['backends']}: base_url "
+                    "configures a single server; list several in backends=[...]"
+                )
+            configs = coerce_backends(
+                [{"name": "default", "base_url": ollama_host_url(self.base_url, what="base_url")}]
+            )
+        elif self.backends is not None:
             configs = coerce_backends(self.backends)
         else:
             configs = coerce_backends(
@@ -411,6 +509,8 @@ class HybridChatOllama(BaseChatModel):
             raise ConfigurationError(
                 f"oom_cooldown must be >= 0 seconds, got {self.oom_cooldown!r}"
             )
+        if self.client_kwargs:
+            configs = [_with_client_kwargs(c, self.client_kwargs) for c in configs]
         default_t = self.timeouts
         if default_t is None and self.timeout is not None:
             default_t = Timeouts(first_token=self.timeout, idle=self.timeout)
@@ -489,10 +589,10 @@ class HybridChatOllama(BaseChatModel):
         tkw: dict[str, Any] = {"verify": cfg.verify}
         if "cert" in extra:
             tkw["cert"] = extra.pop("cert")
-        return ChatOllama(
+        return _InnerChatOllama(
             model=self.model,
-            base_url=cfg.base_url,
-            client_kwargs={"headers": dict(cfg.headers), **extra},
+            base_url=cfg.plain_url,
+            client_kwargs={"headers": dict(cfg.request_headers), **extra},
             sync_client_kwargs={"transport": PhaseTimeoutTransport(cfg.timeouts, sync_t, **tkw)},
             async_client_kwargs={
                 "transport": AsyncPhaseTimeoutTransport(cfg.timeouts, async_t, **tkw)

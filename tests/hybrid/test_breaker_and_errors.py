@@ -147,7 +147,7 @@ def test_credentials_never_leak(
                 name="gpu",
                 base_url=f"http://alice:s3cr3t-pw@127.0.0.1:{gpu.port}",
                 timeouts=FAST,
-                headers={"Authorization": "Bearer tok-XYZ"},
+                headers={"X-Api-Key": "Bearer tok-XYZ"},
             ),
             BackendConfig(
                 name="cpu",

@@ -51,6 +51,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OLLAMA_GPU_URL", raising=False)
     monkeypatch.delenv("OLLAMA_CPU_URL", raising=False)
+    monkeypatch.delenv("OLLAMA_HOST", raising=False)
 
 
 # --------------------------------------------------------------------------- validate_base_url
@@ -84,12 +85,12 @@ def test_validate_base_url_accepts(url: str, expected: str) -> None:
         ("http://", "'http://'", "has no host"),
         ("http://:11434", "'http://:11434'", "has no host"),
         ("http://host:abc", "'http://host:abc'", "not a valid URL"),
-        ("http://h/?q=1", "'http://h/?q=1'", "must not have a query or fragment"),
-        ("http://h#frag", "'http://h#frag'", "must not have a query or fragment"),
+        ("http://h/?q=1", "'http://h/?q=***'", "must not have a query or fragment"),
+        ("http://h#frag", "'http://h#***'", "must not have a query or fragment"),
         (f"admin:{SECRET}@localhost:11434", "'***@localhost:11434'", "has no scheme"),
         (f"http://admin:{SECRET}@host:abc", "'http://***@host:abc'", "not a valid URL"),
         (f"ftp://admin:{SECRET}@host", "'ftp://***@host'", "scheme must be http or https"),
-        (f"http://admin:{SECRET}@h/?q=1", "'http://***@h/?q=1'", "query or fragment"),
+        (f"http://admin:{SECRET}@h/?q=1", "'http://***@h/?q=***'", "query or fragment"),
     ],
 )
 def test_validate_base_url_rejects_naming_the_url(url: str, shown: str, why: str) -> None:
@@ -149,7 +150,7 @@ def test_validate_base_url_never_leaks_a_password_with_a_slash() -> None:
         (f"http://admin:p@ss{SECRET}@host:1", "http://***@host:1"),
         (f"http://admin:p%40ss{SECRET}@host:1", "http://***@host:1"),
         (f"http://admin:p?{SECRET}@host:1", "http://***@host:1"),
-        (f"http://admin:{SECRET}@host?x=1", "http://***@host?x=1"),
+        (f"http://admin:{SECRET}@host?x=1", "http://***@host?x=***"),
         (f"HTTP://ADMIN:{SECRET}@HOST", "HTTP://***@HOST"),
         (f"admin:{SECRET}@localhost:11434", "***@localhost:11434"),
         (f"ftp://admin:{SECRET}@host", "ftp://***@host"),
@@ -294,17 +295,23 @@ def test_backend_config_repr_hides_password_and_headers() -> None:
     b = BackendConfig(
         name="remote",
         base_url=f"https://admin:{SECRET}@gpu.example.com:11434",
-        headers={"Authorization": f"Bearer {TOKEN}"},
+        headers={"X-Api-Key": f"Bearer {TOKEN}"},
         client_kwargs={"trust_env": False},
     )
-    for text in (repr(b), str(b), f"{b}", f"{b!r}", repr([b]), str({"b": b}), b.safe_url):
-        assert SECRET not in text and TOKEN not in text and "Authorization" not in text, text
+    texts = (repr(b), str(b), f"{b}", f"{b!r}", repr([b]), str({"b": b}), b.safe_url)
+    texts += (b.model_dump_json(), str(b.model_dump()), repr(b.headers))
+    for text in texts:
+        assert SECRET not in text and TOKEN not in text, text
+    assert "X-Api-Key" not in repr(b)
     assert repr(b) == (
         "BackendConfig(name='remote', base_url='https://***@gpu.example.com:11434', "
         "kind='gpu', priority=0, max_parallel=1)"
     )
     # the real values are kept for use
-    assert SECRET in b.base_url and b.headers["Authorization"].endswith(TOKEN)
+    assert SECRET in b.base_url and b.headers["X-Api-Key"].get_secret_value().endswith(TOKEN)
+    assert b.request_headers["X-Api-Key"].endswith(TOKEN)
+    assert b.request_headers["Authorization"].startswith("Basic ")  # from the URL
+    assert SECRET not in b.plain_url and "admin" not in b.plain_url
 
 
 @pytest.mark.parametrize(
@@ -652,7 +659,7 @@ def test_model_repr_and_str_never_show_credentials(clean_env: None) -> None:
             BackendConfig(
                 name="a",
                 base_url=f"https://admin:{SECRET}@a.lan",
-                headers={"Authorization": f"Bearer {TOKEN}"},
+                headers={"X-Token": f"Bearer {TOKEN}"},
             ),
             {"name": "b", "base_url": "http://b.lan:1", "headers": {"X-Api-Key": TOKEN}},  # type: ignore[list-item]
         ],
@@ -666,12 +673,14 @@ def test_model_repr_and_str_never_show_credentials(clean_env: None) -> None:
             str(llm._identifying_params),
             str(llm._get_invocation_params()),
             str(llm.to_json()),
+            llm.model_dump_json(),
+            str(llm.model_dump()),
         ]
         for text in texts:
             assert SECRET not in text and TOKEN not in text, text
     assert "***@gpu.lan:11434" in str(by_url._identifying_params)
     # the real credentials are still used
-    assert by_backend.backend_configs[0].headers == {"Authorization": f"Bearer {TOKEN}"}
+    assert by_backend.backend_configs[0].request_headers["X-Token"] == f"Bearer {TOKEN}"
 
 
 @pytest.mark.parametrize(
