@@ -90,6 +90,8 @@ class BackendRuntime:
     """normalized model -> (num_ctx, until, message) (learned out-of-memory)"""
     stats: BackendStats = field(default_factory=BackendStats)
     client: httpx.Client | None = None
+    publish: SharedBreaker | None = None
+    """A breaker change to hand to the fleet once the router's lock is released."""
     fleet: SharedBackend | None = None
     """The fleet's view of this backend (fleet mode, shared store reachable), else None."""
 
@@ -132,6 +134,14 @@ def _parse_tags(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return out
 
 
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _json_list(resp: httpx.Response, key: str) -> list[Mapping[str, Any]]:
     resp.raise_for_status()
     data = resp.json()
@@ -155,12 +165,14 @@ class Router:
         missing_ttl: float = 60.0,
         background_probes: bool = True,
         first_probe_wait: float = 0.25,
+        recheck_interval: float = 1.0,
         nvml: Any = None,
         host_memory: Callable[[], int | None] | None = None,
         shared_state: SharedState | None = None,
     ) -> None:
         self.clock = clock
         self.first_probe_wait = first_probe_wait
+        self.recheck_interval = recheck_interval
         self._primed = not background_probes or first_probe_wait <= 0
         """True once no plan needs to wait for a first probe any more."""
         self._prime_deadline: float | None = None
@@ -210,6 +222,7 @@ class Router:
         sizes: Mapping[str, float],
         policy: RoutePolicy,
         schedule_refresh: bool = True,
+        wait: bool = True,
     ) -> RoutePlan:
         """Plan a call. Plans are cached until the router's state changes (a probe, a
         failure, a breaker transition, a change of in-flight counts or of the size table) or
@@ -222,8 +235,8 @@ class Router:
                 self._keys.clear()
         if schedule_refresh and self.background_probes:
             self._schedule_stale(now, key)
-        if not self._primed:
-            self.wait_first_probes()
+        if wait:
+            self.wait_for_evidence()
         if self._shared is not None:
             self._apply_fleet_view(now)
         with self._lock:
@@ -290,20 +303,58 @@ class Router:
         if all(f.done() for f in futs) or time.perf_counter() >= self._prime_deadline:
             self._primed = True
 
-    def wait_first_probes(self) -> None:
-        """Block until every backend's first probe is in, or the first-probe budget is spent."""
+    def _stuck(self, now: float) -> bool:
+        """Whether no backend can be tried: each has a closed-off circuit or a failed probe."""
+        for b in self._backends:
+            if b.breaker.would_allow(now) and (b.probe is None or b.probe.ok):
+                return False
+        return True
+
+    def _recheck(self, now: float) -> list[concurrent.futures.Future[ProbeResult]]:
+        """Probe the backends a call cannot use (at most one probe each per
+        ``recheck_interval``), so a call does not fail on an outage that is already over."""
+        futs = []
+        with self._lock:
+            for b in self._backends:
+                if b.breaker.would_allow(now) and (b.probe is None or b.probe.ok):
+                    continue
+                fut = b.probe_future
+                if fut is None and (b.probe is None or now - b.probe.at >= self.recheck_interval):
+                    fut = self._submit_probe(b)
+                if fut is not None:
+                    futs.append(fut)
+        return futs
+
+    def _evidence(self) -> tuple[list[concurrent.futures.Future[ProbeResult]], float, bool]:
+        """Probes worth waiting for before planning, the budget, and whether they were first
+        probes. Cheap when nothing is pending: a flag and one breaker check per backend."""
         if not self._primed:
             futs, left = self._first_probes()
             if futs:
-                concurrent.futures.wait(futs, timeout=left)
+                return futs, left, True
+        if self.background_probes and self.first_probe_wait > 0:
+            now = self.clock()
+            if self._stuck(now):
+                return self._recheck(now), self.first_probe_wait, False
+        return [], 0.0, False
+
+    def wait_for_evidence(self) -> None:
+        """Block until the probes a plan needs are in (first probes of a fresh router, or a
+        recheck of backends that are all closed off), bounded by ``first_probe_wait``."""
+        futs, left, first = self._evidence()
+        if futs:
+            if _in_event_loop():
+                return  # never block a loop: async calls await_evidence() before planning
+            concurrent.futures.wait(futs, timeout=left)
+            if first:
                 self._after_first_wait(futs)
 
-    async def await_first_probes(self) -> None:
-        """The async twin of :meth:`wait_first_probes`: awaits, never blocks the loop."""
-        if not self._primed:
-            futs, left = self._first_probes()
-            if futs:
-                await asyncio.wait([asyncio.wrap_future(f) for f in futs], timeout=left)
+    async def await_evidence(self) -> None:
+        """The async twin of :meth:`wait_for_evidence`: awaits, never blocks the loop."""
+        futs, left, first = self._evidence()
+        if futs:
+            await asyncio.wait([asyncio.wrap_future(f) for f in futs], timeout=left)
+            if first:
                 self._after_first_wait(futs)
 
     def _snapshots(
@@ -354,7 +405,8 @@ class Router:
             br = b.breaker
             retry_at = br.retry_at()
             if retry_at is not None and now < retry_at:
-                valid_until = min(valid_until, retry_at)
+                # "trial call in N s" must be true when shown: re-plan every 0.1 s meanwhile.
+                valid_until = min(valid_until, retry_at, now + 0.1)
             allows = br.would_allow(now)
             if allows and b.fleet is not None and b.fleet.breaker is not None:
                 allows = not b.fleet.breaker.trial_busy  # another worker holds the trial
@@ -612,6 +664,8 @@ class Router:
                     b.probe_future = None
                     self._version += 1
                     self._next_probe_check = float("-inf")
+                    self._apply_probe_evidence(b, res)
+                self._publish_pending(b)
                 return res
         res = self._probe_http(b)
         if sh is not None:
@@ -653,6 +707,8 @@ class Router:
             b.probe_future = None
             self._version += 1
             self._next_probe_check = float("-inf")
+            self._apply_probe_evidence(b, res)
+        self._publish_pending(b)
         if res.ok:
             logger.debug(
                 "probe %s ok in %.1f ms: %d models, %d loaded",
@@ -664,6 +720,44 @@ class Router:
         else:
             logger.info("probe %s failed: %s", b.config.name, res.reason)
         return res
+
+    def _publish_pending(self, b: BackendRuntime) -> None:
+        """Hand a breaker change decided under the lock to the fleet (outside the lock)."""
+        pending, b.publish = b.publish, None
+        if pending is not None and self._shared is not None:
+            self._shared.publish_breaker(b.config.name, pending, self.clock())
+
+    def _apply_probe_evidence(self, b: BackendRuntime, res: ProbeResult) -> None:
+        """What a probe proves about learned failures (called under the lock): a server that
+        answers may take its trial call now; a model /api/tags lists is no longer missing."""
+        if not res.ok:
+            b.breaker.probe_failed()
+            return
+        if b.breaker.probe_succeeded():
+            logger.info("probe %s ok: circuit half-open, next call is its trial", b.config.name)
+            if self._shared is not None:  # published after the lock; keeps the fleet's
+                br = b.breaker  # view from re-opening it
+                b.publish = SharedBreaker("half_open", br.failures, br.opened_at, br.cooldown)
+        if b.missing and res.models is not None:
+            for key in [k for k in b.missing if k in res.models]:
+                del b.missing[key]
+
+    def reset(self, name: str | None = None) -> None:
+        """Forget learned failures of backend ``name`` (all when None): circuit, remembered
+        404s, out-of-memory marks and a failed probe (it is probed again on the next plan)."""
+        targets = [self.get(name)] if name is not None else self._backends
+        with self._lock:
+            for b in targets:
+                b.breaker.reset()
+                b.missing.clear()
+                b.oom.clear()
+                if b.probe is not None and not b.probe.ok:
+                    b.probe = None
+            self._version += 1
+            self._next_probe_check = float("-inf")
+        if self._shared is not None:  # closes the circuits fleet-wide too
+            for b in targets:
+                self._shared.publish_breaker(b.config.name, SharedBreaker("closed"), self.clock())
 
     def _read_capacity(self, cfg: BackendConfig, res: ProbeResult) -> None:
         if not cfg.is_local:

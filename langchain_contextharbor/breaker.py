@@ -10,6 +10,20 @@ the router owns both. States:
 * ``half_open`` — the cooldown passed; exactly one trial call is let through. Success
   closes the circuit, failure re-opens it with the cooldown multiplied by ``backoff``
   (capped at ``max_cooldown``).
+
+Evidence beats the timer: a successful health probe of an open backend
+(:meth:`CircuitBreaker.probe_succeeded`) moves it to ``half_open`` at once, so the next call
+is its trial instead of waiting out the cooldown. To keep a server whose probes answer but
+whose generation hangs from turning every probe into a trial, the shortcut is taken once per
+open period, and again only after a probe has seen the server down in between (it went
+away and came back). :meth:`CircuitBreaker.reset` forgets everything (the operator said so).
+
+::
+
+    closed --failures >= threshold--> open --cooldown over / probe ok--> half_open
+       ^                                ^                                  |
+       |                                +-------- trial failed (backoff) --+
+       +---------------------------------------- trial succeeded ----------+
 """
 
 from __future__ import annotations
@@ -58,7 +72,16 @@ class BreakerPolicy:
 class CircuitBreaker:
     """State of one backend's circuit. Not thread-safe by itself: the router locks."""
 
-    __slots__ = ("_cooldown", "_trial_in_flight", "failures", "opened_at", "policy", "state")
+    __slots__ = (
+        "_cooldown",
+        "_down_seen",
+        "_shortcut_used",
+        "_trial_in_flight",
+        "failures",
+        "opened_at",
+        "policy",
+        "state",
+    )
 
     def __init__(self, policy: BreakerPolicy | None = None) -> None:
         self.policy = policy or BreakerPolicy()
@@ -67,6 +90,8 @@ class CircuitBreaker:
         self.opened_at: float | None = None
         self._cooldown = self.policy.cooldown
         self._trial_in_flight = False
+        self._shortcut_used = False
+        self._down_seen = False
 
     @property
     def cooldown(self) -> float:
@@ -114,6 +139,29 @@ class CircuitBreaker:
         self.opened_at = None
         self._cooldown = self.policy.cooldown
         self._trial_in_flight = False
+        self._shortcut_used = False
+        self._down_seen = False
+
+    def reset(self) -> None:
+        """Forget every failure: closed, no backoff (e.g. ``HybridChatOllama.reset()``)."""
+        self.record_success()
+
+    def probe_failed(self) -> None:
+        """A health probe found the server down (remembered for :meth:`probe_succeeded`)."""
+        if self.state != "closed":
+            self._down_seen = True
+
+    def probe_succeeded(self) -> bool:
+        """A health probe found the server up. An open circuit becomes half-open now (its
+        trial call is the next call) unless this shortcut was already taken in this outage
+        and no probe has seen the server down since. Returns whether the state changed."""
+        if self.state != "open" or (self._shortcut_used and not self._down_seen):
+            return False
+        self.state = "half_open"
+        self._trial_in_flight = False
+        self._shortcut_used = True
+        self._down_seen = False
+        return True
 
     def record_failure(self, now: float) -> None:
         """A counted failure (the classifier said it counts against the backend)."""
@@ -122,6 +170,8 @@ class CircuitBreaker:
             self._cooldown = min(self._cooldown * self.policy.backoff, self.policy.max_cooldown)
             self._open(now)
         elif self.state == "closed" and self.failures >= self.policy.failure_threshold:
+            self._shortcut_used = False
+            self._down_seen = False
             self._open(now)
 
     def release(self) -> None:

@@ -727,8 +727,21 @@ class HybridChatOllama(BaseChatModel):
         return (urls.get(plan.primary or ""), urls.get(plan.fallback or ""))
 
     def refresh(self, model: str | None = None) -> dict[str, Any]:
-        """Probe every backend now and wait (shares a probe already running)."""
+        """Probe every backend now and wait (shares a probe already running).
+
+        What the probes prove is applied at once: a backend whose circuit is open and that
+        answers gets its trial call on the next call, and a model its ``/api/tags`` lists
+        is no longer remembered as missing there (after an ``ollama pull``)."""
         return self._h.router.refresh(model or self.model)
+
+    def reset(self, backend: str | None = None) -> None:
+        """Forget what was learned from failures, on one backend or (None) all of them:
+        open circuits and their backoff, remembered 404s, out-of-memory marks, a failed
+        probe. Use it after fixing a server by hand; routing starts from fresh facts."""
+        names = [c.name for c in self._h.configs]
+        if backend is not None and backend not in names:
+            raise ConfigurationError(f"no backend named {backend!r}; configured: {names}")
+        self._h.router.reset(backend)
 
     async def arefresh(self, model: str | None = None) -> dict[str, Any]:
         return await self._h.router.arefresh(model or self.model)
@@ -985,7 +998,7 @@ class HybridChatOllama(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         """The async twin of :meth:`_routed_stream`; the decisions are shared."""
-        await self._h.router.await_first_probes()  # so _start's plan never blocks the loop
+        await self._h.router.await_evidence()  # so _start's plan never blocks the loop
         call = self._start(kwargs)
         stop = self._effective_stop(stop)
         router = self._h.router

@@ -123,3 +123,93 @@ def test_no_wait_when_probes_are_off(build: Build) -> None:
     model, _, _ = build([SMALL], [SMALL, QWEN], model=QWEN, background_probes=False)
     model.select_backend()
     assert all(b.probe is None and b.probe_future is None for b in model.router.backends)
+
+
+# ---------------------------------------------------------------- recovery on evidence
+def test_a_successful_probe_makes_the_next_call_the_trial(build: Build, clock: FakeClock) -> None:
+    model, gpu, _ = build([SMALL], [SMALL])
+    model.select_backend()  # first probes: both up
+    gpu.inject(Fault.REFUSE)
+    assert model.invoke("a").response_metadata["backend"] == "cpu"
+    assert model.stats()["gpu"]["circuit"] == "open"
+    gpu.clear_faults()  # the server is back, 1 s into a 15 s cooldown
+    clock.advance(1)
+    model.refresh()
+    assert model.stats()["gpu"]["circuit"] == "half_open"
+    plan = model.select_backend()
+    assert plan.primary == "gpu"
+    assert any("trial call" in r for r in plan.candidates[0].reasons)
+    assert model.invoke("b").response_metadata["backend"] == "gpu"
+    assert model.stats()["gpu"]["circuit"] == "closed"
+
+
+def test_a_probe_that_answers_while_chat_hangs_gives_one_early_trial_only(
+    build: Build, clock: FakeClock
+) -> None:
+    model, gpu, _ = build([SMALL], [SMALL], timeouts=Timeouts(connect=0.5, first_token=0.2))
+    gpu.inject(Fault.HANG_BEFORE_FIRST_CHUNK)  # /api/tags keeps answering, chat hangs
+    assert model.invoke("a").response_metadata["backend"] == "cpu"
+    model.refresh()  # ok: the early trial is granted...
+    assert model.invoke("b").response_metadata["backend"] == "cpu"  # ...and fails
+    assert model.stats()["gpu"]["circuit"] == "open"
+    clock.advance(1)
+    model.refresh()  # answers again, but nothing new was learned: the backoff stands
+    assert model.stats()["gpu"]["circuit"] == "open"
+    assert len(gpu.requests_to("/api/chat")) == 2
+    gpu.clear_faults()
+
+
+def test_calls_recover_as_soon_as_both_servers_are_back(build: Build, clock: FakeClock) -> None:
+    model, gpu, cpu = build([SMALL], [SMALL])
+    model.select_backend()  # first probes: both up
+    gpu.inject(Fault.REFUSE)
+    cpu.inject(Fault.REFUSE)
+    with pytest.raises(Exception, match="connect"):
+        model.invoke("a")
+    with pytest.raises(Exception, match=r"circuit open, trial call in 15\.0s"):
+        model.invoke("b")
+    clock.advance(0.5)
+    with pytest.raises(Exception, match=r"trial call in 14\.5s"):  # tells the truth
+        model.invoke("c")
+    gpu.clear_faults()
+    cpu.clear_faults()
+    clock.advance(1)  # 13.5 s of cooldown left; the call re-probes and finds them up
+    assert model.invoke("d").response_metadata["backend"] == "gpu"
+
+    gpu.inject(Fault.REFUSE)
+    cpu.inject(Fault.REFUSE)
+    with pytest.raises(Exception, match="connect"):
+        asyncio.run(model.ainvoke("e"))
+    gpu.clear_faults()
+    cpu.clear_faults()
+    clock.advance(1)
+    assert asyncio.run(model.ainvoke("f")).response_metadata["backend"] == "gpu"
+
+
+def test_tags_listing_a_model_clears_a_remembered_404(build: Build) -> None:
+    model, gpu, _ = build(["other:1b"], [SMALL], background_probes=False)
+    assert model.invoke("a").response_metadata["backend"] == "cpu"  # 404 learned on the gpu
+    gpu.add_model(SMALL)  # ollama pull
+    assert model.invoke("b").response_metadata["backend"] == "cpu"  # still remembered
+    model.refresh()
+    assert model.select_backend().primary == "gpu"
+    assert model.invoke("c").response_metadata["backend"] == "gpu"
+
+
+def test_reset_forgets_learned_failures(build: Build) -> None:
+    from langchain_contextharbor import ConfigurationError
+
+    model, gpu, _ = build(["other:1b"], [SMALL], background_probes=False)
+    gpu.inject(Fault.REFUSE)
+    assert model.invoke("a").response_metadata["backend"] == "cpu"
+    gpu.clear_faults()
+    assert model.select_backend().backends == ["cpu"]
+    with pytest.raises(ConfigurationError, match="no backend named 'nope'"):
+        model.reset("nope")
+    model.reset("cpu")  # not the one that failed
+    assert model.select_backend().backends == ["cpu"]
+    model.reset("gpu")
+    assert model.select_backend().backends == ["gpu", "cpu"]
+    assert model.invoke("b").response_metadata["backend"] == "cpu"  # 404 this time
+    model.reset()
+    assert model.select_backend().backends == ["gpu", "cpu"]

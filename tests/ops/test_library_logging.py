@@ -32,6 +32,7 @@ SCRIPT = textwrap.dedent(
                 BackendConfig(name="cpu", base_url=cpu.url, kind="cpu"),
             ],
         )
+        llm.invoke("warm up")  # the first call plans on probes: both servers are up
         gpu.stop()
         msg = llm.invoke("hi")
         print("served by", msg.response_metadata["backend"])

@@ -10,7 +10,8 @@ from langchain_contextharbor import BreakerPolicy, CircuitBreaker
 
 # A scripted step: (operation, now, expected state afterwards, expected return or None).
 # Operations: "allow" (would_allow, no state change), "acquire", "ok" (record_success),
-# "fail" (record_failure), "release" (no verdict).
+# "fail" (record_failure), "release" (no verdict), "probe_ok" (probe_succeeded, returns
+# whether the state changed), "probe_down" (probe_failed), "reset".
 Step = tuple[str, float, str, bool | None]
 
 
@@ -28,6 +29,14 @@ def _run(breaker: CircuitBreaker, steps: list[Step]) -> None:
             got = None
         elif op == "release":
             breaker.release()
+            got = None
+        elif op == "probe_ok":
+            got = breaker.probe_succeeded()
+        elif op == "probe_down":
+            breaker.probe_failed()
+            got = None
+        elif op == "reset":
+            breaker.reset()
             got = None
         else:  # pragma: no cover - table typo
             raise AssertionError(op)
@@ -128,6 +137,72 @@ SCRIPTS: dict[str, tuple[BreakerPolicy, list[Step]]] = {
             ("fail", 0, "open", None),
             ("fail", 5, "open", None),
             ("allow", 10, "open", True),
+        ],
+    ),
+    "a successful probe ends the cooldown: the next call is the trial": (
+        BreakerPolicy(cooldown=15),
+        [
+            ("fail", 0, "open", None),
+            ("allow", 1, "open", False),
+            ("probe_ok", 1, "half_open", True),
+            ("allow", 1, "half_open", True),
+            ("acquire", 1, "half_open", True),
+            ("ok", 2, "closed", None),
+        ],
+    ),
+    "probes answering while calls fail: one early trial per outage": (
+        BreakerPolicy(cooldown=15, backoff=2),
+        [
+            ("fail", 0, "open", None),
+            ("probe_ok", 1, "half_open", True),
+            ("acquire", 1, "half_open", True),
+            ("fail", 2, "open", None),  # the trial failed: cooldown 30 from t=2
+            ("probe_ok", 3, "open", False),  # same evidence again: no second shortcut
+            ("allow", 31.9, "open", False),
+            ("allow", 32, "open", True),
+        ],
+    ),
+    "down then up again earns a new early trial": (
+        BreakerPolicy(cooldown=15),
+        [
+            ("fail", 0, "open", None),
+            ("probe_ok", 1, "half_open", True),
+            ("acquire", 1, "half_open", True),
+            ("fail", 2, "open", None),
+            ("probe_down", 3, "open", None),
+            ("probe_ok", 4, "half_open", True),
+        ],
+    ),
+    "probes of a closed circuit change nothing": (
+        BreakerPolicy(),
+        [
+            ("probe_down", 0, "closed", None),
+            ("probe_ok", 0, "closed", False),
+            ("acquire", 0, "closed", True),
+        ],
+    ),
+    "a new outage after recovery earns the shortcut again": (
+        BreakerPolicy(cooldown=15),
+        [
+            ("fail", 0, "open", None),
+            ("probe_ok", 1, "half_open", True),
+            ("acquire", 1, "half_open", True),
+            ("ok", 2, "closed", None),
+            ("fail", 3, "open", None),
+            ("probe_ok", 4, "half_open", True),
+        ],
+    ),
+    "reset forgets failures and backoff": (
+        BreakerPolicy(cooldown=10, backoff=3),
+        [
+            ("fail", 0, "open", None),
+            ("acquire", 10, "half_open", True),
+            ("fail", 10, "open", None),  # cooldown now 30
+            ("reset", 11, "closed", None),
+            ("acquire", 11, "closed", True),
+            ("fail", 12, "open", None),
+            ("allow", 21.9, "open", False),
+            ("allow", 22, "open", True),  # back to the base cooldown
         ],
     ),
     "zero cooldown: trial allowed at once": (
