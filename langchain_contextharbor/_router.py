@@ -452,8 +452,12 @@ class Router:
         return None, p.capacity_source
 
     # ------------------------------------------------------------------ call lifecycle
-    def acquire(self, name: str) -> bool:
-        """Reserve a call on ``name`` (breaker permitting) and count it in flight."""
+    def acquire(self, name: str, spill_to: Sequence[str] = ()) -> bool:
+        """Reserve a call on ``name`` (breaker permitting) and count it in flight.
+
+        In fleet mode the reservation is checked fleet-wide: False when another worker
+        holds the trial call, or when ``name`` has no free slot but one of ``spill_to``
+        (the plan's next candidates, in order) has."""
         b = self._by_name[name]
         now = self.clock()
         with self._lock:
@@ -466,8 +470,9 @@ class Router:
             b.stats.requests += 1
             trial = b.breaker.state == "half_open"
         sh = self._shared
-        if sh is not None and sh.acquire(name, now, trial=trial) is False:
-            # Another worker holds the fleet's one trial call: this call skips the backend.
+        if sh is not None and sh.acquire(name, now, trial=trial, spill_to=spill_to) is False:
+            # Another worker holds the fleet's trial call, or took the last free slot since
+            # this call was planned while a later candidate still has one: skip to it.
             with self._lock:
                 b.in_flight -= 1
                 b.stats.requests -= 1

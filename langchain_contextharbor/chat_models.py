@@ -78,6 +78,7 @@ from langchain_contextharbor.errors import (
     StreamInterruptedError,
     TruncatedStreamError,
 )
+from langchain_contextharbor.fleet import REDIS_URL_ENV, SharedState, make_shared_state
 from langchain_contextharbor.routing import RoutePlan, RoutePolicy
 from langchain_contextharbor.sizing import (
     DEFAULT_MODEL_SIZES,
@@ -116,6 +117,10 @@ _PASSTHROUGH = (
 _METADATA_KEY = "contextharbor"
 _CLIENT_KWARGS_T = ("client_kwargs", "async_client_kwargs", "sync_client_kwargs")
 _CLIENT_KWARGS = frozenset(_CLIENT_KWARGS_T)
+_NOT_ADMITTED = (
+    "not admitted at send time: circuit opened, or (fleet mode) the trial call or the "
+    "last free slot went to another worker"
+)
 
 
 def _is_final(chunk: ChatGenerationChunk) -> bool:
@@ -441,6 +446,13 @@ class HybridChatOllama(BaseChatModel):
     nvml: Any = Field(default=None, exclude=True, repr=False)
     """A pynvml-compatible module (tests inject a fake); default: real pynvml, lazily."""
     host_memory: Callable[[], int | None] | None = Field(default=None, exclude=True, repr=False)
+    shared_state: str | SharedState | None = Field(
+        default_factory=from_env(REDIS_URL_ENV, default=None), exclude=True, repr=False
+    )
+    """Fleet mode: share in-flight counts, circuit breakers, 404/OOM marks and probe results
+    with every worker process that names the same store, e.g. ``"redis://127.0.0.1:6379/0"``
+    (env ``CONTEXTHARBOR_REDIS_URL``; needs ``pip install 'langchain-contextharbor[fleet]'``).
+    None (default): this process decides alone. Never shown in reprs or dumps."""
 
     @field_serializer("base_url", "gpu_url", "cpu_url")
     def _dump_url(self, v: str | None) -> str | None:
@@ -543,6 +555,11 @@ class HybridChatOllama(BaseChatModel):
             first_probe_wait=self.first_probe_wait,
             nvml=self.nvml,
             host_memory=self.host_memory,
+            shared_state=make_shared_state(
+                self.shared_state,
+                [c.name for c in configs],
+                max_parallel={c.name: c.max_parallel for c in configs},
+            ),
         )
         self._hot = _HotState(configs, router, id(self))
         return self
@@ -883,11 +900,19 @@ class HybridChatOllama(BaseChatModel):
                 call.plan = self._plan(call.model, call.num_ctx)
                 call.skipped = list(call.plan.skipped)
             tried = False
-            for cand in call.plan.candidates:
+            cands = call.plan.candidates
+            for i, cand in enumerate(cands):
                 cfg = router.get(cand.backend).config
-                if not router.acquire(cfg.name):
+                # Fleet mode re-checks the slot fleet-wide and may send the call on to a later
+                # candidate with a free slot (spill-over on fresh counts).
+                spill = [c.backend for c in cands[i + 1 :]] if self.spillover else ()
+                if not router.acquire(cfg.name, spill):
                     call.skipped.append(
-                        SkipRecord(cfg.name, cfg.safe_url, "circuit opened during this call")
+                        SkipRecord(
+                            cfg.name,
+                            cfg.safe_url,
+                            _NOT_ADMITTED,
+                        )
                     )
                     continue
                 tried = True

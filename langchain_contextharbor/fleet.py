@@ -22,7 +22,7 @@ then decides on its local state alone.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -89,10 +89,14 @@ class SharedState(Protocol):
         """The fleet's state of every backend, or None when unavailable."""
         ...
 
-    def acquire(self, backend: str, now: float, *, trial: bool) -> bool | None:
-        """Count a call in flight on ``backend``. With ``trial`` the call is the breaker's
-        trial call: True only for the one worker that gets it fleet-wide. None: store
-        unavailable (the local decision stands)."""
+    def acquire(
+        self, backend: str, now: float, *, trial: bool, spill_to: Sequence[str] = ()
+    ) -> bool | None:
+        """Count a call in flight on ``backend``, atomically with two checks: with
+        ``trial`` the call is the breaker's trial call, granted to one worker fleet-wide;
+        without it, when ``backend`` has no free slot fleet-wide but one of ``spill_to``
+        (the plan's next candidates) has, False sends the call on (spill-over with fresh
+        counts). None: store unavailable (the local decision stands)."""
         ...
 
     def release(self, backend: str, now: float) -> None:
@@ -140,7 +144,9 @@ class LocalState:
     def view(self, now: float) -> Mapping[str, SharedBackend] | None:
         return None
 
-    def acquire(self, backend: str, now: float, *, trial: bool) -> bool | None:
+    def acquire(
+        self, backend: str, now: float, *, trial: bool, spill_to: Sequence[str] = ()
+    ) -> bool | None:
         return None
 
     def release(self, backend: str, now: float) -> None:
@@ -196,4 +202,11 @@ def make_shared_state(
                 f"shared_state must be a redis:// URL or a SharedState, got {type(spec).__name__}"
             )
         return spec
-    raise ConfigurationError("shared_state URLs need the Redis implementation (not built yet)")
+    try:
+        from langchain_contextharbor._fleet_redis import RedisSharedState
+    except ImportError as exc:
+        raise ConfigurationError(
+            "fleet mode needs the redis client: pip install 'langchain-contextharbor[fleet]' "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    return RedisSharedState(spec, backends, clock=clock, **options)

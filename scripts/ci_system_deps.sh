@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# System packages the test suite needs (systemd-analyze for the unit-file tests).
+# System packages the test suite needs: systemd-analyze (unit-file tests) and redis-server
+# (fleet-mode tests start a real one on loopback).
 # Idempotent and quiet; never fails the run by itself: the tests that need a tool skip
-# with a reason when it is missing locally, but CI sets CONTEXTHARBOR_REQUIRE_SYSTEMD=1.
+# with a reason when it is missing locally, but CI sets CONTEXTHARBOR_REQUIRE_SYSTEMD=1 and
+# CONTEXTHARBOR_REQUIRE_REDIS=1 so that they fail there instead.
 set -u
-if ! command -v systemd-analyze >/dev/null 2>&1; then
+missing=()
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null) \
-      || echo "ci_system_deps: could not install systemd" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+      || echo "ci_system_deps: could not install ${missing[*]}" >&2
   fi
 fi
 exit 0

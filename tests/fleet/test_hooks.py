@@ -7,7 +7,7 @@ real redis-server in the other files of this directory.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_contextharbor import BackendConfig, BreakerPolicy
@@ -43,7 +43,9 @@ class Recording:
         self.calls.append(("view", now))
         return dict(self.backends) if self.up else None
 
-    def acquire(self, backend: str, now: float, *, trial: bool) -> bool | None:
+    def acquire(
+        self, backend: str, now: float, *, trial: bool, spill_to: Sequence[str] = ()
+    ) -> bool | None:
         self.calls.append(("acquire", (backend, trial)))
         return False if (trial and self.refuse_trial) else True
 

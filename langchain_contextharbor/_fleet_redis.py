@@ -1,0 +1,490 @@
+"""The Redis implementation of :class:`~langchain_contextharbor.fleet.SharedState`.
+
+Imported only when fleet mode is asked for (``shared_state="redis://..."`` or
+``CONTEXTHARBOR_REDIS_URL``); needs ``pip install 'langchain-contextharbor[fleet]'``.
+
+Layout (every key under ``contextharbor:<namespace>:``; backends by name, so every worker of
+a fleet must give the same servers the same names):
+
+* ``lease:<backend>`` — sorted set of calls in flight, one member per call, scored with
+  its expiry (fleet clock). A worker renews the leases it holds every ``lease_ttl / 3``;
+  a worker that dies stops renewing and its calls stop counting within ``lease_ttl``.
+* ``breaker:<backend>`` — hash of an open circuit (opened_at, cooldown, failures);
+  absent = closed. ``trial:<backend>`` — who holds the fleet's one trial call.
+* ``marks:<backend>`` — hash of learned 404 / out-of-memory marks (JSON per model).
+* ``probe:<backend>`` — the last probe result (JSON) with its time; ``probing:<backend>``
+  — a short lock so that one worker probes per TTL for the whole fleet.
+* ``ver`` — bumped on every breaker, trial or mark change, so a plan reads the in-flight
+  counts plus one integer (one round trip) and fetches the rest only when it changed.
+
+Per call: one round trip to plan (pipelined), one to acquire (a Lua script: trial claim,
+slot check, lease) and one to release. Times cross processes on the fleet clock
+(``time.time`` unless injected); the router's clock is converted at the edge.
+
+Failure policy: every Redis error (connection refused, timeout after ``timeout`` seconds,
+anything) is caught; the store is then treated as absent for a back-off period (1 s,
+doubling to 30 s, on the router's clock) during which the router decides locally. The first
+error of an outage is logged once at WARNING, the recovery at INFO. The URL's credentials
+never appear in logs, reprs or ``describe()``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, fields
+from typing import Any
+
+import redis
+
+from langchain_contextharbor._router import ProbeResult
+from langchain_contextharbor.backends import redact_url
+from langchain_contextharbor.errors import ConfigurationError
+from langchain_contextharbor.fleet import (
+    MarkKind,
+    ProbeDecision,
+    SharedBackend,
+    SharedBreaker,
+)
+from langchain_contextharbor.routing import LoadedModel
+
+logger = logging.getLogger("langchain_contextharbor")
+
+__all__ = ["RedisSharedState"]
+
+_ACQUIRE = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[4] == '1' then
+  if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[5]) then return -1 end
+  redis.call('INCR', KEYS[3])
+else
+  local here, cap = redis.call('ZCARD', KEYS[1]), tonumber(ARGV[6])
+  if here >= cap then
+    for i = 4, #KEYS do
+      local n = redis.call('ZCOUNT', KEYS[i], '(' .. ARGV[1], '+inf')
+      if (n + 1) * cap < (here + 1) * tonumber(ARGV[i + 3]) then return -2 end
+    end
+  end
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+return redis.call('ZCARD', KEYS[1])
+"""
+"""KEYS: lease, trial, ver, lease of each spill-over alternative. ARGV: now, expiry, member,
+trial?, trial ms, max_parallel, max_parallel of each alternative. -1: the fleet's trial is
+taken; -2: no free slot here and an alternative would queue the call behind fewer calls per
+slot (spill over, as the plan would on these counts); else the new count."""
+
+_RELEASE_TRIAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('INCR', KEYS[2])
+end
+return 0
+"""
+
+_PROBE = """
+local at = redis.call('HGET', KEYS[1], 'at')
+if at and tonumber(ARGV[1]) - tonumber(at) < tonumber(ARGV[2]) then
+  return {'adopt', redis.call('HGET', KEYS[1], 'data'), at}
+end
+if redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then return {'probe'} end
+return {'skip', redis.call('HGET', KEYS[1], 'data') or '', at or ''}
+"""
+
+
+def _scrub_url(url: str, text: str) -> str:
+    """``text`` with the Redis URL's credentials removed."""
+    try:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        secrets = [s for s in (parts.password, parts.username) if s]
+    except ValueError:
+        secrets = []
+    if url in text:
+        text = text.replace(url, redact_url(url))
+    for s in secrets:
+        if len(s) >= 3:
+            text = text.replace(s, "***")
+    return text
+
+
+class RedisSharedState:
+    """Shared router state in one Redis (see the module docstring for the layout)."""
+
+    def __init__(
+        self,
+        url: str,
+        backends: Sequence[str],
+        *,
+        max_parallel: Mapping[str, int] | None = None,
+        clock: Callable[[], float] | None = None,
+        namespace: str = "default",
+        lease_ttl: float = 120.0,
+        timeout: float = 0.25,
+        client: Any = None,
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigurationError(
+                f"shared_state {redact_url(str(url))!r} must be a redis://, rediss:// or "
+                "unix:// URL"
+            )
+        if not (lease_ttl > 0 and timeout > 0):
+            raise ConfigurationError("lease_ttl and timeout must be > 0 seconds")
+        self._url = url
+        self.safe_url = redact_url(url)
+        self.fleet_clock = clock or time.time
+        self.lease_ttl = float(lease_ttl)
+        self.max_parallel = dict(max_parallel or {})
+        p = f"contextharbor:{namespace}:"
+        self._k_ver = p + "ver"
+        self._k: dict[str, dict[str, str]] = {
+            b: {
+                n: f"{p}{n}:{b}" for n in ("lease", "breaker", "trial", "marks", "probe", "probing")
+            }
+            for b in backends
+        }
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._seq = itertools.count()
+        self._held: dict[str, list[str]] = {b: [] for b in backends}
+        self._trials: dict[str, str] = {}
+        self._lock = threading.Lock()
+        try:
+            self._r: Any = client or redis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=None,
+                retry_on_timeout=False,
+                health_check_interval=0,
+            )
+        except (ValueError, redis.RedisError) as exc:
+            raise ConfigurationError(
+                f"shared_state {self.safe_url!r}: {_scrub_url(url, str(exc))}"
+            ) from None
+        self._acquire = self._r.register_script(_ACQUIRE)
+        self._release_trial = self._r.register_script(_RELEASE_TRIAL)
+        self._probe = self._r.register_script(_PROBE)
+        self._down_until = float("-inf")
+        self._backoff = 1.0
+        self._down = False
+        self._ver: Any = None
+        self._details: dict[str, tuple[SharedBreaker | None, dict[str, Any], dict[str, Any]]] = {}
+        self._renewer: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------ plumbing
+    def __repr__(self) -> str:
+        return f"RedisSharedState(url={self.safe_url!r}, worker={self.worker!r})"
+
+    def _ok(self, now: float) -> bool:
+        return not self._down or now >= self._down_until
+
+    def _failed(self, exc: BaseException, now: float) -> None:
+        if not self._down:
+            logger.warning(
+                "fleet state at %s unavailable, deciding locally until it is back: %s: %s",
+                self.safe_url,
+                type(exc).__name__,
+                _scrub_url(self._url, str(exc)),
+            )
+            self._backoff = 1.0
+        else:
+            self._backoff = min(self._backoff * 2, 30.0)
+        self._down = True
+        self._down_until = now + self._backoff
+        self._ver = None
+
+    def _recovered(self) -> None:
+        if self._down:
+            self._down = False
+            self._backoff = 1.0
+            logger.info("fleet state at %s reachable again", self.safe_url)
+
+    def _to_local(self, t: float, now: float, fnow: float) -> float:
+        return now - (fnow - t)
+
+    def _to_fleet(self, t: float, now: float, fnow: float) -> float:
+        return fnow - (now - t)
+
+    # ------------------------------------------------------------------ SharedState
+    def view(self, now: float) -> Mapping[str, SharedBackend] | None:
+        if not self._ok(now):
+            return None
+        fnow = self.fleet_clock()
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            for keys in self._k.values():
+                pipe.zcount(keys["lease"], f"({fnow}", "+inf")
+            pipe.get(self._k_ver)
+            *counts, ver = pipe.execute()
+            if ver != self._ver or not self._details:
+                self._details = self._read_details(now, fnow)
+                self._ver = ver
+        except (redis.RedisError, OSError, ValueError) as exc:
+            self._failed(exc, now)
+            return None
+        self._recovered()
+        out: dict[str, SharedBackend] = {}
+        for (b, _), n in zip(self._k.items(), counts, strict=True):
+            br, missing, oom = self._details.get(b, (None, {}, {}))
+            out[b] = SharedBackend(int(n), br, missing, oom)
+        return out
+
+    def _read_details(
+        self, now: float, fnow: float
+    ) -> dict[str, tuple[SharedBreaker | None, dict[str, Any], dict[str, Any]]]:
+        pipe = self._r.pipeline(transaction=False)
+        for keys in self._k.values():
+            pipe.hgetall(keys["breaker"])
+            pipe.get(keys["trial"])
+            pipe.hgetall(keys["marks"])
+        res = pipe.execute()
+        out: dict[str, tuple[SharedBreaker | None, dict[str, Any], dict[str, Any]]] = {}
+        for i, b in enumerate(self._k):
+            h, trial, marks = res[3 * i : 3 * i + 3]
+            mine = self._trials.get(b)
+            busy = trial is not None and trial.decode() != mine
+            br: SharedBreaker | None = None
+            if h:
+                br = SharedBreaker(
+                    "open",
+                    int(h.get(b"failures", 1)),
+                    self._to_local(float(h[b"opened_at"]), now, fnow),
+                    float(h.get(b"cooldown", 0.0)),
+                    trial_busy=busy,
+                )
+            elif busy:
+                br = SharedBreaker("closed", trial_busy=True)
+            missing: dict[str, float] = {}
+            oom: dict[str, tuple[int, float, str]] = {}
+            for field_, raw in (marks or {}).items():
+                kind, _, model = field_.decode().partition(":")
+                m = json.loads(raw)
+                until = float(m["until"])
+                if until <= fnow:
+                    continue
+                local_until = self._to_local(until, now, fnow)
+                if kind == "missing":
+                    missing[model] = local_until
+                elif kind == "oom":
+                    oom[model] = (int(m.get("ctx", 0)), local_until, str(m.get("msg", "")))
+            out[b] = (br, missing, oom)
+        return out
+
+    def acquire(
+        self, backend: str, now: float, *, trial: bool, spill_to: Sequence[str] = ()
+    ) -> bool | None:
+        keys = self._k.get(backend)
+        if keys is None or not self._ok(now):
+            return None
+        fnow = self.fleet_clock()
+        member = f"{self.worker}:{next(self._seq)}"
+        alts = [a for a in spill_to if a in self._k and a != backend]
+        try:
+            n = self._acquire(
+                keys=[keys["lease"], keys["trial"], self._k_ver]
+                + [self._k[a]["lease"] for a in alts],
+                args=[
+                    repr(fnow),
+                    repr(fnow + self.lease_ttl),
+                    member,
+                    "1" if trial else "0",
+                    int(self.lease_ttl * 1000),
+                    self.max_parallel.get(backend, 1 << 30),
+                    *[self.max_parallel.get(a, 1 << 30) for a in alts],
+                ],
+            )
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc, now)
+            return None
+        self._recovered()
+        if int(n) < 0:
+            return False
+        with self._lock:
+            self._held[backend].append(member)
+            if trial:
+                self._trials[backend] = member
+        self._ensure_renewer()
+        return True
+
+    def release(self, backend: str, now: float) -> None:
+        keys = self._k.get(backend)
+        if keys is None:
+            return
+        with self._lock:
+            held = self._held[backend]
+            member = held.pop() if held else None
+            trial = self._trials.pop(backend, None)
+        if member is None or not self._ok(now):
+            return
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            pipe.zrem(keys["lease"], member)
+            if trial is not None:
+                self._release_trial(keys=[keys["trial"], self._k_ver], args=[trial], client=pipe)
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc, now)
+
+    def publish_breaker(self, backend: str, breaker: SharedBreaker, now: float) -> None:
+        keys = self._k.get(backend)
+        if keys is None or not self._ok(now):
+            return
+        fnow = self.fleet_clock()
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            if breaker.state == "closed" or breaker.opened_at is None:
+                pipe.delete(keys["breaker"])
+            else:
+                pipe.hset(
+                    keys["breaker"],
+                    mapping={
+                        "opened_at": repr(self._to_fleet(breaker.opened_at, now, fnow)),
+                        "cooldown": repr(breaker.cooldown),
+                        "failures": breaker.failures,
+                    },
+                )
+                # Kept well past the trial time; a circuit nobody re-opens fades out.
+                pipe.expire(keys["breaker"], int(max(600.0, breaker.cooldown * 4)))
+            trial = self._trials.get(backend)
+            if trial is not None:
+                self._release_trial(keys=[keys["trial"], self._k_ver], args=[trial], client=pipe)
+            pipe.incr(self._k_ver)
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc, now)
+
+    def publish_mark(
+        self,
+        backend: str,
+        kind: MarkKind,
+        model: str,
+        until: float,
+        now: float,
+        num_ctx: int = 0,
+        message: str = "",
+    ) -> None:
+        keys = self._k.get(backend)
+        if keys is None or not self._ok(now):
+            return
+        fnow = self.fleet_clock()
+        f_until = self._to_fleet(until, now, fnow)
+        data = json.dumps({"until": f_until, "ctx": num_ctx, "msg": message[:200]})
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            pipe.hset(keys["marks"], f"{kind}:{model}", data)
+            pipe.expire(keys["marks"], max(1, int(f_until - fnow) + 1), gt=True)
+            pipe.expire(keys["marks"], max(1, int(f_until - fnow) + 1), nx=True)
+            pipe.incr(self._k_ver)
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc, now)
+
+    def probe_decision(self, backend: str, now: float, ttl: float) -> ProbeDecision:
+        keys = self._k.get(backend)
+        if keys is None or not self._ok(now):
+            return ("probe", None)
+        fnow = self.fleet_clock()
+        try:
+            res = self._probe(
+                keys=[keys["probe"], keys["probing"]],
+                args=[repr(fnow), repr(ttl), self.worker, int(max(ttl, 5.0) * 1000)],
+            )
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc, now)
+            return ("probe", None)
+        self._recovered()
+        kind = res[0].decode()
+        if kind == "probe" or not res[1]:
+            return ("probe", None) if kind == "probe" else ("skip", None)
+        try:
+            result = _probe_from_json(res[1], self._to_local(float(res[2]), now, fnow))
+        except (ValueError, KeyError, TypeError):
+            return ("probe", None)
+        return ("adopt" if kind == "adopt" else "skip", result)
+
+    def publish_probe(self, backend: str, result: ProbeResult, now: float, ttl: float) -> None:
+        keys = self._k.get(backend)
+        if keys is None or not self._ok(now):
+            return
+        fnow = self.fleet_clock()
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            pipe.hset(
+                keys["probe"],
+                mapping={
+                    "at": repr(self._to_fleet(result.at, now, fnow)),
+                    "data": _probe_to_json(result),
+                },
+            )
+            pipe.pexpire(keys["probe"], int(ttl * 3000) + 1)
+            pipe.delete(keys["probing"])
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc, now)
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": "redis", "url": self.safe_url, "worker": self.worker, "down": self._down}
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            self._r.close()
+        except Exception:  # pragma: no cover - closing never raises into callers
+            pass
+
+    # ------------------------------------------------------------------ leases
+    def _ensure_renewer(self) -> None:
+        if self._renewer is None or not self._renewer.is_alive():
+            with self._lock:
+                if self._renewer is None or not self._renewer.is_alive():
+                    t = threading.Thread(
+                        target=self._renew_loop, name="contextharbor-fleet-leases", daemon=True
+                    )
+                    self._renewer = t
+                    t.start()
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.lease_ttl / 3):
+            self.renew_leases()
+
+    def renew_leases(self) -> int:
+        """Push the expiry of every lease this worker holds ``lease_ttl`` ahead (the
+        background thread does it every ``lease_ttl / 3``); returns how many."""
+        with self._lock:
+            held = {b: list(ms) for b, ms in self._held.items() if ms}
+        if not held:
+            return 0
+        expiry = self.fleet_clock() + self.lease_ttl
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            for b, members in held.items():
+                pipe.zadd(self._k[b]["lease"], dict.fromkeys(members, expiry), xx=True)
+            pipe.execute()
+        except (redis.RedisError, OSError):
+            return 0
+        return sum(len(m) for m in held.values())
+
+
+def _probe_to_json(res: ProbeResult) -> str:
+    d = asdict(res)
+    d.pop("at", None)
+    return json.dumps(d)
+
+
+def _probe_from_json(raw: bytes, at: float) -> ProbeResult:
+    d = json.loads(raw)
+    known = {f.name for f in fields(ProbeResult)}
+    kw = {k: v for k, v in d.items() if k in known and k != "at"}
+    if kw.get("loaded") is not None:
+        kw["loaded"] = {str(k): LoadedModel(**v) for k, v in kw["loaded"].items()}
+    return ProbeResult(at=at, **kw)
