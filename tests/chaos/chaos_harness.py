@@ -850,12 +850,13 @@ def _patched(obj: Any, name: str, make: Callable[[Any], Any]) -> Iterator[None]:
 
 
 def bug_raw_error_leak() -> contextlib.AbstractContextManager[None]:
-    """A classifier bug: a refused connection is re-raised as the raw httpx error."""
+    """A classifier bug: a transport failure (refused, reset, cut) is re-raised as the raw
+    httpx error instead of failing over."""
 
     def make(orig: Any) -> Any:
-        def settle(self: Any, call: Any, cfg: Any, exc: Exception, *a: Any) -> bool:
-            go_on = bool(orig(self, call, cfg, exc, *a))
-            return go_on and not isinstance(exc, httpx.ConnectError)
+        def settle(self: Any, *a: Any) -> bool:
+            exc = next(x for x in a if isinstance(x, BaseException))
+            return bool(orig(self, *a)) and not isinstance(exc, httpx.TransportError)
 
         return settle
 
@@ -883,17 +884,9 @@ def bug_splice() -> contextlib.AbstractContextManager[None]:
     the next backend instead of raising StreamInterruptedError."""
 
     def make(orig: Any) -> Any:
-        def settle(
-            self: Any,
-            call: Any,
-            cfg: Any,
-            exc: Exception,
-            started: float,
-            delivered: int,
-            chars: int,
-            committed: bool,
-        ) -> bool:
-            return bool(orig(self, call, cfg, exc, started, delivered, chars, False))
+        def settle(self: Any, att: Any, *a: Any) -> bool:
+            att.committed = False  # forget that text was delivered
+            return bool(orig(self, att, *a))
 
         return settle
 
@@ -904,7 +897,7 @@ def bug_splice() -> contextlib.AbstractContextManager[None]:
 INJECTED_BUGS: dict[
     str, tuple[Callable[[], contextlib.AbstractContextManager[None]], tuple[str, ...]]
 ] = {
-    "raw transport error leaks": (bug_raw_error_leak, ("undocumented error httpx.ConnectError",)),
+    "raw transport error leaks": (bug_raw_error_leak, ("undocumented error httpx.",)),
     "in-flight slot not released": (bug_slot_leak, ("in_flight",)),
     # A spliced stream shows as chunks from two backends, as text that is neither
     # backend's answer, or as langchain-core failing to merge the two backends' metadata.
@@ -923,7 +916,11 @@ def self_check_schedule(bug: str, seed: int = 7) -> list[Phase]:
         return [(names[k % len(names)], f"self-check {i}-{rng.randrange(10**6)}") for k in range(n)]
 
     if bug == "raw transport error leaks":
-        return [Phase(0, "fault", "gpu", "refuse", ops=ops(("invoke", "ainvoke"), 4, 0))]
+        # A stream cut on the GPU: /api/tags keeps answering, so the GPU is planned first.
+        cut = {"after_chunks": 2}
+        return [
+            Phase(0, "fault", "gpu", "cut_mid_stream", cut, ops=ops(("invoke", "ainvoke"), 4, 0))
+        ]
     if bug == "in-flight slot not released":
         return [Phase(0, "healthy", ops=ops(("invoke", "astream"), 6, 0))]
     if bug == "text spliced across backends":
