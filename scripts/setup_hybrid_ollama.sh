@@ -13,7 +13,8 @@ readonly TEMPLATE_EXEC_LINE='ExecStart=/usr/local/bin/ollama serve'
 readonly DEFAULT_PATH='/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-TEMPLATE_DIR="$SCRIPT_DIR/../systemd"
+REPO_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
+TEMPLATE_DIR="$REPO_DIR/systemd"
 DEFAULT_UNIT_DIR="${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user"
 
 usage() {
@@ -191,16 +192,29 @@ if [[ $WANT_GPU == 1 && $GPU_KIND == vulkan ]]; then
 fi
 
 # ---------------------------------------------------------------- ollama
+# no_ollama MESSAGE: a real run stops (exit 3); a dry run is a preview, which should work
+# before ollama is installed: it says what a real run would do and goes on with the path.
+no_ollama() {
+  if [[ $DRY_RUN == 1 ]]; then
+    warn "$1
+A real run would stop here with exit code $EXIT_NO_OLLAMA. Previewing with $OLLAMA_BIN."
+  else
+    die "$EXIT_NO_OLLAMA" "$1"
+  fi
+}
 if [[ -n $OLLAMA_BIN_ARG ]]; then
   OLLAMA_BIN=$OLLAMA_BIN_ARG
   [[ $OLLAMA_BIN == /* ]] || OLLAMA_BIN="$PWD/$OLLAMA_BIN"
   [[ -f $OLLAMA_BIN && -x $OLLAMA_BIN ]] \
-    || die "$EXIT_NO_OLLAMA" "--ollama-bin $OLLAMA_BIN_ARG is not an executable file"
+    || no_ollama "--ollama-bin $OLLAMA_BIN_ARG is not an executable file"
 else
   OLLAMA_BIN=$(command -v ollama 2>/dev/null) || OLLAMA_BIN=""
-  [[ $OLLAMA_BIN == /* ]] || die "$EXIT_NO_OLLAMA" "ollama is not installed (not on PATH).
+  if [[ $OLLAMA_BIN != /* ]]; then
+    OLLAMA_BIN=/usr/local/bin/ollama # where Ollama's install.sh puts it
+    no_ollama "ollama is not installed (not on PATH).
 Install it (https://ollama.com/download/linux):  curl -fsSL https://ollama.com/install.sh | sh
 or pass its location with --ollama-bin PATH."
+  fi
 fi
 # The path goes into ExecStart=: refuse characters that systemd would interpret
 # (whitespace, quotes, backslash, '%' specifiers, '$' variables).
@@ -356,16 +370,25 @@ if [[ $USE_SYSTEMCTL == 1 ]]; then
     for kind in "${KINDS[@]}"; do
       unit="ollama-$kind@${PORT[$kind]}.service"
       port=${PORT[$kind]}
-      if [[ $DRY_RUN == 0 ]] && ! systemctl --user is-active --quiet "$unit" && port_open "$port"; then
+      # Our unit counts as running only when systemctl can tell (a dry run may have none).
+      active=0
+      if [[ $SYSTEMCTL_OK == 1 ]] && systemctl --user is-active --quiet "$unit"; then active=1; fi
+      if [[ $active == 0 ]] && port_open "$port"; then
         if version=$(port_answers "$port"); then
           what="an Ollama server ($version)"
         else
           what="another program"
         fi
-        die "$EXIT_PORT_TAKEN" "127.0.0.1:$port is already taken by $what, and $unit is not running.
+        taken="127.0.0.1:$port is already taken by $what, and $unit is not running.
 It is probably the system-wide ollama.service from Ollama's installer. Either stop it
 (sudo systemctl disable --now ollama), or pick another port (--gpu-port / --cpu-port),
 or keep it as your GPU server and run this script with --gpu no."
+        if [[ $DRY_RUN == 1 ]]; then
+          warn "$taken
+A real run would stop here with exit code $EXIT_PORT_TAKEN."
+        else
+          die "$EXIT_PORT_TAKEN" "$taken"
+        fi
       fi
       if [[ ${CHANGED[$kind]} == update ]]; then
         # A running server keeps its old settings until it is restarted.
@@ -428,12 +451,21 @@ if command -v loginctl >/dev/null 2>&1 \
 else
   say "To start them at boot without logging in: loginctl enable-linger $(id -un)"
 fi
+# The hint must work when pasted into a fresh shell, from any directory: so an installed
+# console script, else the checkout's .venv (made by `make demo` / `make test`) by its full
+# path, else a python3 that imports the package *with its dependencies* from outside the
+# checkout (from the repository root, the checkout's folder alone would be found).
+CHECKOUT_CLI="$REPO_DIR/.venv/bin/contextharbor"
 if command -v contextharbor >/dev/null 2>&1; then
   say "Check the setup with: contextharbor check"
+elif [[ -x $CHECKOUT_CLI ]]; then
+  say "Check the setup with: $CHECKOUT_CLI check"
 elif command -v python3 >/dev/null 2>&1 \
-  && python3 -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("langchain_contextharbor") is None)' 2>/dev/null; then
+  && (cd / && python3 -c 'import langchain_contextharbor.cli') >/dev/null 2>&1; then
   say "Check the setup with: python3 -m langchain_contextharbor check"
 else
-  say "Check the setup with 'contextharbor check' once the package is installed:"
-  say "  pip install langchain-contextharbor   (or, from a checkout: pip install -e .)"
+  say "Check the setup with 'contextharbor check' once the package is installed. From this checkout:"
+  say "  make -C $REPO_DIR demo      (creates $REPO_DIR/.venv; then: $CHECKOUT_CLI check)"
+  say "  or: python3 -m pip install $REPO_DIR"
+  say "  (pip install langchain-contextharbor once it is published on PyPI)"
 fi

@@ -177,7 +177,34 @@ class Host:
             f'PYTHONPATH="{REPO}${{PYTHONPATH:+:$PYTHONPATH}}" exec "{sys.executable}" "$@"',
         )
 
-    def run(self, *args: str, **env: str) -> Result:
+    def checkout(self, *, venv_cli: bool = False) -> Path:
+        """A copy of the repository's script and units (and package folder), without .venv.
+
+        The closing hint depends on the checkout it runs from; the real one may have a
+        .venv (CI runs ``make test``), so hint tests run a copy. ``venv_cli`` adds a
+        ``.venv/bin/contextharbor`` like the one ``make`` creates.
+        """
+        root = self.root / "checkout"
+        if not root.exists():
+            (root / "scripts").mkdir(parents=True)
+            shutil.copy(SCRIPT, root / "scripts" / SCRIPT.name)
+            shutil.copytree(TEMPLATES, root / "systemd")
+            shutil.copytree(
+                REPO / "langchain_contextharbor",
+                root / "langchain_contextharbor",
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+        if venv_cli:
+            cli = root / ".venv" / "bin" / "contextharbor"
+            cli.parent.mkdir(parents=True, exist_ok=True)
+            cli.write_text(
+                f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" '
+                '-m langchain_contextharbor "$@"\n'
+            )
+            cli.chmod(0o755)
+        return root
+
+    def run(self, *args: str, script: Path = SCRIPT, cwd: Path | None = None, **env: str) -> Result:
         if self.log.exists():
             self.log.unlink()
         full_env = {
@@ -191,11 +218,11 @@ class Host:
         }
         start = time.monotonic()
         proc = subprocess.run(
-            ["bash", str(SCRIPT), *args],
+            ["bash", str(script), *args],
             capture_output=True,
             text=True,
             env=full_env,
-            cwd=self.root,
+            cwd=cwd or self.root,
             timeout=60,
         )
         calls = self.log.read_text().splitlines() if self.log.exists() else []
@@ -521,6 +548,25 @@ def test_port_taken_by_another_server_exits_7(host: Host, stub_ports: tuple[int,
     assert not any(c.split()[1] in {"start", "restart"} for c in r.calls)
 
 
+@pytest.mark.parametrize("bus", ["user bus", "no user bus"])
+def test_dry_run_over_a_port_in_use_warns_as_a_real_run_would(
+    host: Host, stub_ports: tuple[int, int], bus: str
+) -> None:
+    _, cpu = stub_ports
+    if bus == "no user bus":
+        host.env["FAKE_USER_BUS"] = "0"
+    r = host.run("--dry-run", "--cpu-port", str(cpu), FAKE_IS_ACTIVE="3")
+    assert r.rc == 0, r.text
+    assert f"127.0.0.1:{cpu} is already taken by an Ollama server" in r.err
+    assert "A real run would stop here with exit code 7" in r.err
+    assert "--gpu no" in r.err
+    assert f"[dry-run] would run: systemctl --user start ollama-cpu@{cpu}.service" in r.out
+
+    free_port = free_ports(1)[0]
+    r = host.run("--dry-run", "--cpu-port", str(free_port), FAKE_IS_ACTIVE="3")
+    assert r.rc == 0 and "already taken" not in r.err
+
+
 def test_systemctl_failure_exits_5(host: Host) -> None:
     r = host.run("--unit-dir", str(host.unit_dir), "--no-start", FAKE_FAIL="enable")
     assert r.rc == 5, r.text
@@ -540,9 +586,26 @@ def test_missing_ollama_exits_3_before_writing(host: Host) -> None:
     assert not host.unit_dir.exists()
     assert mutating(r.calls) == []
 
-    r = host.run("--dry-run", "--ollama-bin", str(host.root / "nope"))
+    r = host.run("--unit-dir", str(host.unit_dir), "--ollama-bin", str(host.root / "nope"))
     assert r.rc == 3
     assert "is not an executable file" in r.err
+
+
+def test_dry_run_previews_before_ollama_is_installed(host: Host) -> None:
+    host.remove("ollama")
+    r = host.run("--dry-run")
+    assert r.rc == 0, r.text
+    assert "ollama is not installed" in r.err and "https://ollama.com/install.sh" in r.err
+    assert "A real run would stop here with exit code 3" in r.err
+    assert "ExecStart=/usr/local/bin/ollama serve" in r.out  # where install.sh puts it
+    assert "[dry-run] would run: systemctl --user enable ollama-cpu@11435.service" in r.out
+    assert not host.home.exists()
+    assert mutating(r.calls) == []
+
+    r = host.run("--dry-run", "--ollama-bin", str(host.root / "later" / "ollama"))
+    assert r.rc == 0, r.text
+    assert "is not an executable file" in r.err
+    assert f"ExecStart={host.root}/later/ollama serve" in r.out
 
 
 @pytest.mark.parametrize("no_bus", ["no user bus", "no systemctl"])
@@ -566,14 +629,62 @@ def test_without_a_user_service_manager_exits_4_before_writing(host: Host, no_bu
 # ---------------------------------------------------------------- the closing hint
 
 
-def test_closing_hint_names_the_check_command_that_exists(host: Host) -> None:
-    r = host.run("--dry-run")
-    assert "pip install langchain-contextharbor" in r.out
+def _hint(out: str) -> str:
+    (line,) = [x for x in out.splitlines() if x.startswith("Check the setup with: ")]
+    return line.removeprefix("Check the setup with: ")
 
-    host.python_with_package()
-    r = host.run("--dry-run")
-    assert "Check the setup with: python3 -m langchain_contextharbor check" in r.out
 
-    host.fake("contextharbor", "exit 0")
-    r = host.run("--dry-run")
-    assert "Check the setup with: contextharbor check" in r.out
+def _run_hint(host: Host, command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The hint pasted into a fresh shell (no venv, no PYTHONPATH) at ``cwd``."""
+    dead = free_ports(1)[0]
+    env = {
+        "PATH": f"{host.fakes}:{host.tools}",
+        "HOME": str(host.home),
+        "OLLAMA_GPU_URL": "",
+        "OLLAMA_CPU_URL": f"http://127.0.0.1:{dead}",
+    }
+    return subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, env=env, cwd=cwd, timeout=60
+    )
+
+
+def test_closing_hint_from_the_repository_root_without_the_package_installed(
+    host: Host,
+) -> None:
+    checkout = host.checkout()
+    # python3 without site-packages: from the repository root it would find the package's
+    # folder but not its dependencies, so "python3 -m langchain_contextharbor" would fail.
+    host.fake("python3", f'exec "{sys.executable}" -S "$@"')
+    script = checkout / "scripts" / SCRIPT.name
+    r = host.run("--dry-run", script=script, cwd=checkout)
+    assert r.rc == 0, r.text
+    assert "python3 -m langchain_contextharbor" not in r.out
+    assert f"make -C {checkout} demo" in r.out
+    assert f"python3 -m pip install {checkout}" in r.out
+    assert "pip install langchain-contextharbor once it is published" in r.out
+
+
+@pytest.mark.parametrize("installed", ["checkout .venv", "python3", "console script"])
+def test_closing_hint_works_in_a_fresh_shell_at_the_repository_root(
+    host: Host, installed: str
+) -> None:
+    checkout = host.checkout(venv_cli=installed == "checkout .venv")
+    if installed == "python3":
+        host.python_with_package()
+    elif installed == "console script":
+        host.fake(
+            "contextharbor",
+            f'PYTHONPATH="{REPO}" exec "{sys.executable}" -m langchain_contextharbor "$@"',
+        )
+    r = host.run("--dry-run", script=checkout / "scripts" / SCRIPT.name, cwd=checkout)
+    command = _hint(r.out)
+    expected = {
+        "checkout .venv": f"{checkout}/.venv/bin/contextharbor check",
+        "python3": "python3 -m langchain_contextharbor check",
+        "console script": "contextharbor check",
+    }[installed]
+    assert command == expected
+    done = _run_hint(host, command, cwd=checkout)
+    # It ran the check (the only server is down: exit code 4), not "command not found".
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "0/1 backends healthy" in done.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -101,6 +102,30 @@ def test_cpu_unit_hides_every_gpu_and_does_not_prune() -> None:
 def test_gpu_unit_hides_no_gpu() -> None:
     env = environment(template("gpu"))
     assert not set(env) & set(CPU_HIDING)
+
+
+@pytest.mark.parametrize(("kind", "port"), [("gpu", GPU_PORT), ("cpu", CPU_PORT)])
+def test_a_user_name_instance_is_refused_with_what_to_run_instead(kind: str, port: int) -> None:
+    # The original design's `systemctl --user enable --now ollama-gpu@$USER.service` would
+    # give OLLAMA_HOST=127.0.0.1:<user>. ExecStartPre refuses any instance that is not a
+    # port, before ollama starts, and says which form to use.
+    (guard,) = values(template(kind), "Service", "ExecStartPre")
+    sh, dash_c, script = shlex.split(guard)
+    assert (sh, dash_c) == ("/bin/sh", "-c")
+    for instance in ("root", "alice", "11434x", ""):
+        r = subprocess.run(
+            ["/bin/sh", "-c", script.replace("%i", instance)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        assert r.returncode == 1, instance
+        assert f"ollama-{kind}@{instance}: the instance must be a port number" in r.stderr
+        assert f"e.g. ollama-{kind}@{port}" in r.stderr and "docs/operations.md" in r.stderr
+    ok = subprocess.run(
+        ["/bin/sh", "-c", script.replace("%i", str(port))], capture_output=True, timeout=10
+    )
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, b"", b"")
 
 
 @pytest.mark.parametrize("kind", ["gpu", "cpu"])
@@ -350,5 +375,10 @@ def test_systemd_resolves_the_port_into_the_environment(
 
     gpu = dump(f"ollama-gpu@{GPU_PORT}.service")
     assert f"Environment: OLLAMA_HOST=127.0.0.1:{GPU_PORT}" in gpu
+    # The instance guard runs first, with the instance resolved.
+    commands = [line for line in gpu if line.startswith("Command Line: ")]
+    assert commands[0].startswith("Command Line: /bin/sh -c"), commands
+    assert f'case \\"{GPU_PORT}\\" in' in commands[0], commands  # %i resolved
+    assert commands[-1] == f"Command Line: {ollama} serve"
     assert not [line for line in gpu if "VISIBLE_DEVICES" in line]
     assert f"Command Line: {ollama} serve" in gpu
