@@ -19,11 +19,14 @@ from langchain_contextharbor.backends import (
 from langchain_contextharbor.breaker import BreakerPolicy, CircuitBreaker
 from langchain_contextharbor.chat_models import HybridChatOllama
 from langchain_contextharbor.classify import Classification, FailoverCategory, classify_exception
+from langchain_contextharbor.embeddings import BatchRecord, HybridOllamaEmbeddings
 from langchain_contextharbor.errors import (
     AllBackendsFailedError,
     AttemptRecord,
     ConfigurationError,
     ContextHarborError,
+    EmbeddingDigestMismatchError,
+    EmbeddingInputError,
     EmptyResponseError,
     ModelNotAvailableError,
     NoBackendAvailableError,
@@ -67,15 +70,19 @@ __all__ = [
     "BackendConfig",
     "BackendHealth",
     "BackendSnapshot",
+    "BatchRecord",
     "BreakerPolicy",
     "Candidate",
     "CircuitBreaker",
     "Classification",
     "ConfigurationError",
     "ContextHarborError",
+    "EmbeddingDigestMismatchError",
+    "EmbeddingInputError",
     "EmptyResponseError",
     "FailoverCategory",
     "HybridChatOllama",
+    "HybridOllamaEmbeddings",
     "LoadedModel",
     "ModelNotAvailableError",
     "NoBackendAvailableError",

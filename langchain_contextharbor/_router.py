@@ -70,6 +70,8 @@ class ProbeResult:
     gpu_total: int | None = None
     host_available: int | None = None
     capacity_source: str = "unknown"
+    digests: dict[str, str] | None = None
+    """normalized name -> digest, from /api/tags (which build of a model this server has)"""
 
 
 @dataclass
@@ -140,6 +142,16 @@ def _in_event_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def _parse_digests(items: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for m in items:
+        name = m.get("model") or m.get("name")
+        digest = m.get("digest")
+        if isinstance(name, str) and name and isinstance(digest, str) and digest:
+            out[normalize_model_name(name)] = digest
+    return out
 
 
 def _json_list(resp: httpx.Response, key: str) -> list[Mapping[str, Any]]:
@@ -689,7 +701,8 @@ class Router:
                 if r.headers.get("content-type", "").startswith("application/json")
                 else None
             )
-            models = _parse_tags(_json_list(c.get("/api/tags"), "models"))
+            tags = _json_list(c.get("/api/tags"), "models")
+            models = _parse_tags(tags)
             loaded = _parse_loaded(_json_list(c.get("/api/ps"), "models"))
             res = ProbeResult(
                 True,
@@ -698,6 +711,7 @@ class Router:
                 version=version,
                 models=models,
                 loaded=loaded,
+                digests=_parse_digests(tags),
             )
             self._read_capacity(b.config, res)
         except Exception as exc:  # a probe never raises into callers

@@ -101,6 +101,10 @@ def _classify_response_error(status: int, text: str) -> Classification:
         return _c(FailoverCategory.BUSY, True, False, status)
     if status == 499:
         return _c(FailoverCategory.CANCELLED, False, False, status)
+    if status == 501:
+        # "this model does not support embeddings": the model cannot do what was asked, on
+        # any server; failing over would only repeat the answer (and blame a healthy one).
+        return _c(FailoverCategory.FATAL, False, False, status)
     if status >= 500:
         if any(m in low for m in _OOM_MARKERS):
             return _c(FailoverCategory.OUT_OF_MEMORY, True, False, status)

@@ -11,9 +11,12 @@ was delivered) so nobody has to parse messages, and chains the original exceptio
     ├── EmptyResponseError                        a backend closed the stream with no chunk
     ├── TruncatedStreamError                      a stream ended without its done chunk
     ├── StreamInterruptedError                    failure after the first chunk reached you
-    └── AllBackendsFailedError                    every candidate failed; .attempts lists them
-        ├── NoBackendAvailableError               nothing could be tried (circuits open, down)
-        └── ModelNotAvailableError                no backend has the model (names the pull)
+    ├── AllBackendsFailedError                    every candidate failed; .attempts lists them
+    │   ├── NoBackendAvailableError               nothing could be tried (circuits open, down)
+    │   └── ModelNotAvailableError                no backend has the model (names the pull)
+    ├── EmbeddingInputError (also TypeError)      embed_documents got something not a str
+    └── EmbeddingDigestMismatchError              a server holds another build of the
+                                                  embedding model than the index was made with
 
 URLs in messages are always redacted (credentials removed).
 """
@@ -29,6 +32,8 @@ __all__ = [
     "AttemptRecord",
     "ConfigurationError",
     "ContextHarborError",
+    "EmbeddingDigestMismatchError",
+    "EmbeddingInputError",
     "EmptyResponseError",
     "ModelNotAvailableError",
     "NoBackendAvailableError",
@@ -207,3 +212,60 @@ class ModelNotAvailableError(AllBackendsFailedError):
 
     def _headline(self) -> str:
         return f"model {self.model!r} is not available on any backend"
+
+
+class EmbeddingInputError(ContextHarborError, TypeError):
+    """``embed_documents``/``embed_query`` got something that is not text (raised before
+    any request)."""
+
+
+class EmbeddingDigestMismatchError(ContextHarborError):
+    """A server holds another build (digest) of the embedding model than the one in use.
+
+    An embedding index is only valid for the build that made it: vectors of another build
+    lie in another space, so a search mixing them returns wrong documents without any error.
+    ``expected`` is the digest in use (the first one this instance embedded with, or the
+    ``expected_digest`` it was given); ``found`` maps each refusing backend to its digest.
+    ``attempts``/``skipped`` list what else was tried in the same call.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        expected: str,
+        found: dict[str, str],
+        *,
+        source: str,
+        hint: str,
+        attempts: Sequence[AttemptRecord] = (),
+        skipped: Sequence[SkipRecord] = (),
+    ) -> None:
+        self.model = model
+        self.expected = expected
+        self.found = dict(found)
+        self.source = source
+        self.hint = hint
+        self.attempts = list(attempts)
+        self.skipped = list(skipped)
+        where = ", ".join(f"{b!r} has {d[:12]}" for b, d in self.found.items())
+        lines = [
+            f"embedding model {model!r}: {where}, but this index uses build {expected[:12]} "
+            f"({source}). Vectors of another build lie in a different space: mixing them "
+            "with the index gives wrong search results without any error, so they are refused.",
+            f"  fix: {hint}",
+        ]
+        lines += [f"  - {a.describe()}" for a in self.attempts]
+        lines += [f"  - {s.describe()}" for s in self.skipped]
+        super().__init__("\n".join(lines))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_digest_error,
+            (self.model, self.expected, self.found, self.source, self.hint),
+        )
+
+
+def _rebuild_digest_error(
+    model: str, expected: str, found: dict[str, str], source: str, hint: str
+) -> EmbeddingDigestMismatchError:
+    return EmbeddingDigestMismatchError(model, expected, found, source=source, hint=hint)

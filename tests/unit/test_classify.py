@@ -168,6 +168,14 @@ CASES = [
         "503 queue full", lambda: ollama.ResponseError(QUEUE_FULL, 503), Cat.BUSY, True, False, 503
     ),
     Case(
+        "501 chat model asked to embed",
+        lambda: ollama.ResponseError("this model does not support embeddings", 501),
+        Cat.FATAL,
+        False,
+        False,
+        501,
+    ),
+    Case(
         "499 cancelled while queued",
         lambda: ollama.ResponseError("request canceled", 499),
         Cat.CANCELLED,

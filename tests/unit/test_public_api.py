@@ -61,6 +61,11 @@ EXPECTED = {
     "NoBackendAvailableError",
     "SkipRecord",
     "StreamInterruptedError",
+    # embeddings (the RAG half) and their errors
+    "HybridOllamaEmbeddings",
+    "BatchRecord",
+    "EmbeddingDigestMismatchError",
+    "EmbeddingInputError",
     # health and inventory
     "BackendHealth",
     "check_backends",
@@ -122,7 +127,7 @@ def test_version_is_a_version_string() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["backends", "breaker", "chat_models", "classify", "errors", "routing"],
+    ["backends", "breaker", "chat_models", "classify", "embeddings", "errors", "routing"],
 )
 def test_submodule_all_names_exist(module: str) -> None:
     mod = importlib.import_module(f"langchain_contextharbor.{module}")

@@ -1,0 +1,686 @@
+"""HybridOllamaEmbeddings: the RAG half, routed like the chat model and safe across builds.
+
+Why not ``OllamaEmbeddings(base_url=gpu)``: a RAG chain built on ``HybridChatOllama`` then
+dies with the GPU server anyway, because its retriever stays pointed there. And pointing
+the retriever at the other server is worse than failing: an embedding index is only valid
+for the one *build* of the model that made it, and two servers can hold different builds
+under the same name (pulled on different days). Vectors of another build land in another
+space: the vector store keeps answering, with the wrong documents.
+
+So this class routes each batch with the same planner, breakers, timeouts and classifier
+as :class:`~langchain_contextharbor.HybridChatOllama` (and can share one router with it),
+and it checks the model's digest on a server (``/api/tags``, read by the router's probes)
+before sending there. The first digest it embeds with (or ``expected_digest``) is the one
+the index uses; a server with another one is refused with
+:class:`~langchain_contextharbor.errors.EmbeddingDigestMismatchError`, unless the user opts
+in with ``allow_digest_mismatch=True`` (then the mix is allowed and marked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from langchain_core.embeddings import Embeddings
+from langchain_core.utils import from_env
+from langchain_ollama import OllamaEmbeddings
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from langchain_contextharbor._router import ProbeResult, Router
+from langchain_contextharbor._transport import AsyncPhaseTimeoutTransport, PhaseTimeoutTransport
+from langchain_contextharbor.backends import (
+    CPU_URL_ENV,
+    DEFAULT_CPU_URL,
+    DEFAULT_GPU_URL,
+    GPU_URL_ENV,
+    BackendConfig,
+    Timeouts,
+    backends_from_env,
+    coerce_backends,
+)
+from langchain_contextharbor.breaker import BreakerPolicy
+from langchain_contextharbor.classify import Classification, FailoverCategory, classify_exception
+from langchain_contextharbor.errors import (
+    AllBackendsFailedError,
+    AttemptRecord,
+    ConfigurationError,
+    EmbeddingDigestMismatchError,
+    EmbeddingInputError,
+    ModelNotAvailableError,
+    NoBackendAvailableError,
+    SkipRecord,
+)
+from langchain_contextharbor.routing import RoutePlan, RoutePolicy
+from langchain_contextharbor.sizing import (
+    DEFAULT_MODEL_SIZES,
+    DEFAULT_NUM_CTX,
+    GIB,
+    normalize_model_name,
+    validate_model_sizes,
+)
+
+__all__ = ["BatchRecord", "HybridOllamaEmbeddings"]
+
+logger = logging.getLogger("langchain_contextharbor")
+
+# OllamaEmbeddings parameters passed to every inner client unchanged.
+_PASSTHROUGH = ("dimensions", "keep_alive", "num_ctx", "num_gpu", "num_thread")
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """Which backend embedded ``texts[start:end]`` of the last call, with which build."""
+
+    start: int
+    end: int
+    backend: str
+    digest: str
+    fallback: bool
+    """Whether another backend failed (or was refused) for this batch first."""
+
+
+@dataclass
+class _Call:
+    """Book-keeping of one embed call: attempts, skips, and backends it gave up on."""
+
+    model: str
+    num_ctx: int
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    exceptions: list[BaseException] = field(default_factory=list)
+    skipped: list[SkipRecord] = field(default_factory=list)
+    avoid: set[str] = field(default_factory=set)
+    """Backends that failed or were refused in this call: not tried again by later batches."""
+    mismatched: dict[str, str] = field(default_factory=dict)
+    batches: list[BatchRecord] = field(default_factory=list)
+
+
+class _State:
+    """Mutable state behind one HybridOllamaEmbeddings (plain object: cheap to reach)."""
+
+    def __init__(self, configs: list[BackendConfig], router: Router, owns_router: bool) -> None:
+        self.configs = configs
+        self.router = router
+        self.owns_router = owns_router
+        self.lock = threading.Lock()
+        self.digest: str | None = None
+        self.digest_source = ""
+        self.digests_used: dict[str, str] = {}
+        self.sync_inner: dict[str, OllamaEmbeddings] = {}
+        self.async_inner: dict[tuple[str, int], tuple[Any, OllamaEmbeddings]] = {}
+        self.last_batches: list[BatchRecord] = []
+
+
+def _strip_digest(value: str) -> str:
+    return value.strip().lower().removeprefix("sha256:")
+
+
+def _no_verdict(c: Classification) -> Classification:
+    """A fatal error says nothing about the backend's health: don't feed the breaker."""
+    return Classification(c.category, False, False, c.status_code)
+
+
+def _hostport(cfg: BackendConfig) -> str:
+    u = httpx.URL(cfg.base_url)
+    return f"{u.host}:{u.port or (443 if u.scheme == 'https' else 80)}"
+
+
+class HybridOllamaEmbeddings(BaseModel, Embeddings):
+    """Embeddings over several Ollama servers, with failover and digest safety.
+
+    Setup:
+        The same two servers as :class:`~langchain_contextharbor.HybridChatOllama`
+        (``OLLAMA_GPU_URL`` / ``OLLAMA_CPU_URL``, or ``backends=``), and the *same build* of
+        the embedding model pulled on each (``contextharbor models`` shows the digests).
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_contextharbor import HybridChatOllama, HybridOllamaEmbeddings
+
+            llm = HybridChatOllama(model="llama3.1:8b")
+            emb = HybridOllamaEmbeddings.from_chat_model(llm, model="nomic-embed-text")
+            # or HybridOllamaEmbeddings(model="nomic-embed-text") with its own router
+
+    Use:
+        ``embed_documents``/``embed_query`` and the async ``aembed_*`` forms. Large lists go
+        in batches of ``batch_size``; when a backend fails part-way, the remaining batches
+        go to the next one and the finished ones are kept. The output order is the input's.
+
+    Digest safety:
+        ``emb.digest`` is the build in use (store it beside your index and pass it back as
+        ``expected_digest=`` next time; a prefix of 12+ hex characters, as ``ollama list``
+        prints, is enough). A server with another build is refused with
+        :class:`~langchain_contextharbor.errors.EmbeddingDigestMismatchError`;
+        ``allow_digest_mismatch=True`` accepts it and sets ``emb.mixed_digests``.
+    """
+
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, populate_by_name=True, hide_input_in_errors=True
+    )
+
+    model: str
+    """Embedding model tag, e.g. ``"nomic-embed-text"``."""
+    backends: list[BackendConfig] | None = None
+    """Explicit backends; when None, built from ``gpu_url`` and ``cpu_url`` (or ``router``)."""
+    gpu_url: str | None = Field(
+        default_factory=from_env(GPU_URL_ENV, default=DEFAULT_GPU_URL), repr=False
+    )
+    """GPU server (env ``OLLAMA_GPU_URL``); empty string disables it."""
+    cpu_url: str | None = Field(
+        default_factory=from_env(CPU_URL_ENV, default=DEFAULT_CPU_URL), repr=False
+    )
+    """CPU server (env ``OLLAMA_CPU_URL``); empty string disables it."""
+    router: Router | None = Field(default=None, exclude=True, repr=False)
+    """A router to share (``llm.router`` of a HybridChatOllama): one set of probes, health
+    cache and breakers for the chat model and the retriever. Its backends are used."""
+
+    batch_size: int = 64
+    """Texts per request; a failure costs at most one batch of work."""
+    expected_digest: str | None = None
+    """The build the index was made with (from ``emb.digest`` of an earlier run)."""
+    allow_digest_mismatch: bool = False
+    """Accept vectors from another build (then ``mixed_digests`` is set and a warning logged)."""
+
+    dimensions: int | None = None
+    keep_alive: int | None = None
+    num_ctx: int | None = None
+    num_gpu: int | None = None
+    num_thread: int | None = None
+
+    timeout: float | None = None
+    """Request timeout: sets the first-token (whole answer) and idle timeouts of backends
+    that do not configure their own."""
+    timeouts: Timeouts | None = None
+    size_threshold_gb: float = 8.0
+    model_sizes: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MODEL_SIZES))
+    prefer_warm: bool = False
+    spillover: bool = True
+    breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)
+    probe_ttl: float = 10.0
+    """Seconds a probe (and the digest it read) stays fresh; an older one is renewed, and
+    waited for, before a batch goes to that backend."""
+    background_probes: bool = True
+    clock: Callable[[], float] | None = Field(default=None, exclude=True, repr=False)
+    nvml: Any = Field(default=None, exclude=True, repr=False)
+    host_memory: Callable[[], int | None] | None = Field(default=None, exclude=True, repr=False)
+
+    _s: _State = PrivateAttr()
+
+    def __init__(self, **kwargs: Any) -> None:
+        try:
+            super().__init__(**kwargs)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(x) for x in e['loc']) or 'config'}: "
+                f"{str(e['msg']).removeprefix('Value error, ')}"
+                for e in exc.errors(include_input=False, include_url=False)
+            )
+            raise ConfigurationError(
+                f"invalid HybridOllamaEmbeddings configuration: {problems}"
+            ) from None
+
+    @classmethod
+    def from_chat_model(cls, llm: Any, *, model: str, **kwargs: Any) -> HybridOllamaEmbeddings:
+        """Embeddings that share ``llm``'s router (probes, health cache, breakers) and its
+        routing knobs (size threshold, prefer_warm, spillover)."""
+        for knob in ("size_threshold_gb", "prefer_warm", "spillover"):
+            kwargs.setdefault(knob, getattr(llm, knob))
+        return cls(model=model, router=llm.router, **kwargs)
+
+    @model_validator(mode="after")
+    def _setup(self) -> HybridOllamaEmbeddings:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigurationError("model must be a non-empty model tag, e.g. 'nomic-embed-text'")
+        if self.batch_size < 1:
+            raise ConfigurationError(f"batch_size must be >= 1, got {self.batch_size!r}")
+        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise ConfigurationError(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        if not (math.isfinite(self.probe_ttl) and self.probe_ttl > 0):
+            raise ConfigurationError(f"probe_ttl must be > 0 seconds, got {self.probe_ttl!r}")
+        if not (math.isfinite(self.size_threshold_gb) and self.size_threshold_gb > 0):
+            raise ConfigurationError(
+                f"size_threshold_gb must be a finite number > 0, got {self.size_threshold_gb!r}"
+            )
+        try:
+            self.model_sizes = validate_model_sizes(self.model_sizes)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        if self.expected_digest is not None:
+            d = _strip_digest(self.expected_digest)
+            if len(d) < 12 or any(ch not in "0123456789abcdef" for ch in d):
+                raise ConfigurationError(
+                    "expected_digest must be a sha256 digest (or its first 12+ hex "
+                    f"characters, as `ollama list` prints), got {self.expected_digest!r}"
+                )
+            self.expected_digest = d
+        if self.router is not None:
+            if self.backends is not None:
+                raise ConfigurationError(
+                    "pass either router= (to share a chat model's backends) or backends=, not both"
+                )
+            router = self.router
+            configs = [b.config for b in router.backends]
+            owns = False
+        else:
+            if self.backends is not None:
+                configs = coerce_backends(self.backends)
+            else:
+                configs = coerce_backends(
+                    backends_from_env({}, gpu_url=self.gpu_url or "", cpu_url=self.cpu_url or "")
+                )
+            default_t = self.timeouts
+            if default_t is None and self.timeout is not None:
+                default_t = Timeouts(first_token=self.timeout, idle=self.timeout)
+            if default_t is not None:
+                configs = [
+                    c
+                    if "timeouts" in c.model_fields_set
+                    else c.model_copy(update={"timeouts": default_t})
+                    for c in configs
+                ]
+            router = Router(
+                configs,
+                clock=self.clock or time.monotonic,
+                breaker_policy=self.breaker,
+                probe_ttl=self.probe_ttl,
+                background_probes=self.background_probes,
+                nvml=self.nvml,
+                host_memory=self.host_memory,
+            )
+            owns = True
+        self._s = _State(configs, router, owns)
+        if self.expected_digest is not None:
+            self._s.digest = self.expected_digest
+            self._s.digest_source = "expected_digest"
+        return self
+
+    # ------------------------------------------------------------------ public state
+    @property
+    def shared_router(self) -> Router:
+        """The router in use (shared with a chat model when built with ``router=``)."""
+        return self._s.router
+
+    @property
+    def backend_configs(self) -> list[BackendConfig]:
+        return list(self._s.configs)
+
+    @property
+    def digest(self) -> str | None:
+        """The build (sha256 digest) this instance embeds with: ``expected_digest`` until a
+        server confirmed the full digest, then that; ``None`` before the first call."""
+        return self._s.digest
+
+    @property
+    def digests_used(self) -> dict[str, str]:
+        """Backend -> digest of every backend that has embedded for this instance."""
+        with self._s.lock:
+            return dict(self._s.digests_used)
+
+    @property
+    def mixed_digests(self) -> bool:
+        """True once vectors of more than one build were returned (only possible with
+        ``allow_digest_mismatch=True``)."""
+        return len(set(self.digests_used.values())) > 1
+
+    @property
+    def last_batches(self) -> list[BatchRecord]:
+        """Which backend served each batch of the most recent call (for inspection)."""
+        return list(self._s.last_batches)
+
+    def close(self) -> None:
+        """Close the inner clients, and the router's probes when the router is our own."""
+        s = self._s
+        s.sync_inner.clear()
+        s.async_inner.clear()
+        if s.owns_router:
+            s.router.close()
+
+    # ------------------------------------------------------------------ inner clients
+    def _inner_params(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in _PASSTHROUGH if getattr(self, k) is not None}
+
+    def _build_inner(self, cfg: BackendConfig) -> OllamaEmbeddings:
+        extra = dict(cfg.client_kwargs)
+        sync_t = extra.pop("transport", None)
+        async_t = extra.pop("async_transport", None)
+        tkw: dict[str, Any] = {"verify": cfg.verify}
+        if "cert" in extra:
+            tkw["cert"] = extra.pop("cert")
+        return OllamaEmbeddings(
+            model=self.model,
+            base_url=cfg.base_url,
+            client_kwargs={"headers": dict(cfg.headers), **extra},
+            sync_client_kwargs={"transport": PhaseTimeoutTransport(cfg.timeouts, sync_t, **tkw)},
+            async_client_kwargs={
+                "transport": AsyncPhaseTimeoutTransport(cfg.timeouts, async_t, **tkw)
+            },
+            **self._inner_params(),
+        )
+
+    def _inner(self, name: str) -> OllamaEmbeddings:
+        s = self._s
+        inner = s.sync_inner.get(name)
+        if inner is None:
+            with s.lock:
+                inner = s.sync_inner.get(name)
+                if inner is None:
+                    inner = self._build_inner(s.router.get(name).config)
+                    s.sync_inner[name] = inner
+        return inner
+
+    def _ainner(self, name: str) -> OllamaEmbeddings:
+        # ollama.AsyncClient binds its pool to the loop of its first request: one per loop.
+        loop = asyncio.get_running_loop()
+        s = self._s
+        entry = s.async_inner.get((name, id(loop)))
+        if entry is not None and entry[0]() is loop:
+            return entry[1]
+        with s.lock:
+            for k, (ref, _) in list(s.async_inner.items()):
+                lp = ref()
+                if lp is None or lp.is_closed():
+                    del s.async_inner[k]
+            inner = self._build_inner(s.router.get(name).config)
+            s.async_inner[(name, id(loop))] = (weakref.ref(loop), inner)
+        return inner
+
+    # ------------------------------------------------------------------ decisions
+    def _plan(self, num_ctx: int) -> RoutePlan:
+        policy = RoutePolicy(
+            size_threshold_bytes=int(self.size_threshold_gb * GIB),
+            prefer_warm=self.prefer_warm,
+            spillover=self.spillover,
+        )
+        try:
+            return self._s.router.plan(
+                self.model, num_ctx=num_ctx, sizes=self.model_sizes, policy=policy
+            )
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+
+    def _start(self, texts: Any) -> tuple[list[str], _Call]:
+        if isinstance(texts, str):
+            raise EmbeddingInputError(
+                "embed_documents takes a list of strings, got one str "
+                "(use embed_query for a single text)"
+            )
+        try:
+            items = list(texts)
+        except TypeError:
+            raise EmbeddingInputError(
+                f"embed_documents takes a list of strings, got {type(texts).__name__}"
+            ) from None
+        for i, t in enumerate(items):
+            if not isinstance(t, str):
+                raise EmbeddingInputError(
+                    f"texts[{i}] is {type(t).__name__}, not str: every item to embed must be "
+                    "a string (convert documents with doc.page_content)"
+                )
+        return items, _Call(self.model, self.num_ctx or DEFAULT_NUM_CTX)
+
+    def _stale_probe(self, name: str) -> bool:
+        rt = self._s.router.get(name)
+        p = rt.probe
+        return p is None or not p.ok or self._s.router.clock() - p.at > self._s.router.probe_ttl
+
+    def _probe_future(self, name: str) -> Any:
+        router = self._s.router
+        return router._submit_probe(router.get(name))
+
+    def _digest_check(self, call: _Call, name: str) -> str | None:
+        """The digest to embed with on ``name``, or None (recorded as a skip) when refused."""
+        s = self._s
+        rt = s.router.get(name)
+        cfg = rt.config
+        p: ProbeResult | None = rt.probe
+        key = normalize_model_name(self.model)
+        reason: str | None = None
+        digest: str | None = None
+        if p is None or not p.ok:
+            reason = f"could not read the model's digest: {p.reason if p else 'no probe'}"
+        elif p.digests is None:
+            reason = "its probe reported no digests"
+        else:
+            digest = p.digests.get(key)
+            if digest is None:
+                reason = f"model {key!r} not in this server's /api/tags"
+        if digest is not None:
+            digest = _strip_digest(digest)
+            with s.lock:
+                expected = s.digest
+            if (
+                expected is not None
+                and not digest.startswith(expected)
+                and not self.allow_digest_mismatch
+            ):
+                call.mismatched[name] = digest
+                reason = f"holds build {digest[:12]}, not {expected[:12]} ({s.digest_source})"
+        if reason is not None:
+            call.skipped.append(SkipRecord(cfg.name, cfg.safe_url, reason))
+            call.avoid.add(name)
+            return None
+        return digest
+
+    def _pin(self, call: _Call, name: str, digest: str) -> None:
+        """After a success on ``name``: adopt ``digest`` as the build in use, or confirm it."""
+        s = self._s
+        with s.lock:
+            current = s.digest
+            if current is None:
+                s.digest, s.digest_source = digest, f"first used on {name!r}"
+            elif digest.startswith(current):
+                s.digest = digest  # an expected prefix becomes the full digest
+            elif not self.allow_digest_mismatch:
+                # Two first calls raced to two servers holding different builds.
+                call.mismatched[name] = digest
+                raise self._mismatch(call)
+            else:
+                logger.warning(
+                    "embedding model %s: backend %s holds build %s, not %s; vectors of two "
+                    "builds are being mixed (allow_digest_mismatch=True)",
+                    self.model,
+                    name,
+                    digest[:12],
+                    current[:12],
+                )
+            s.digests_used[name] = digest
+
+    def _mismatch(self, call: _Call) -> EmbeddingDigestMismatchError:
+        s = self._s
+        pulls = "; ".join(f"OLLAMA_HOST={_hostport(c)} ollama pull {self.model}" for c in s.configs)
+        hint = (
+            f"pull the same build on every server ({pulls}) and check that "
+            "`contextharbor models` shows one digest; or re-index every document with one "
+            "build; or pass allow_digest_mismatch=True to accept mixed vectors"
+        )
+        return EmbeddingDigestMismatchError(
+            self.model,
+            s.digest or "",
+            call.mismatched,
+            source=s.digest_source,
+            hint=hint,
+            attempts=call.attempts,
+            skipped=[k for k in call.skipped if k.backend not in call.mismatched],
+        )
+
+    def _candidates(self, call: _Call) -> Iterator[str]:
+        """Backends to try for one batch, in plan order, minus those this call gave up on."""
+        plan = self._plan(call.num_ctx)
+        if not call.batches and not call.attempts:
+            call.skipped.extend(plan.skipped)
+        for cand in plan.candidates:
+            if cand.backend not in call.avoid:
+                yield cand.backend
+
+    def _failed(self, call: _Call, name: str, exc: Exception, started: float) -> bool:
+        """Record a failed attempt; True = try the next backend, False = re-raise ``exc``."""
+        router = self._s.router
+        cfg = router.get(name).config
+        c = classify_exception(exc)
+        msg = cfg.scrub(str(exc) or type(exc).__name__)
+        call.attempts.append(
+            AttemptRecord(
+                name,
+                cfg.safe_url,
+                c.category.value,
+                type(exc).__name__,
+                msg,
+                (time.perf_counter() - started) * 1000,
+            )
+        )
+        call.exceptions.append(exc)
+        if not c.failover:
+            router.record_failure(
+                name, self.model, call.num_ctx, _no_verdict(c), msg, fell_back=False
+            )
+            return False
+        logger.warning("backend %s failed to embed with %s: %s", name, self.model, msg)
+        router.record_failure(name, self.model, call.num_ctx, c, msg, fell_back=True)
+        call.avoid.add(name)
+        return True
+
+    def _succeeded(
+        self,
+        call: _Call,
+        name: str,
+        digest: str,
+        start: int,
+        batch: Sequence[str],
+        got: Any,
+        fallback: bool,
+    ) -> list[list[float]]:
+        vectors = [list(v) for v in got]
+        if len(vectors) != len(batch):
+            raise AllBackendsFailedError(
+                self.model,
+                call.attempts,
+                call.skipped,
+                call.exceptions,
+                f"backend {name!r} returned {len(vectors)} vectors for {len(batch)} texts",
+            )
+        self._pin(call, name, digest)
+        call.batches.append(BatchRecord(start, start + len(batch), name, digest, fallback))
+        return vectors
+
+    def _all_failed(self, call: _Call) -> Exception:
+        if call.mismatched:  # a server could have answered, with vectors of another build
+            return self._mismatch(call)
+        cats = {a.category for a in call.attempts}
+        skip_missing = all(
+            "not found" in s.reason or "not in this server" in s.reason for s in call.skipped
+        )
+        cls: type[AllBackendsFailedError] = AllBackendsFailedError
+        hint = None
+        if (
+            (not call.attempts or cats == {FailoverCategory.MODEL_NOT_FOUND.value})
+            and skip_missing
+            and (call.attempts or call.skipped)
+        ):
+            cls = ModelNotAvailableError
+            pulls = [
+                f"OLLAMA_HOST={_hostport(c)} ollama pull {self.model}  ({c.name})"
+                for c in self._s.configs
+            ]
+            hint = "pull it first: " + "; ".join(pulls)
+        elif not call.attempts:
+            cls = NoBackendAvailableError
+        return cls(self.model, call.attempts, call.skipped, call.exceptions, hint)
+
+    # ------------------------------------------------------------------ sync
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed ``texts`` in batches, failing over per batch; order is preserved."""
+        items, call = self._start(texts)
+        if not items:
+            return []
+        out: list[list[float]] = []
+        for start in range(0, len(items), self.batch_size):
+            out.extend(self._embed_batch(call, start, items[start : start + self.batch_size]))
+        self._s.last_batches = call.batches
+        return out
+
+    def embed_query(self, text: str) -> list[float]:
+        if not isinstance(text, str):
+            raise EmbeddingInputError(f"embed_query takes a str, got {type(text).__name__}")
+        return self.embed_documents([text])[0]
+
+    def _embed_batch(self, call: _Call, start: int, batch: list[str]) -> list[list[float]]:
+        router = self._s.router
+        for tried, name in enumerate(self._candidates(call)):
+            if self._stale_probe(name):
+                self._probe_future(name).result()
+            digest = self._digest_check(call, name)
+            if digest is None:
+                continue
+            if not router.acquire(name):
+                cfg = router.get(name).config
+                call.skipped.append(SkipRecord(name, cfg.safe_url, "circuit open"))
+                continue
+            started = time.perf_counter()
+            try:
+                got = self._inner(name).embed_documents(batch)
+            except Exception as exc:
+                if not self._failed(call, name, exc, started):
+                    raise
+                continue
+            finally:
+                router.release(name)
+            router.record_success(name, time.perf_counter() - started, None)
+            return self._succeeded(
+                call, name, digest, start, batch, got, tried > 0 or bool(call.avoid - {name})
+            )
+        raise self._all_failed(call)
+
+    # ------------------------------------------------------------------ async
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """The async twin of :meth:`embed_documents` (same decisions, same state)."""
+        items, call = self._start(texts)
+        if not items:
+            return []
+        await self._s.router.await_first_probes()
+        out: list[list[float]] = []
+        for start in range(0, len(items), self.batch_size):
+            out.extend(
+                await self._aembed_batch(call, start, items[start : start + self.batch_size])
+            )
+        self._s.last_batches = call.batches
+        return out
+
+    async def aembed_query(self, text: str) -> list[float]:
+        if not isinstance(text, str):
+            raise EmbeddingInputError(f"embed_query takes a str, got {type(text).__name__}")
+        return (await self.aembed_documents([text]))[0]
+
+    async def _aembed_batch(self, call: _Call, start: int, batch: list[str]) -> list[list[float]]:
+        router = self._s.router
+        for tried, name in enumerate(self._candidates(call)):
+            if self._stale_probe(name):
+                await asyncio.wrap_future(self._probe_future(name))
+            digest = self._digest_check(call, name)
+            if digest is None:
+                continue
+            if not router.acquire(name):
+                cfg = router.get(name).config
+                call.skipped.append(SkipRecord(name, cfg.safe_url, "circuit open"))
+                continue
+            started = time.perf_counter()
+            try:
+                got = await self._ainner(name).aembed_documents(batch)
+            except Exception as exc:
+                if not self._failed(call, name, exc, started):
+                    raise
+                continue
+            finally:
+                router.release(name)
+            router.record_success(name, time.perf_counter() - started, None)
+            return self._succeeded(
+                call, name, digest, start, batch, got, tried > 0 or bool(call.avoid - {name})
+            )
+        raise self._all_failed(call)
