@@ -644,7 +644,6 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
         items, call = self._start(texts)
         if not items:
             return []
-        await self._s.router.await_first_probes()
         out: list[list[float]] = []
         for start in range(0, len(items), self.batch_size):
             out.extend(
@@ -660,6 +659,7 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
 
     async def _aembed_batch(self, call: _Call, start: int, batch: list[str]) -> list[list[float]]:
         router = self._s.router
+        await router.await_evidence()  # so the plan below never blocks the loop
         for tried, name in enumerate(self._candidates(call)):
             if self._stale_probe(name):
                 await asyncio.wrap_future(self._probe_future(name))
