@@ -171,10 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         formatter_class=fmt,
         epilog=_EPILOG,
-        help="models per server; marks models only one server has (no fallback)",
+        help="models per server; marks models only one server has, and different builds",
         description=_para(
-            "List the models of each server. A model that only one answering "
-            "server has is marked: if that server fails, there is no fallback."
+            "List the models of each server with the digest (build) of each. A model "
+            "that only one answering server has is marked: if that server fails, there "
+            "is no fallback. A model whose servers hold different builds is marked too: "
+            "answers may change after a failover, and an embedding index made with one "
+            "build does not match vectors of the other."
         ),
     )
     p_models.add_argument(
@@ -275,16 +278,38 @@ def _print_route_table(plan: RoutePlan, out: TextIO) -> None:
         print(f"note: {note}", file=out)
 
 
+def _digest_cells(healths: Sequence[BackendHealth], model: str) -> dict[str, str]:
+    """Backend -> digest of ``model`` on every backend that lists it."""
+    out: dict[str, str] = {}
+    for h in healths:
+        d = h.digest_of(model)
+        if d is not None:
+            out[h.name] = d
+    return out
+
+
 def _print_models(healths: Sequence[BackendHealth], out: TextIO) -> None:
     only = models_on_one_backend(healths)
     names = sorted({m for h in healths for m in (h.models or ())})
-    rows: list[tuple[str, ...]] = [("MODEL", *(h.name for h in healths), "")]
+    rows: list[tuple[str, ...]] = [("MODEL", *(h.name for h in healths), "DIGEST", "")]
+    differ = 0
     for m in names:
         cells = [
             "yes" if m in (h.models or ()) else ("?" if h.models is None else "-") for h in healths
         ]
-        note = f"* only on {only[m]}: no fallback" if m in only else ""
-        rows.append((m, *cells, note))
+        digests = _digest_cells(healths, m)
+        builds = sorted(set(digests.values()))
+        notes = []
+        if len(builds) > 1:
+            differ += 1
+            shown = "DIFFERS"
+            where = ", ".join(f"{b} {d[:12]}" for b, d in digests.items())
+            notes.append(f"! different builds: {where}")
+        else:
+            shown = builds[0][:12] if builds else "?"
+        if m in only:
+            notes.append(f"* only on {only[m]}: no fallback")
+        rows.append((m, *cells, shown, "; ".join(notes)))
     for line in _table(rows):
         print(line, file=out)
     if not names:
@@ -298,12 +323,29 @@ def _print_models(healths: Sequence[BackendHealth], out: TextIO) -> None:
             "cannot fall back",
             file=out,
         )
+    if differ:
+        print(
+            f"{differ} model(s) with different builds on different backends (marked !): "
+            "answers may differ after a failover, and embeddings of one build do not match "
+            "an index made with the other; pull the same build on every server",
+            file=out,
+        )
 
 
 def _models_detail(healths: Sequence[BackendHealth]) -> dict[str, Any]:
     only = models_on_one_backend(healths)
     names = sorted({m for h in healths for m in (h.models or ())})
     loaded = {(h.name, m.name): m.placement for h in healths for m in h.loaded}
+    detail: dict[str, Any] = {}
+    for m in names:
+        digests = _digest_cells(healths, m)
+        detail[m] = {
+            "backends": [h.name for h in healths if m in (h.models or ())],
+            "only_on": only.get(m),
+            "loaded": {h.name: loaded[(h.name, m)] for h in healths if (h.name, m) in loaded},
+            "digests": digests,
+            "same_digest": None if len(digests) < 2 else len(set(digests.values())) == 1,
+        }
     return {
         "backends": {
             h.name: {
@@ -315,14 +357,7 @@ def _models_detail(healths: Sequence[BackendHealth]) -> dict[str, Any]:
             }
             for h in healths
         },
-        "models": {
-            m: {
-                "backends": [h.name for h in healths if m in (h.models or ())],
-                "only_on": only.get(m),
-                "loaded": {h.name: loaded[(h.name, m)] for h in healths if (h.name, m) in loaded},
-            }
-            for m in names
-        },
+        "models": detail,
     }
 
 

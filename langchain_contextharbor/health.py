@@ -90,6 +90,12 @@ class BackendHealth:
     loaded: tuple[LoadedModel, ...] = ()
     loaded_memory_gb: float | None = None
     warnings: tuple[str, ...] = ()
+    digests: tuple[tuple[str, str], ...] = ()
+    """``(model, digest)`` pairs from ``/api/tags``: which build of each model this has."""
+
+    def digest_of(self, model: str) -> str | None:
+        """The digest of ``model`` (canonical name) on this backend, if it has it."""
+        return dict(self.digests).get(model)
 
     @property
     def status(self) -> str:
@@ -337,6 +343,7 @@ def _health(
         free_memory_gb=None if free is None else free / _GIB,
         memory_source=source,
         models=tuple(sorted(p.models or {})),
+        digests=tuple(sorted((p.digests or {}).items())),
         loaded=loaded,
         loaded_memory_gb=held / _GIB,
         warnings=_placement_warnings(cfg, loaded),

@@ -298,8 +298,9 @@ def test_models_marks_models_on_one_backend(
     code, out, _ = run(capsys, "models")
     assert code == EXIT_OK
     lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
-    assert lines["MODEL"].split() == ["MODEL", "gpu", "cpu"]
-    assert lines[SMALL].split() == [SMALL, "yes", "yes"]
+    assert lines["MODEL"].split() == ["MODEL", "gpu", "cpu", "DIGEST"]
+    small_digest = pair[0].get_model(SMALL).digest  # type: ignore[union-attr]
+    assert lines[SMALL].split() == [SMALL, "yes", "yes", small_digest[:12]]
     assert "* only on gpu: no fallback" in lines[GPU_ONLY]
     assert "* only on cpu: no fallback" in lines[CPU_ONLY]
     assert "2 model(s) on one backend only" in out
@@ -315,11 +316,15 @@ def test_models_json_is_the_original_shape(
     assert code == EXIT_OK and legacy == data
 
     code, detail = run_json(capsys, "models", "--json", "--detail")
+    gpu_only_digest = pair[0].get_model(GPU_ONLY).digest  # type: ignore[union-attr]
     assert detail["models"][GPU_ONLY] == {
         "backends": ["gpu"],
         "only_on": "gpu",
         "loaded": {"gpu": "48%/52% CPU/GPU"},
+        "digests": {"gpu": gpu_only_digest},
+        "same_digest": None,
     }
+    assert detail["models"][SMALL]["same_digest"] is True
     assert detail["models"][SMALL]["only_on"] is None
     assert detail["models"][SMALL]["loaded"] == {"gpu": "100% GPU", "cpu": "100% CPU"}
     assert detail["backends"]["cpu"]["models"] == [SMALL, CPU_ONLY]
@@ -406,3 +411,22 @@ def test_module_entry_point_runs_in_a_subprocess(
     data = json.loads(proc.stdout)
     assert data["gpu"]["status"] == data["cpu"]["status"] == "healthy"
     assert data["gpu"]["version"] == "0.14.3"
+
+
+def test_models_flags_different_builds_of_one_model(
+    pair: tuple[OllamaStandIn, OllamaStandIn], capsys: pytest.CaptureFixture[str]
+) -> None:
+    gpu, cpu = pair
+    gpu.add_model(StandInModel("nomic-embed-text", digest="a1" * 32))
+    cpu.add_model(StandInModel("nomic-embed-text", digest="b2" * 32))
+    code, out, _ = run(capsys, "models")
+    assert code == EXIT_OK
+    line = next(x for x in out.splitlines() if x.startswith("nomic-embed-text"))
+    assert line.split()[1:4] == ["yes", "yes", "DIFFERS"]
+    assert "! different builds: gpu a1a1a1a1a1a1, cpu b2b2b2b2b2b2" in line
+    assert "1 model(s) with different builds" in out and "pull the same build" in out
+    assert "DIFFERS" not in next(x for x in out.splitlines() if x.startswith(SMALL))
+    code, detail = run_json(capsys, "models", "--json", "--detail")
+    entry = detail["models"]["nomic-embed-text:latest"]
+    assert entry["same_digest"] is False
+    assert entry["digests"] == {"gpu": "a1" * 32, "cpu": "b2" * 32}
