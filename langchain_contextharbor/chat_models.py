@@ -318,8 +318,8 @@ class HybridChatOllama(BaseChatModel):
 
     Setup:
         Run two Ollama servers, a GPU one on ``127.0.0.1:11434`` and a CPU-only one on
-        ``127.0.0.1:11435`` (see ``scripts/setup_hybrid_ollama.sh``), then
-        ``pip install langchain-contextharbor``.
+        ``127.0.0.1:11435`` (see ``scripts/setup_hybrid_ollama.sh``), then install the
+        package from a checkout (``pip install .``) or a built wheel; it is not on PyPI yet.
 
     Key init args:
         model: the Ollama model tag (``"llama3.1:8b"``).

@@ -1,0 +1,77 @@
+"""Where the examples get their Ollama servers from (shared by every script here).
+
+If an Ollama server answers at ``OLLAMA_GPU_URL`` / ``OLLAMA_CPU_URL`` (default
+127.0.0.1:11434 and :11435), the examples use it, with the model named in
+``CONTEXTHARBOR_EXAMPLE_MODEL`` or else the first one it has. Otherwise they start two
+embedded Ollama stand-ins on loopback (``langchain_contextharbor.testing``): a "gpu" and a
+"cpu" server with the scripted engine, which answers, streams, calls tools and fills JSON
+schemas without a real model. Every example prints which of the two it is using.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+
+from langchain_contextharbor import DEFAULT_CPU_URL, DEFAULT_GPU_URL, BackendConfig
+from langchain_contextharbor.testing import OllamaStandIn
+
+STANDIN_MODEL = "llama3.2:1b"
+
+
+@dataclass
+class Servers:
+    model: str
+    backends: list[BackendConfig] | None  # None: HybridChatOllama reads the environment
+    live: bool
+    live_url: str = ""  # the first real server that answered (live mode)
+    standins: dict[str, OllamaStandIn] = field(default_factory=dict)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url.rstrip('/')}/api/version", timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _first_model(url: str) -> str | None:
+    try:
+        models = httpx.get(f"{url.rstrip('/')}/api/tags", timeout=2).json().get("models", [])
+    except (httpx.HTTPError, ValueError):
+        return None
+    return str(models[0]["model"]) if models else None
+
+
+@contextlib.contextmanager
+def servers() -> Iterator[Servers]:
+    """Real Ollama if one answers, else two embedded stand-ins (stopped on exit)."""
+    urls = [
+        os.environ.get("OLLAMA_GPU_URL", DEFAULT_GPU_URL),
+        os.environ.get("OLLAMA_CPU_URL", DEFAULT_CPU_URL),
+    ]
+    live = [u for u in urls if u and _answers(u)]
+    model = os.environ.get("CONTEXTHARBOR_EXAMPLE_MODEL") or (live and _first_model(live[0]))
+    if live and model:
+        print(f"Using real Ollama at {', '.join(live)} with model {model}")
+        yield Servers(model=model, backends=None, live=True, live_url=live[0])
+        return
+    gpu = OllamaStandIn(name="gpu", models=[STANDIN_MODEL])
+    cpu = OllamaStandIn(name="cpu", models=[STANDIN_MODEL], gpu_fraction=0.0)
+    with gpu, cpu:
+        print(
+            f"No Ollama with a model answers: using two embedded stand-ins ({gpu.url}, {cpu.url})"
+        )
+        yield Servers(
+            model=STANDIN_MODEL,
+            backends=[
+                BackendConfig(name="gpu", base_url=gpu.url, kind="gpu"),
+                BackendConfig(name="cpu", base_url=cpu.url, kind="cpu"),
+            ],
+            live=False,
+            standins={"gpu": gpu, "cpu": cpu},
+        )
