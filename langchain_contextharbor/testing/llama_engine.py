@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from langchain_contextharbor.testing.engines import (
     DoneEvent,
     EngineEvent,
     TextToken,
+    normalize,
 )
 from langchain_contextharbor.testing.models import StandInModel
 
@@ -108,7 +109,8 @@ class LlamaCppEngine:
     1.1); ``num_predict`` becomes ``max_tokens`` (``max_tokens`` of the engine when unset or
     negative), ``seed`` -1 means random. A ``format`` is enforced with llama.cpp's JSON-schema
     grammar (``"json"`` = any JSON object). ``system_prompt`` is prepended when the
-    conversation has no system message of its own.
+    conversation has no system message of its own. ``/api/embed`` gets real vectors from
+    :meth:`embed` (mean-pooled, L2-normalised).
     """
 
     def __init__(
@@ -135,6 +137,8 @@ class LlamaCppEngine:
         self.verbose = verbose
         self._llama: Any = None
         self._lock = threading.Lock()
+        self._embedder: Any = None
+        self._embed_lock = threading.Lock()
 
     def load(self) -> None:
         """Load the model now (otherwise the first request does it)."""
@@ -157,8 +161,43 @@ class LlamaCppEngine:
         """Free the model (a later request loads it again)."""
         with self._lock:
             llama, self._llama = self._llama, None
-        if llama is not None and hasattr(llama, "close"):
-            llama.close()
+        with self._embed_lock:
+            embedder, self._embedder = self._embedder, None
+        for m in (llama, embedder):
+            if m is not None and hasattr(m, "close"):
+                m.close()
+
+    def embed(self, spec: StandInModel, texts: Sequence[str]) -> list[list[float]]:
+        """Real embeddings: the model's hidden states mean-pooled per text, L2-normalised.
+
+        A second ``Llama`` instance of the same GGUF runs in embedding mode (llama.cpp
+        cannot switch one instance), loaded on the first embed request. Like Ollama's
+        default ``truncate``, a text longer than the context is cut to fit. Any GGUF
+        embeds (as Ollama's llama.cpp runner does), so ``spec`` is not consulted.
+        """
+        with self._embed_lock:
+            if self._embedder is None:
+                import llama_cpp
+
+                self._embedder = llama_cpp.Llama(
+                    model_path=str(self.model_path),
+                    embedding=True,
+                    pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                    n_ctx=self.n_ctx,
+                    n_batch=self.n_ctx,
+                    n_ubatch=self.n_ctx,
+                    n_threads=self.n_threads,
+                    verbose=self.verbose,
+                )
+            model = self._embedder
+            out: list[list[float]] = []
+            for text in texts:
+                tokens = model.tokenize(text.encode("utf-8"), add_bos=True)
+                if len(tokens) > self.n_ctx:
+                    text = model.detokenize(tokens[1 : self.n_ctx]).decode("utf-8", "ignore")
+                vec = model.embed(text, normalize=False)
+                out.append(normalize([float(v) for v in vec]))
+            return out
 
     def model_spec(self, name: str = SMOLLM2_MODEL_NAME) -> StandInModel:
         """The ``StandInModel`` to register on a stand-in that uses this engine."""
