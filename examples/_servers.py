@@ -47,21 +47,38 @@ def _first_model(url: str) -> str | None:
     return str(models[0]["model"]) if models else None
 
 
+def _has_model(url: str, model: str) -> bool:
+    try:
+        models = httpx.get(f"{url.rstrip('/')}/api/tags", timeout=2).json().get("models", [])
+    except (httpx.HTTPError, ValueError):
+        return False
+    names = {str(m["model"]) for m in models}
+    return model in names or f"{model}:latest" in names
+
+
 @contextlib.contextmanager
-def servers() -> Iterator[Servers]:
-    """Real Ollama if one answers, else two embedded stand-ins (stopped on exit)."""
+def servers(embed_model: str | None = None) -> Iterator[Servers]:
+    """Real Ollama if one answers, else two embedded stand-ins (stopped on exit).
+
+    ``embed_model``: an embedding model the example needs too; real Ollama is used only
+    when it has that model (``ollama pull nomic-embed-text``).
+    """
     urls = [
         os.environ.get("OLLAMA_GPU_URL", DEFAULT_GPU_URL),
         os.environ.get("OLLAMA_CPU_URL", DEFAULT_CPU_URL),
     ]
     live = [u for u in urls if u and _answers(u)]
     model = os.environ.get("CONTEXTHARBOR_EXAMPLE_MODEL") or (live and _first_model(live[0]))
+    if live and embed_model and not _has_model(live[0], embed_model):
+        print(f"Ollama at {live[0]} has no {embed_model}: `ollama pull {embed_model}` to use it")
+        live = []
     if live and model:
         print(f"Using real Ollama at {', '.join(live)} with model {model}")
         yield Servers(model=model, backends=None, live=True, live_url=live[0])
         return
-    gpu = OllamaStandIn(name="gpu", models=[STANDIN_MODEL])
-    cpu = OllamaStandIn(name="cpu", models=[STANDIN_MODEL], gpu_fraction=0.0)
+    models = [STANDIN_MODEL, *([embed_model] if embed_model else [])]
+    gpu = OllamaStandIn(name="gpu", models=models)
+    cpu = OllamaStandIn(name="cpu", models=models, gpu_fraction=0.0)
     with gpu, cpu:
         print(
             f"No Ollama with a model answers: using two embedded stand-ins ({gpu.url}, {cpu.url})"
