@@ -32,19 +32,27 @@ import httpx
 from langchain_core.embeddings import Embeddings
 from langchain_core.utils import from_env
 from langchain_ollama import OllamaEmbeddings
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
 
 from langchain_contextharbor._router import ProbeResult, Router
 from langchain_contextharbor._transport import AsyncPhaseTimeoutTransport, PhaseTimeoutTransport
 from langchain_contextharbor.backends import (
     CPU_URL_ENV,
     DEFAULT_CPU_URL,
-    DEFAULT_GPU_URL,
-    GPU_URL_ENV,
     BackendConfig,
     Timeouts,
     backends_from_env,
     coerce_backends,
+    default_gpu_url,
+    redact_url,
 )
 from langchain_contextharbor.breaker import BreakerPolicy
 from langchain_contextharbor.classify import Classification, FailoverCategory, classify_exception
@@ -170,10 +178,8 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
     """Embedding model tag, e.g. ``"nomic-embed-text"``."""
     backends: list[BackendConfig] | None = None
     """Explicit backends; when None, built from ``gpu_url`` and ``cpu_url`` (or ``router``)."""
-    gpu_url: str | None = Field(
-        default_factory=from_env(GPU_URL_ENV, default=DEFAULT_GPU_URL), repr=False
-    )
-    """GPU server (env ``OLLAMA_GPU_URL``); empty string disables it."""
+    gpu_url: str | None = Field(default_factory=default_gpu_url, repr=False)
+    """GPU server (env ``OLLAMA_GPU_URL``, else ``OLLAMA_HOST``); empty string disables it."""
     cpu_url: str | None = Field(
         default_factory=from_env(CPU_URL_ENV, default=DEFAULT_CPU_URL), repr=False
     )
@@ -226,6 +232,10 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
             raise ConfigurationError(
                 f"invalid HybridOllamaEmbeddings configuration: {problems}"
             ) from None
+
+    @field_serializer("gpu_url", "cpu_url")
+    def _dump_url(self, v: str | None) -> str | None:
+        return redact_url(v) if v else v
 
     @classmethod
     def from_chat_model(cls, llm: Any, *, model: str, **kwargs: Any) -> HybridOllamaEmbeddings:
@@ -356,8 +366,8 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
             tkw["cert"] = extra.pop("cert")
         return OllamaEmbeddings(
             model=self.model,
-            base_url=cfg.base_url,
-            client_kwargs={"headers": dict(cfg.headers), **extra},
+            base_url=cfg.plain_url,
+            client_kwargs={"headers": dict(cfg.request_headers), **extra},
             sync_client_kwargs={"transport": PhaseTimeoutTransport(cfg.timeouts, sync_t, **tkw)},
             async_client_kwargs={
                 "transport": AsyncPhaseTimeoutTransport(cfg.timeouts, async_t, **tkw)

@@ -259,3 +259,34 @@ def test_shares_the_chat_models_router(
     with pytest.raises(Exception, match="not both"):
         HybridOllamaEmbeddings(model=EMBED, router=llm.router, backends=backends_for(gpu, cpu))
     llm.close()
+
+
+def test_credentials_never_appear_in_repr_dump_errors_or_logs(
+    ollama_standin_factory: StandInFactory, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from langchain_contextharbor import BackendConfig
+
+    caplog.set_level(logging.DEBUG)
+    gpu, cpu = make_pair(ollama_standin_factory, cpu_digest=DIGEST_B)
+    secret_url = gpu.url.replace("http://", "http://alice:pw-SECRET-1@")
+    emb = HybridOllamaEmbeddings(
+        model=EMBED,
+        backends=[
+            BackendConfig(name="gpu", base_url=secret_url, headers={"X-Api-Key": "tok-SECRET-2"}),
+            BackendConfig(name="cpu", base_url=cpu.url, kind="cpu"),
+        ],
+        clock=clock,
+        background_probes=False,
+    )
+    emb.embed_query("hello")  # credentials work: the GPU answered
+    assert emb.last_batches[0].backend == "gpu"
+    gpu.stop()
+    with pytest.raises(EmbeddingDigestMismatchError) as info:
+        emb.embed_query("again")
+    by_env = HybridOllamaEmbeddings(model=EMBED, gpu_url=secret_url, cpu_url="")
+    seen = [repr(emb), str(emb.model_dump()), str(info.value), caplog.text]
+    seen += [repr(by_env), str(by_env.model_dump())]
+    for text in seen:
+        assert "SECRET" not in text
