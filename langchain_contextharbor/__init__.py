@@ -50,6 +50,9 @@ from langchain_contextharbor.routing import (
     RoutePlan,
     RoutePolicy,
     RouteRequest,
+    SpeedEstimate,
+    SpeedPrior,
+    estimate_finish,
     plan_route,
 )
 from langchain_contextharbor.sizing import DEFAULT_MODEL_SIZES
@@ -90,6 +93,8 @@ __all__ = [
     "RoutePolicy",
     "RouteRequest",
     "SkipRecord",
+    "SpeedEstimate",
+    "SpeedPrior",
     "StreamInterruptedError",
     "Timeouts",
     "TruncatedStreamError",
@@ -97,6 +102,7 @@ __all__ = [
     "backends_from_env",
     "check_backends",
     "classify_exception",
+    "estimate_finish",
     "get_default_model",
     "health_report",
     "list_models",

@@ -40,6 +40,7 @@ from langchain_contextharbor.routing import (
     RoutePlan,
     RoutePolicy,
     RouteRequest,
+    SpeedEstimate,
     plan_route,
 )
 from langchain_contextharbor.sizing import (
@@ -136,6 +137,52 @@ def _parse_tags(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return out
 
 
+_DECAY = 0.3
+"""Weight of a new sample in the learned speed averages (about the last five calls)."""
+
+
+def learn_speed(old: SpeedEstimate | None, info: Mapping[str, Any]) -> SpeedEstimate | None:
+    """Fold one final chunk's Ollama timings (integer nanoseconds) into ``old``.
+
+    Pure. Returns ``old`` unchanged when the chunk carries no usable generation timing.
+    Generation speed and answer length are decaying averages; the warm time to first token
+    falls at once to a quicker sample and rises slowly (a request that waited for a slot
+    must not make the server look slow); only a ``load_duration`` above a quarter second
+    counts as a cold load."""
+    ec, ed = info.get("eval_count"), info.get("eval_duration")
+    if not (isinstance(ec, int) and ec > 0 and isinstance(ed, (int, float)) and ed > 0):
+        return old
+    tps = ec / (ed / 1e9)
+    ped = info.get("prompt_eval_duration")
+    first = ped / 1e9 if isinstance(ped, (int, float)) and ped > 0 else 0.0
+    ld = info.get("load_duration")
+    load = ld / 1e9 if isinstance(ld, (int, float)) and ld / 1e9 > 0.25 else None
+    if old is None or old.samples <= 0:
+        return SpeedEstimate(tps, first, float(ec), load, 1)
+    a = _DECAY
+    if first < old.first_token_s:
+        new_first = first
+    else:
+        new_first = old.first_token_s + 0.1 * (first - old.first_token_s)
+    if load is None:
+        new_load = old.load_s
+    elif old.load_s is None:
+        new_load = load
+    else:
+        new_load = old.load_s + a * (load - old.load_s)
+    return SpeedEstimate(
+        old.tokens_per_s + a * (tps - old.tokens_per_s),
+        new_first,
+        old.output_tokens + a * (ec - old.output_tokens),
+        new_load,
+        old.samples + 1,
+    )
+
+
+def _service_s(sp: SpeedEstimate | None) -> float:
+    return sp.first_token_s + sp.output_tokens / sp.tokens_per_s if sp else 0.0
+
+
 def _in_event_loop() -> bool:
     try:
         asyncio.get_running_loop()
@@ -211,6 +258,10 @@ class Router:
         self._keys: dict[str, str] = {}
         """Bumped on every change of what plans depend on (plans are cached per version)."""
         self._plan_cache: dict[tuple[Any, ...], tuple[float, RoutePlan]] = {}
+        self.speeds: dict[tuple[str, str], SpeedEstimate] = {}
+        """(backend name, normalized model) -> learned speed. Plain data (fleet-shareable)."""
+        self.answer_tokens: dict[str, float] = {}
+        """normalized model -> decaying average answer length, over every backend."""
 
     # ------------------------------------------------------------------ access
     @property
@@ -282,7 +333,13 @@ class Router:
         )
         foot = estimate_request_bytes(weights, num_ctx=num_ctx, arch=arch)
         req = RouteRequest(
-            model, num_ctx, weights.bytes, foot.total_bytes, weights.detail, foot.describe()
+            model,
+            num_ctx,
+            weights.bytes,
+            foot.total_bytes,
+            weights.detail,
+            foot.describe(),
+            self.answer_tokens.get(key),
         )
         plan = plan_route(req, snaps, policy)
         if ck:
@@ -443,6 +500,7 @@ class Router:
                     free_bytes=free,
                     capacity_source=source,
                     oom_reason=oom_reason,
+                    speed=self.speeds.get((cfg.name, key)),
                 )
             )
         return snaps, tags_size, arch, valid_until
@@ -504,7 +562,17 @@ class Router:
         if self._shared is not None:
             self._shared.release(name, self.clock())
 
-    def record_success(self, name: str, latency: float, ttft: float | None) -> None:
+    def record_success(
+        self,
+        name: str,
+        latency: float,
+        ttft: float | None,
+        *,
+        model: str | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        """A call succeeded; ``info`` (the final chunk's generation_info, with Ollama's
+        timings) teaches the router this model's speed on this backend."""
         b = self._by_name[name]
         with self._lock:
             br = b.breaker
@@ -516,8 +584,26 @@ class Router:
             b.stats.latency.add(latency)
             if ttft is not None:
                 b.stats.ttft.add(ttft)
+            if info and model:
+                self._learn(name, model, info)
         if closed and self._shared is not None:
             self._shared.publish_breaker(name, SharedBreaker("closed"), self.clock())
+
+    def _learn(self, name: str, model: str, info: Mapping[str, Any]) -> None:
+        """Update the learned speed (under the lock). Plans are re-made only when the
+        estimate moved by more than a tenth, so steady calls keep hitting the plan cache."""
+        key = self._keys.get(model) or normalize_model_name(model)
+        old = self.speeds.get((name, key))
+        new = learn_speed(old, info)
+        if new is None or new is old:
+            return
+        self.speeds[(name, key)] = new
+        prev = self.answer_tokens.get(key)
+        ec = float(info["eval_count"])
+        self.answer_tokens[key] = ec if prev is None else prev + _DECAY * (ec - prev)
+        before, after = _service_s(old), _service_s(new)
+        if old is None or abs(after - before) > 0.1 * before:
+            self._version += 1
 
     def record_failure(
         self,
@@ -870,6 +956,17 @@ class Router:
                 if self._shared is not None:
                     d["fleet_in_flight"] = b.fleet.in_flight if b.fleet is not None else None
                 d["url"] = b.config.safe_url
+                d["speeds"] = {
+                    m: {
+                        "tokens_per_s": round(sp.tokens_per_s, 2),
+                        "first_token_s": round(sp.first_token_s, 4),
+                        "answer_tokens": round(sp.output_tokens, 1),
+                        "load_s": None if sp.load_s is None else round(sp.load_s, 3),
+                        "samples": sp.samples,
+                    }
+                    for (n, m), sp in self.speeds.items()
+                    if n == b.config.name
+                }
                 d["kind"] = b.config.kind
                 out[b.config.name] = d
         return out

@@ -79,7 +79,7 @@ from langchain_contextharbor.errors import (
     TruncatedStreamError,
 )
 from langchain_contextharbor.fleet import REDIS_URL_ENV, SharedState, make_shared_state
-from langchain_contextharbor.routing import RoutePlan, RoutePolicy
+from langchain_contextharbor.routing import RoutePlan, RoutePolicy, SpeedPrior
 from langchain_contextharbor.sizing import (
     DEFAULT_MODEL_SIZES,
     DEFAULT_NUM_CTX,
@@ -279,7 +279,14 @@ class _Attempt:
         return held
 
     def succeeded(self, router: Router) -> None:
-        router.record_success(self.cfg.name, time.perf_counter() - self.started, self.ttft)
+        last = self.last
+        router.record_success(
+            self.cfg.name,
+            time.perf_counter() - self.started,
+            self.ttft,
+            model=self.call.model,
+            info=last.generation_info if last is not None else None,
+        )
 
     def _stamp(self) -> None:
         """Routing metadata goes on the first chunk the caller sees."""
@@ -425,7 +432,13 @@ class HybridChatOllama(BaseChatModel):
     prefer_warm: bool = False
     """Prefer a server that already has the model loaded even across GPU/CPU tiers."""
     spillover: bool = True
-    """When the best backend is saturated, use another fitting one with a free slot."""
+    """When the best backend is saturated, use another fitting one if it is expected to
+    finish the request sooner (learned speeds, queue depth, cold loads; see
+    :func:`~langchain_contextharbor.routing.estimate_finish`)."""
+    speed_prior: SpeedPrior = Field(default_factory=SpeedPrior)
+    """Speeds assumed per backend kind before the router has measured any call there
+    (default: GPU 60 tokens/s, CPU 6 tokens/s). Learned speeds replace them per backend
+    and model from Ollama's timings in every answer."""
     breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)
     probe_ttl: float = 10.0
     """Seconds a health/status probe stays fresh."""
@@ -695,7 +708,7 @@ class HybridChatOllama(BaseChatModel):
 
     # ------------------------------------------------------------------ routing
     def _policy(self) -> RoutePolicy:
-        key = (self.size_threshold_gb, self.prefer_warm, self.spillover)
+        key = (self.size_threshold_gb, self.prefer_warm, self.spillover, self.speed_prior)
         h = self._h
         cached = h.policy_cache
         if cached is not None and cached[0] == key:
@@ -704,6 +717,7 @@ class HybridChatOllama(BaseChatModel):
             size_threshold_bytes=int(self.size_threshold_gb * GIB),
             prefer_warm=self.prefer_warm,
             spillover=self.spillover,
+            prior=self.speed_prior,
         )
         h.policy_cache = (key, policy)
         return policy

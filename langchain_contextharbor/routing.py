@@ -12,8 +12,13 @@ The order of preference, most important first:
 2. demote a backend where this model at this context size ran out of memory recently;
 3. demote a backend whose known capacity cannot hold the request (weights + KV cache
    + overhead, counting memory the model already holds there);
-4. with spill-over on, demote a saturated backend (in-flight >= max_parallel), by how many
-   requests per slot a new one would queue behind;
+4. with spill-over on and some backend saturated (in-flight >= max_parallel), the
+   *expected finish time* of this request on each backend (:func:`estimate_finish`):
+   queue wait + cold load + time to first token + output tokens / tokens per second, from
+   speeds learned per backend and model (Ollama's own timings in every final chunk) or,
+   before any data, the policy's :class:`SpeedPrior` (a GPU much faster than a CPU). A
+   saturated backend loses its place only to one expected to finish sooner: spill-over
+   onto a CPU twenty times slower than a busy GPU would make the request later, not sooner;
 5. the preferred tier: GPU first when the request fits the GPU (capacity known) or,
    capacity unknown, when the weights are at most the size threshold (the design's table
    puts an 8 GB model on the GPU); CPU first otherwise;
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_contextharbor.errors import SkipRecord
-from langchain_contextharbor.sizing import format_bytes
+from langchain_contextharbor.sizing import GIB, format_bytes
 
 __all__ = [
     "BackendSnapshot",
@@ -38,6 +43,9 @@ __all__ = [
     "RoutePlan",
     "RoutePolicy",
     "RouteRequest",
+    "SpeedEstimate",
+    "SpeedPrior",
+    "estimate_finish",
     "plan_route",
 ]
 
@@ -72,6 +80,50 @@ class LoadedModel:
 
 
 @dataclass(frozen=True)
+class SpeedEstimate:
+    """Learned speed of one model on one backend: decaying averages over successful calls,
+    from the timings Ollama puts in every final chunk (``eval_count``/``eval_duration``,
+    ``prompt_eval_duration``, ``load_duration``). Plain data, so a fleet can share it."""
+
+    tokens_per_s: float
+    """Generation speed (``eval_count / eval_duration``)."""
+    first_token_s: float
+    """Time to first token with the model loaded (prompt evaluation); falls fast on a
+    quicker sample and rises slowly, so a queued request does not inflate it."""
+    output_tokens: float
+    """Average answer length (``eval_count``) seen for this model here."""
+    load_s: float | None = None
+    """Average cold load seen (``load_duration`` above a quarter second); None: none seen."""
+    samples: int = 0
+
+
+@dataclass(frozen=True)
+class SpeedPrior:
+    """What the router assumes about speed before it has measured a call on a backend.
+
+    Defaults describe the case this package exists for: a GPU server about ten times
+    faster per token than a CPU server (a 7B Q4 model: ~60 vs ~6 tokens/s). They only
+    order backends while spilling over (some backend saturated); set them to what your
+    servers do (``HybridChatOllama(speed_prior=SpeedPrior(...))``) or let the router learn.
+    """
+
+    gpu_tokens_per_s: float = 60.0
+    cpu_tokens_per_s: float = 6.0
+    gpu_first_token_s: float = 0.15
+    cpu_first_token_s: float = 1.5
+    output_tokens: float = 200.0
+    """Expected answer length before one was seen for the model."""
+    load_gib_per_s: float = 2.0
+    """Cold-load speed (weights read from disk) before a load was seen."""
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v > 0 and v != float("inf")):
+                raise ValueError(f"SpeedPrior.{name} must be a finite number > 0, got {v!r}")
+
+
+@dataclass(frozen=True)
 class BackendSnapshot:
     """Everything the router knows about one backend at planning time."""
 
@@ -97,6 +149,8 @@ class BackendSnapshot:
     capacity_source: str = "unknown"
     oom_reason: str | None = None
     """Set while a learned out-of-memory mark for this model/context is active."""
+    speed: SpeedEstimate | None = None
+    """Learned speed of this model here (None: none yet; the policy's prior applies)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +161,8 @@ class RouteRequest:
     needed_bytes: int
     size_detail: str
     footprint_detail: str = ""
+    expected_tokens: float | None = None
+    """Learned answer length of this model (any backend); None: the prior's."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +171,10 @@ class RoutePolicy:
     prefer_warm: bool = False
     """Prefer a backend that has the model loaded even across tiers (skip a GPU load)."""
     spillover: bool = True
-    """Send to another fitting backend with a free slot when the best one is saturated."""
+    """When the best backend is saturated, send to another fitting one if it is expected
+    to finish the request sooner."""
+    prior: SpeedPrior = field(default_factory=SpeedPrior)
+    """Speeds assumed before any were learned."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +271,37 @@ def _fits(b: BackendSnapshot, req: RouteRequest) -> bool | None:
     return req.needed_bytes <= avail
 
 
+def estimate_finish(b: BackendSnapshot, req: RouteRequest, prior: SpeedPrior) -> tuple[float, str]:
+    """Expected seconds until ``req`` would be answered on ``b``, and how that was made up.
+
+    queue wait (requests ahead per slot x one request's time) + cold load (when /api/ps
+    says the model is not loaded) + time to first token + output tokens / tokens per s.
+    """
+    sp = b.speed if (b.speed is not None and b.speed.samples > 0) else None
+    if sp is not None:
+        tps, first, src = sp.tokens_per_s, sp.first_token_s, f"learned, {sp.samples} calls"
+    elif b.kind == "gpu":
+        tps, first, src = prior.gpu_tokens_per_s, prior.gpu_first_token_s, "gpu prior"
+    else:
+        tps, first, src = prior.cpu_tokens_per_s, prior.cpu_first_token_s, "cpu prior"
+    tokens = req.expected_tokens or (sp.output_tokens if sp else prior.output_tokens)
+    service = first + tokens / max(tps, 1e-9)
+    ahead = max(0, b.in_flight - b.max_parallel + 1)
+    wait = ahead * service / max(1, b.max_parallel)
+    load = 0.0
+    if b.healthy is True and b.loaded is None:
+        if sp is not None and sp.load_s is not None:
+            load = sp.load_s
+        else:
+            load = req.weights_bytes / (prior.load_gib_per_s * GIB)
+    eta = wait + load + service
+    text = (
+        f"expected to finish in {eta:.2f}s = queue {wait:.2f}s ({ahead} ahead) + load "
+        f"{load:.2f}s + first token {first:.2f}s + {tokens:.0f} tok at {tps:.1f} tok/s ({src})"
+    )
+    return eta, text
+
+
 def plan_route(
     req: RouteRequest, backends: Sequence[BackendSnapshot], policy: RoutePolicy
 ) -> RoutePlan:
@@ -260,6 +350,9 @@ def plan_route(
         )
 
     any_free_slot = any(b.in_flight < b.max_parallel for b in usable)
+    # Finish times decide only while spilling over: with a free slot everywhere the tier
+    # and residency rules below keep their meaning (and their cheap, stable order).
+    by_eta = policy.spillover and not all(b.in_flight < b.max_parallel for b in usable)
     scored: list[tuple[tuple[float, ...], BackendSnapshot, list[str]]] = []
     for b in usable:
         reasons: list[str] = []
@@ -282,21 +375,18 @@ def plan_route(
         else:
             reasons.append("capacity unknown")
         saturated = b.in_flight >= b.max_parallel
-        # Queue depth per slot a new request would wait behind (0 with a free slot).
-        sat = (
-            (b.in_flight - b.max_parallel + 1) / b.max_parallel
-            if (policy.spillover and saturated)
-            else 0.0
-        )
+        eta, eta_text = estimate_finish(b, req, policy.prior)
         load = f"{b.in_flight}/{b.max_parallel} in flight"
-        if sat and any_free_slot:
-            reasons.append(f"demoted: saturated ({load}), spilling over")
-        elif sat:
-            reasons.append(f"saturated ({load}); every backend is, least queued first")
+        if saturated and policy.spillover and any_free_slot:
+            reasons.append(f"saturated ({load}); spill-over by expected finish time")
+        elif saturated and policy.spillover:
+            reasons.append(f"saturated ({load}); every backend is, soonest finish first")
         elif saturated:
             reasons.append(f"saturated ({load}), will queue (spill-over off)")
         else:
             reasons.append(load)
+        reasons.append(eta_text)
+        sat = eta if by_eta else 0.0
         tier_rank = 0 if b.kind == tier else 1
         reasons.append(f"{b.kind} tier ({'preferred' if tier_rank == 0 else 'fallback'})")
         if b.loaded is None:
@@ -318,10 +408,30 @@ def plan_route(
             key = (oom, 1 if fits is False else 0, sat, tier_rank, warm, b.priority, b.index)
         scored.append((key, b, reasons))
     scored.sort(key=lambda t: t[0])
+    notes: list[str] = []
+    if by_eta and scored:
+        # Say in one line what the finish times changed (or kept) against the plain order.
+        plain = min(scored, key=lambda t: t[0][:2] + t[0][3:])[1]
+        first = scored[0][1]
+        t_first = estimate_finish(first, req, policy.prior)[0]
+        t_plain = estimate_finish(plain, req, policy.prior)[0]
+        if first.name != plain.name:
+            notes.append(
+                f"spill-over: {first.name} expected to finish in {t_first:.2f}s, "
+                f"{plain.name} ({plain.in_flight}/{plain.max_parallel} in flight) "
+                f"in {t_plain:.2f}s"
+            )
+        elif len(scored) > 1 and first.in_flight >= first.max_parallel:
+            other = scored[1][1]
+            notes.append(
+                f"no spill-over: {first.name} expected to finish in {t_first:.2f}s even "
+                f"queued, {other.name} in "
+                f"{estimate_finish(other, req, policy.prior)[0]:.2f}s"
+            )
     candidates = tuple(Candidate(b.name, b.kind, b.url, tuple(r)) for _, b, r in scored)
     summary = (
         f"{req.size_detail}; {req.footprint_detail}; {why_tier}"
         if req.footprint_detail
         else f"{req.size_detail}; {why_tier}"
     )
-    return RoutePlan(req.model, req, candidates, tuple(skipped), summary)
+    return RoutePlan(req.model, req, candidates, tuple(skipped), summary, tuple(notes))

@@ -22,10 +22,12 @@ from langchain_contextharbor.fleet import (
     SharedState,
     make_shared_state,
 )
-from langchain_contextharbor.routing import RoutePolicy
+from langchain_contextharbor.routing import RoutePolicy, SpeedPrior
 from langchain_contextharbor.testing.clock import FakeClock
 
-POLICY = RoutePolicy(size_threshold_bytes=8 * 1024**3)
+# Equal speeds: spill-over happens only when the other backend is expected to finish sooner
+# (the default prior takes a GPU to be ten times faster than a CPU).
+POLICY = RoutePolicy(size_threshold_bytes=8 * 1024**3, prior=SpeedPrior(cpu_tokens_per_s=60.0))
 SIZES = {"llama3.2:1b": 1.3}
 DEAD = Classification(FailoverCategory.CONNECT, True, True)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from langchain_contextharbor import BackendConfig, HybridChatOllama, Timeouts
+from langchain_contextharbor import BackendConfig, HybridChatOllama, SpeedPrior, Timeouts
 from langchain_contextharbor.sizing import GIB
 from langchain_contextharbor.testing import Fault, OllamaStandIn, StandInModel
 from langchain_contextharbor.testing.clock import FakeClock
@@ -231,9 +231,12 @@ def test_spillover_uses_both_servers_when_the_primary_is_busy(build: Callable[..
         msgs = await asyncio.gather(*(model.ainvoke(f"q{i}") for i in range(n)))
         return time.perf_counter() - t0, [m.response_metadata["backend"] for m in msgs]
 
-    queued, _ = build(spec, spillover=False)
+    # Equal speeds (told, not learned: the default prior assumes a GPU 10x faster, and
+    # spill-over now happens only when the other server is expected to finish sooner).
+    equal = SpeedPrior(gpu_tokens_per_s=30, cpu_tokens_per_s=30, cpu_first_token_s=0.15)
+    queued, _ = build(spec, spillover=False, speed_prior=equal)
     t_queue, used_queue = asyncio.run(burst(queued))
-    spill, _ = build(spec, spillover=True)
+    spill, _ = build(spec, spillover=True, speed_prior=equal)
     t_spill, used_spill = asyncio.run(burst(spill))
     assert set(used_queue) == {"gpu"}
     assert used_spill.count("gpu") == used_spill.count("cpu") == n // 2

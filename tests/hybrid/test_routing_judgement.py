@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from langchain_contextharbor import BackendConfig, HybridChatOllama, Timeouts
+from langchain_contextharbor import BackendConfig, HybridChatOllama, SpeedPrior, Timeouts
 from langchain_contextharbor.sizing import GIB
 from langchain_contextharbor.testing import Fault, OllamaStandIn, StandInModel
 from langchain_contextharbor.testing.clock import FakeClock
@@ -213,3 +213,52 @@ def test_reset_forgets_learned_failures(build: Build) -> None:
     assert model.invoke("b").response_metadata["backend"] == "cpu"  # 404 this time
     model.reset()
     assert model.select_backend().backends == ["gpu", "cpu"]
+
+
+# ---------------------------------------------------------------- expected finish time
+def _burst(model: HybridChatOllama, n: int) -> list[str]:
+    async def go() -> list[str]:
+        msgs = await asyncio.gather(*(model.ainvoke(f"q{i}") for i in range(n)))
+        return [m.response_metadata["backend"] for m in msgs]
+
+    return asyncio.run(go())
+
+
+def test_a_batch_stays_on_a_gpu_twenty_times_faster(build: Build) -> None:
+    model, _, cpu = build(
+        [SMALL],
+        [SMALL],
+        gpu={"token_delay": 0.001, "loaded": [SMALL]},
+        cpu={"token_delay": 0.02, "loaded": [SMALL]},
+    )
+    assert _burst(model, 6) == ["gpu"] * 6  # the prior: a GPU much faster than a CPU
+    learned = model.stats()["gpu"]["speeds"][SMALL]
+    assert learned["samples"] == 6 and learned["tokens_per_s"] > 200
+    assert _burst(model, 6) == ["gpu"] * 6  # and what it measured agrees
+    assert cpu.requests_to("/api/chat") == []
+
+
+def test_learned_speeds_are_shown_and_drive_spill_over(build: Build) -> None:
+    equal = SpeedPrior(gpu_tokens_per_s=50, cpu_tokens_per_s=50, cpu_first_token_s=0.15)
+    model, _, _ = build(
+        [SMALL],
+        [SMALL],
+        gpu={"token_delay": 0.004, "loaded": [SMALL]},
+        cpu={"token_delay": 0.004, "loaded": [SMALL]},
+        speed_prior=equal,
+    )
+    used = _burst(model, 4)
+    assert sorted(used) == ["cpu", "cpu", "gpu", "gpu"]  # equal speeds: spill-over pays
+    speeds = {n: model.stats()[n]["speeds"][SMALL] for n in ("gpu", "cpu")}
+    assert all(s["samples"] == 2 for s in speeds.values())
+    msg = model.invoke("hi")
+    reason = msg.response_metadata["contextharbor"]["reason"]
+    assert "expected to finish in" in reason and "(learned, 2 calls)" in reason
+    # While a call is in flight on the gpu, the plan says why the next one goes elsewhere.
+    model.router.acquire("gpu")
+    try:
+        plan = model.select_backend()
+    finally:
+        model.router.release("gpu")
+    assert plan.primary == "cpu", plan.explain()
+    assert any(n.startswith("spill-over: cpu expected to finish in") for n in plan.notes)

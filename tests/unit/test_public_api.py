@@ -45,6 +45,9 @@ EXPECTED = {
     "RoutePlan",
     "RoutePolicy",
     "RouteRequest",
+    "SpeedEstimate",
+    "SpeedPrior",
+    "estimate_finish",
     "plan_route",
     # failover
     "CircuitBreaker",

@@ -17,6 +17,7 @@ from langchain_contextharbor import (
     RoutePolicy,
     RouteRequest,
     SkipRecord,
+    SpeedEstimate,
     plan_route,
 )
 
@@ -43,6 +44,10 @@ def gpu(name: str = "gpu", index: int = 0, **kw: Any) -> BackendSnapshot:
 
 def cpu(name: str = "cpu", index: int = 1, **kw: Any) -> BackendSnapshot:
     return BackendSnapshot(name=name, kind="cpu", url=f"http://{name}:11435", index=index, **kw)
+
+
+def speed(tps: float, first: float = 0.1, tokens: float = 100, load: float | None = None) -> Any:
+    return SpeedEstimate(tps, first, tokens, load, samples=5)
 
 
 def loaded(size_gb: float, vram_gb: float) -> LoadedModel:
@@ -203,47 +208,92 @@ CASES = [
         [gpu(oom_reason="cuda oom", free_bytes=24 * GIB), cpu(free_bytes=1 * GIB)],
         ["cpu", "gpu"],
     ),
-    # --- saturation and spill-over
+    # --- saturation and spill-over: by expected finish time
     Case(
-        "saturated gpu spills over to a free cpu",
+        "saturated gpu, cpu ten times slower (prior): the request waits for the gpu",
         req(4),
         [gpu(in_flight=1, max_parallel=1), cpu()],
+        ["gpu", "cpu"],
+        reasons_have={
+            "gpu": (
+                "saturated (1/1 in flight); spill-over by expected finish time",
+                "expected to finish in 6.97s = queue 3.48s (1 ahead)",
+                "(gpu prior)",
+            ),
+            "cpu": ("0/1 in flight", "expected to finish in 34.83s", "(cpu prior)"),
+        },
+    ),
+    Case(
+        "saturated gpu spills over to an equally fast cpu (learned)",
+        req(4),
+        [gpu(in_flight=1, max_parallel=1, speed=speed(20)), cpu(speed=speed(20))],
         ["cpu", "gpu"],
         reasons_have={
-            "gpu": ("demoted: saturated (1/1 in flight), spilling over",),
-            "cpu": ("0/1 in flight",),
+            "gpu": ("saturated (1/1 in flight); spill-over by expected finish time",),
+            "cpu": ("expected to finish in 5.10s", "(learned, 5 calls)"),
         },
+    ),
+    Case(
+        "the gpu's queue gets deep enough: a slower cpu finishes sooner",
+        req(4),
+        [gpu(in_flight=12, max_parallel=1), cpu()],
+        ["cpu", "gpu"],
+    ),
+    Case(
+        "learned: cpu twenty times slower keeps a queue of six on the gpu",
+        req(4),
+        [gpu(in_flight=5, speed=speed(200)), cpu(speed=speed(10))],
+        ["gpu", "cpu"],
     ),
     Case(
         "spill-over off: saturated gpu keeps its place and queues",
         req(4),
-        [gpu(in_flight=1, max_parallel=1), cpu()],
+        [gpu(in_flight=1, max_parallel=1, speed=speed(20)), cpu(speed=speed(20))],
         ["gpu", "cpu"],
         policy=RoutePolicy(size_threshold_bytes=8 * GIB, spillover=False),
         reasons_have={"gpu": ("saturated (1/1 in flight), will queue",)},
-        reasons_lack={"gpu": ("spilling over",)},
+        reasons_lack={"gpu": ("spill-over by",)},
     ),
     Case(
-        "no free slot anywhere, equal queues: tier order kept",
+        "no free slot anywhere, equal queues and speeds: tier order kept",
         req(4),
-        [gpu(in_flight=1, max_parallel=1), cpu(in_flight=1)],
+        [gpu(in_flight=1, max_parallel=1, speed=speed(20)), cpu(in_flight=1, speed=speed(20))],
         ["gpu", "cpu"],
         reasons_have={"gpu": ("saturated (1/1 in flight); every backend is",)},
-        reasons_lack={"gpu": ("spilling over",), "cpu": ("spilling over",)},
+        reasons_lack={"gpu": ("spill-over by",), "cpu": ("spill-over by",)},
     ),
     Case(
-        "no free slot anywhere: least queued per slot first",
+        "no free slot anywhere: soonest finish first",
         req(4),
-        [gpu(in_flight=3, max_parallel=1), cpu(in_flight=1)],
+        [gpu(in_flight=3, max_parallel=1, speed=speed(20)), cpu(in_flight=1, speed=speed(20))],
         ["cpu", "gpu"],
-        reasons_have={"gpu": ("saturated (3/1 in flight); every backend is, least queued",)},
-        reasons_lack={"gpu": ("spilling over",)},
+        reasons_have={"gpu": ("saturated (3/1 in flight); every backend is, soonest finish",)},
     ),
     Case(
         "queue depth is per slot",
         req(4),
-        [gpu(in_flight=5, max_parallel=4), cpu(in_flight=2, max_parallel=1)],
+        [
+            gpu(in_flight=5, max_parallel=4, speed=speed(20)),
+            cpu(in_flight=2, max_parallel=1, speed=speed(20)),
+        ],
         ["gpu", "cpu"],
+    ),
+    Case(
+        "a cold load counts: a warm cpu beats a queued cold gpu of the same speed",
+        req(4),
+        [
+            gpu(in_flight=1, healthy=True, speed=speed(20, load=30)),
+            cpu(healthy=True, loaded=loaded(4, 0), speed=speed(20)),
+        ],
+        ["cpu", "gpu"],
+        reasons_have={"gpu": ("load 30.00s",)},
+    ),
+    Case(
+        "no cold load assumed before a probe said where the model is",
+        req(4),
+        [gpu(in_flight=1, speed=speed(20, load=30)), cpu(speed=speed(20, load=30))],
+        ["cpu", "gpu"],
+        reasons_have={"gpu": ("load 0.00s",)},
     ),
     Case(
         "spill-over off: saturation never reorders",
@@ -261,10 +311,16 @@ CASES = [
         reasons_have={"gpu": ("3/4 in flight",)},
     ),
     Case(
-        "spill-over to another gpu before the cpu",
+        "spill-over to another gpu; the queued gpu still beats a slow cpu",
         req(4),
         [gpu("a", 0, in_flight=1), gpu("b", 1), cpu(index=2)],
-        ["b", "cpu", "a"],
+        ["b", "a", "cpu"],
+    ),
+    Case(
+        "spill-over needs a saturated backend: a faster cpu does not reorder free slots",
+        req(4),
+        [gpu(speed=speed(5)), cpu(speed=speed(50))],
+        ["gpu", "cpu"],
     ),
     Case(
         "no spill-over onto a backend the request does not fit",
