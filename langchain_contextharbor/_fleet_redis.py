@@ -17,9 +17,11 @@ a fleet must give the same servers the same names):
 * ``ver`` — bumped on every breaker, trial or mark change, so a plan reads the in-flight
   counts plus one integer (one round trip) and fetches the rest only when it changed.
 
-Per call: one round trip to plan (pipelined), one to acquire (a Lua script: trial claim,
-slot check, lease) and one to release. Times cross processes on the fleet clock
-(``time.time`` unless injected); the router's clock is converted at the edge.
+Per call: one round trip to acquire (a Lua script: trial claim, fleet-wide slot check,
+lease) and one to release; both replies carry every backend's count and ``ver``, so a plan
+made within ``view_max_age`` (2 ms) of the last reply needs no round trip of its own (the
+acquire re-checks the slot anyway). Times cross processes on the fleet clock (``time.time``
+unless injected); the router's clock is converted at the edge.
 
 Failure policy: every Redis error (connection refused, timeout after ``timeout`` seconds,
 anything) is caught; the store is then treated as absent for a back-off period (1 s,
@@ -60,27 +62,52 @@ logger = logging.getLogger("langchain_contextharbor")
 __all__ = ["RedisSharedState"]
 
 _ACQUIRE = """
-local now = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local now, here = ARGV[1], tonumber(ARGV[6])
+local function live(i) return redis.call('ZCOUNT', KEYS[2 + i], '(' .. now, '+inf') end
+redis.call('ZREMRANGEBYSCORE', KEYS[2 + here], '-inf', now)
+local status = 1
 if ARGV[4] == '1' then
-  if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[5]) then return -1 end
-  redis.call('INCR', KEYS[3])
+  if redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ARGV[5]) then
+    redis.call('INCR', KEYS[2])
+  else
+    status = -1
+  end
 else
-  local here, cap = redis.call('ZCARD', KEYS[1]), tonumber(ARGV[6])
-  if here >= cap then
-    for i = 4, #KEYS do
-      local n = redis.call('ZCOUNT', KEYS[i], '(' .. ARGV[1], '+inf')
-      if (n + 1) * cap < (here + 1) * tonumber(ARGV[i + 3]) then return -2 end
+  local c, cap = redis.call('ZCARD', KEYS[2 + here]), tonumber(ARGV[7 + here])
+  if c >= cap then
+    for a in string.gmatch(ARGV[7], '%d+') do
+      local i = tonumber(a)
+      if (live(i) + 1) * cap < (c + 1) * tonumber(ARGV[7 + i]) then
+        status = -2
+        break
+      end
     end
   end
 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-return redis.call('ZCARD', KEYS[1])
+if status == 1 then redis.call('ZADD', KEYS[2 + here], ARGV[2], ARGV[3]) end
+local out = {status, redis.call('GET', KEYS[2]) or '0'}
+for i = 1, #KEYS - 2 do out[#out + 1] = live(i) end
+return out
 """
-"""KEYS: lease, trial, ver, lease of each spill-over alternative. ARGV: now, expiry, member,
-trial?, trial ms, max_parallel, max_parallel of each alternative. -1: the fleet's trial is
-taken; -2: no free slot here and an alternative would queue the call behind fewer calls per
-slot (spill over, as the plan would on these counts); else the new count."""
+"""KEYS: trial of this backend, ver, then the lease set of every backend. ARGV: now, expiry,
+member, trial?, trial ms, index of this backend, indexes of the spill-over alternatives
+(comma separated), then max_parallel of every backend. Returns status (1 reserved; -1 the
+fleet's trial is taken; -2 no free slot here and an alternative would queue the call behind
+fewer calls per slot: spill over, as the plan would on these counts), ver, and the live
+count of every backend (so the next plan needs no round trip of its own)."""
+
+_RELEASE = """
+redis.call('ZREM', KEYS[1], ARGV[2])
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('DEL', KEYS[2])
+  redis.call('INCR', KEYS[3])
+end
+local out = {0, redis.call('GET', KEYS[3]) or '0'}
+for i = 4, #KEYS do out[#out + 1] = redis.call('ZCOUNT', KEYS[i], '(' .. ARGV[1], '+inf') end
+return out
+"""
+"""KEYS: lease, trial, ver, then the lease set of every backend. ARGV: now, member, the
+trial member held or ''. Returns like _ACQUIRE."""
 
 _RELEASE_TRIAL = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -130,6 +157,7 @@ class RedisSharedState:
         namespace: str = "default",
         lease_ttl: float = 120.0,
         timeout: float = 0.25,
+        view_max_age: float = 0.002,
         client: Any = None,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
@@ -154,6 +182,12 @@ class RedisSharedState:
         }
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._seq = itertools.count()
+        self._index = {b: i + 1 for i, b in enumerate(self._k)}
+        self._leases = [self._k[b]["lease"] for b in self._k]
+        self._caps = [self.max_parallel.get(b, 1 << 30) for b in self._k]
+        self.view_max_age = float(view_max_age)
+        self._counts: tuple[list[int], Any, float] | None = None
+        self._counts_now = float("-inf")
         self._held: dict[str, list[str]] = {b: [] for b in backends}
         self._trials: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -171,6 +205,7 @@ class RedisSharedState:
                 f"shared_state {self.safe_url!r}: {_scrub_url(url, str(exc))}"
             ) from None
         self._acquire = self._r.register_script(_ACQUIRE)
+        self._release = self._r.register_script(_RELEASE)
         self._release_trial = self._r.register_script(_RELEASE_TRIAL)
         self._probe = self._r.register_script(_PROBE)
         self._down_until = float("-inf")
@@ -216,25 +251,40 @@ class RedisSharedState:
         return fnow - (now - t)
 
     # ------------------------------------------------------------------ SharedState
+    def _remember(self, reply: Sequence[Any], now: float) -> None:
+        """Keep the counts and ver an acquire/release reply carried, for the next plan."""
+        self._counts = ([int(x) for x in reply[2:]], reply[1], time.perf_counter())
+        self._counts_now = now
+
     def view(self, now: float) -> Mapping[str, SharedBackend] | None:
         if not self._ok(now):
             return None
-        fnow = self.fleet_clock()
+        cached = self._counts
         try:
-            pipe = self._r.pipeline(transaction=False)
-            for keys in self._k.values():
-                pipe.zcount(keys["lease"], f"({fnow}", "+inf")
-            pipe.get(self._k_ver)
-            *counts, ver = pipe.execute()
+            if (
+                cached is not None
+                and time.perf_counter() - cached[2] < self.view_max_age
+                and abs(now - self._counts_now) < self.view_max_age
+            ):
+                counts, ver = cached[0], cached[1]
+            else:
+                fnow = self.fleet_clock()
+                pipe = self._r.pipeline(transaction=False)
+                for keys in self._k.values():
+                    pipe.zcount(keys["lease"], f"({fnow}", "+inf")
+                pipe.get(self._k_ver)
+                *counts, ver = pipe.execute()
+                self._counts = ([int(x) for x in counts], ver, time.perf_counter())
+                self._counts_now = now
             if ver != self._ver or not self._details:
-                self._details = self._read_details(now, fnow)
+                self._details = self._read_details(now, self.fleet_clock())
                 self._ver = ver
         except (redis.RedisError, OSError, ValueError) as exc:
             self._failed(exc, now)
             return None
         self._recovered()
         out: dict[str, SharedBackend] = {}
-        for (b, _), n in zip(self._k.items(), counts, strict=True):
+        for b, n in zip(self._k, counts, strict=True):
             br, missing, oom = self._details.get(b, (None, {}, {}))
             out[b] = SharedBackend(int(n), br, missing, oom)
         return out
@@ -288,24 +338,26 @@ class RedisSharedState:
             return None
         fnow = self.fleet_clock()
         member = f"{self.worker}:{next(self._seq)}"
-        alts = [a for a in spill_to if a in self._k and a != backend]
+        alts = ",".join(str(self._index[a]) for a in spill_to if a in self._index and a != backend)
         try:
-            n = self._acquire(
-                keys=[keys["lease"], keys["trial"], self._k_ver]
-                + [self._k[a]["lease"] for a in alts],
+            reply = self._acquire(
+                keys=[keys["trial"], self._k_ver, *self._leases],
                 args=[
                     repr(fnow),
                     repr(fnow + self.lease_ttl),
                     member,
                     "1" if trial else "0",
                     int(self.lease_ttl * 1000),
-                    self.max_parallel.get(backend, 1 << 30),
-                    *[self.max_parallel.get(a, 1 << 30) for a in alts],
+                    self._index[backend],
+                    alts,
+                    *self._caps,
                 ],
             )
         except (redis.RedisError, OSError) as exc:
             self._failed(exc, now)
             return None
+        self._remember(reply, now)
+        n = reply[0]
         self._recovered()
         if int(n) < 0:
             return False
@@ -327,13 +379,14 @@ class RedisSharedState:
         if member is None or not self._ok(now):
             return
         try:
-            pipe = self._r.pipeline(transaction=False)
-            pipe.zrem(keys["lease"], member)
-            if trial is not None:
-                self._release_trial(keys=[keys["trial"], self._k_ver], args=[trial], client=pipe)
-            pipe.execute()
+            reply = self._release(
+                keys=[keys["lease"], keys["trial"], self._k_ver, *self._leases],
+                args=[repr(self.fleet_clock()), member, trial or ""],
+            )
         except (redis.RedisError, OSError) as exc:
             self._failed(exc, now)
+            return
+        self._remember(reply, now)
 
     def publish_breaker(self, backend: str, breaker: SharedBreaker, now: float) -> None:
         keys = self._k.get(backend)

@@ -655,10 +655,11 @@ class Router:
         with self._lock:
             for b in self._backends:
                 v = view.get(b.config.name) if view is not None else None
-                b.fleet = v
+                prev, b.fleet = b.fleet, v
                 if v is None:
                     continue
-                changed = b.breaker.adopt_shared(v.breaker, now)
+                seen = prev.breaker if prev is not None else None
+                changed = b.breaker.adopt_shared(v.breaker, now, seen)
                 for k, until in v.missing.items():
                     if until > b.missing.get(k, float("-inf")):
                         b.missing[k] = until

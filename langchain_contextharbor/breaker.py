@@ -181,22 +181,31 @@ class CircuitBreaker:
             # No verdict: keep it half-open so the next call becomes the trial.
             pass
 
-    def adopt_shared(self, shared: SharedBreaker | None, now: float) -> bool:
+    def adopt_shared(
+        self, shared: SharedBreaker | None, now: float, seen: SharedBreaker | None = None
+    ) -> bool:
         """Take on what the fleet learned (fleet mode); True when this breaker changed.
 
+        ``shared`` is the fleet's circuit now, ``seen`` the one the previous view showed.
         An open circuit published by another worker (opened later than ours) opens this
-        one with the same time and cooldown; a fleet circuit closed again (another worker's
-        trial call succeeded) closes an open one here. A trial call this worker holds is
-        never overridden. ``None`` means the fleet knows of no open circuit."""
+        one with the same time and cooldown. A fleet circuit that was open and is gone now
+        (another worker's trial call succeeded) closes ours if ours is no newer; the mere
+        absence of a record closes nothing (our own opening may not be published yet). A
+        trial call this worker holds is never overridden."""
+        tol = 1e-3  # the same instant, converted between clocks twice
         if self._trial_in_flight:
             return False
         if shared is None or shared.state == "closed":
-            if self.state == "closed":
+            if self.state == "closed" or seen is None or seen.opened_at is None:
+                return False
+            if self.opened_at is not None and self.opened_at > seen.opened_at + tol:
                 return False
             self.record_success()
             return True
         if shared.state == "open" and shared.opened_at is not None:
-            if self.state == "open" and (self.opened_at or 0.0) >= shared.opened_at:
+            if self.state == "open" and (self.opened_at or 0.0) >= shared.opened_at - tol:
+                return False
+            if self.state == "half_open" and (self.opened_at or 0.0) >= shared.opened_at - tol:
                 return False
             self.state = "open"
             self.opened_at = shared.opened_at

@@ -915,22 +915,28 @@ class HybridChatOllama(BaseChatModel):
                 call.skipped = list(call.plan.skipped)
             tried = False
             cands = call.plan.candidates
+            deferred: list[tuple[BackendConfig, Sequence[str]]] = []
             for i, cand in enumerate(cands):
                 cfg = router.get(cand.backend).config
                 # Fleet mode re-checks the slot fleet-wide and may send the call on to a later
-                # candidate with a free slot (spill-over on fresh counts).
+                # candidate that queues fewer calls per slot (spill-over on fresh counts);
+                # one passed over this way is tried again last, so a call never fails for
+                # want of a slot.
                 spill = [c.backend for c in cands[i + 1 :]] if self.spillover else ()
                 if not router.acquire(cfg.name, spill):
-                    call.skipped.append(
-                        SkipRecord(
-                            cfg.name,
-                            cfg.safe_url,
-                            _NOT_ADMITTED,
-                        )
-                    )
+                    if spill:
+                        deferred.append((cfg, cand.reasons))
+                    else:
+                        call.skipped.append(SkipRecord(cfg.name, cfg.safe_url, _NOT_ADMITTED))
                     continue
                 tried = True
                 yield cfg, cand.reasons
+            for cfg, reasons in deferred:
+                if not router.acquire(cfg.name):
+                    call.skipped.append(SkipRecord(cfg.name, cfg.safe_url, _NOT_ADMITTED))
+                    continue
+                tried = True
+                yield cfg, reasons
             if not tried:
                 return
 

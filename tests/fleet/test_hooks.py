@@ -189,3 +189,17 @@ def test_probe_adopted_from_the_fleet_makes_no_request() -> None:
     assert all(res.ok for res in out.values())
     assert not [c for c in shared.calls if c[0] == "probe"]
     r.close()
+
+
+def test_an_unpublished_local_opening_is_not_closed_by_an_empty_fleet_record() -> None:
+    clock = FakeClock()
+    shared = Recording()
+    r = make_router(shared, clock)
+    shared.backends = {"gpu": SharedBackend(0), "cpu": SharedBackend(0)}
+    assert plan(r) == ["gpu", "cpu"]
+    r.acquire("gpu")
+    r.record_failure("gpu", "llama3.2:1b", 2048, DEAD, "refused", fell_back=True)
+    r.release("gpu")
+    # The store has not shown our opening yet (no record): the circuit stays open here.
+    assert plan(r) == ["cpu"]
+    assert r.get("gpu").breaker.state == "open"

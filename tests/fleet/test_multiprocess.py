@@ -91,10 +91,12 @@ def test_four_workers_share_load_and_a_dead_gpu_costs_one_attempt(
             "index": i,
             "dir": str(tmp_path),
             "model": model,
-            "redis": redis_server.url,
             "modes": {
-                "fleet": [s["fleet_gpu"].url, s["fleet_cpu"].url],
-                "local": [s["local_gpu"].url, s["local_cpu"].url],
+                "fleet": {
+                    "urls": [s["fleet_gpu"].url, s["fleet_cpu"].url],
+                    "shared_state": redis_server.url,
+                },
+                "local": {"urls": [s["local_gpu"].url, s["local_cpu"].url]},
             },
             "phases": phases,
         }

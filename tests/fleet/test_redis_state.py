@@ -61,6 +61,8 @@ def worker(
             max_parallel={"gpu": 1, "cpu": 1},
             clock=clock,
             lease_ttl=kw.pop("lease_ttl", 120.0),
+            # These tests step faster than the 2 ms a view is reused for: always read.
+            view_max_age=kw.pop("view_max_age", 0.0),
         )
         m = HybridChatOllama(
             model=MODEL,
@@ -138,6 +140,22 @@ def test_acquire_spills_over_on_fresh_fleet_counts(worker: Worker) -> None:
     assert plan.primary == "gpu"
     # Both saturated: the last candidate queues (a call never fails for lack of a slot).
     assert b.router.acquire("gpu", [])
+
+
+def test_a_candidate_passed_over_for_a_freer_one_is_tried_again_last(
+    worker: Worker, pair: tuple[OllamaStandIn, OllamaStandIn]
+) -> None:
+    _, cpu = pair
+    a, b = worker(), worker(view_max_age=3600.0)
+    b.select_backend()  # b keeps this view (nothing in flight) for its next plan
+    assert a.router.acquire("gpu")
+    cpu.stop()
+    # b plans gpu first on its old view; the acquire sees the GPU taken and the CPU free,
+    # so the call goes to the CPU, which is dead: the GPU, passed over, is tried last.
+    msg = b.invoke("hi")
+    meta = msg.response_metadata["contextharbor"]
+    assert meta["backend"] == "gpu"
+    assert [x["backend"] for x in meta["attempts"]] == ["cpu"]
 
 
 def test_one_workers_failure_opens_the_circuit_fleet_wide_with_one_trial(
