@@ -62,8 +62,13 @@ logger = logging.getLogger("langchain_contextharbor")
 __all__ = ["RedisSharedState"]
 
 _ACQUIRE = """
-local now, here = ARGV[1], tonumber(ARGV[6])
+local now, here, n = ARGV[1], tonumber(ARGV[6]), #KEYS - 2
 local function live(i) return redis.call('ZCOUNT', KEYS[2 + i], '(' .. now, '+inf') end
+local function eta(i, c)
+  local ahead = c - tonumber(ARGV[7 + i]) + 1
+  if ahead < 0 then ahead = 0 end
+  return ahead * tonumber(ARGV[7 + 2 * n + i]) + tonumber(ARGV[7 + n + i])
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2 + here], '-inf', now)
 local status = 1
 if ARGV[4] == '1' then
@@ -73,11 +78,12 @@ if ARGV[4] == '1' then
     status = -1
   end
 else
-  local c, cap = redis.call('ZCARD', KEYS[2 + here]), tonumber(ARGV[7 + here])
-  if c >= cap then
+  local c = redis.call('ZCARD', KEYS[2 + here])
+  if c >= tonumber(ARGV[7 + here]) then
+    local mine = eta(here, c)
     for a in string.gmatch(ARGV[7], '%d+') do
       local i = tonumber(a)
-      if (live(i) + 1) * cap < (c + 1) * tonumber(ARGV[7 + i]) then
+      if eta(i, live(i)) < mine then
         status = -2
         break
       end
@@ -86,15 +92,16 @@ else
 end
 if status == 1 then redis.call('ZADD', KEYS[2 + here], ARGV[2], ARGV[3]) end
 local out = {status, redis.call('GET', KEYS[2]) or '0'}
-for i = 1, #KEYS - 2 do out[#out + 1] = live(i) end
+for i = 1, n do out[#out + 1] = live(i) end
 return out
 """
-"""KEYS: trial of this backend, ver, then the lease set of every backend. ARGV: now, expiry,
-member, trial?, trial ms, index of this backend, indexes of the spill-over alternatives
-(comma separated), then max_parallel of every backend. Returns status (1 reserved; -1 the
-fleet's trial is taken; -2 no free slot here and an alternative would queue the call behind
-fewer calls per slot: spill over, as the plan would on these counts), ver, and the live
-count of every backend (so the next plan needs no round trip of its own)."""
+"""KEYS: trial of this backend, ver, then the lease set of every backend (n). ARGV: now,
+expiry, member, trial?, trial ms, index of this backend, indexes of the spill-over
+alternatives (comma separated), then per backend: max_parallel (n values), expected seconds
+with a free slot (n), seconds added per call queued ahead per slot (n). Returns status (1
+reserved; -1 the fleet's trial is taken; -2 no free slot here and an alternative is
+expected to finish sooner on these counts: spill over, as the plan would), ver, and the
+live count of every backend (so the next plan needs no round trip of its own)."""
 
 _RELEASE = """
 redis.call('ZREM', KEYS[1], ARGV[2])
@@ -331,7 +338,13 @@ class RedisSharedState:
         return out
 
     def acquire(
-        self, backend: str, now: float, *, trial: bool, spill_to: Sequence[str] = ()
+        self,
+        backend: str,
+        now: float,
+        *,
+        trial: bool,
+        spill_to: Sequence[str] = (),
+        costs: Mapping[str, tuple[float, float]] | None = None,
     ) -> bool | None:
         keys = self._k.get(backend)
         if keys is None or not self._ok(now):
@@ -351,6 +364,7 @@ class RedisSharedState:
                     self._index[backend],
                     alts,
                     *self._caps,
+                    *self._costs(costs),
                 ],
             )
         except (redis.RedisError, OSError) as exc:
@@ -367,6 +381,17 @@ class RedisSharedState:
                 self._trials[backend] = member
         self._ensure_renewer()
         return True
+
+    def _costs(self, costs: Mapping[str, tuple[float, float]] | None) -> list[str]:
+        """The per-backend finish-time inputs for _ACQUIRE (queue depth per slot when the
+        plan gave none)."""
+        free: list[str] = []
+        step: list[str] = []
+        for b, cap in zip(self._k, self._caps, strict=True):
+            c = (costs or {}).get(b)
+            free.append(repr(c[0]) if c else "0")
+            step.append(repr(c[1]) if c else repr(1.0 / max(1, min(cap, 1 << 20))))
+        return free + step
 
     def release(self, backend: str, now: float) -> None:
         keys = self._k.get(backend)

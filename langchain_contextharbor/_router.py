@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -41,6 +41,7 @@ from langchain_contextharbor.routing import (
     RoutePolicy,
     RouteRequest,
     SpeedEstimate,
+    estimate_finish,
     plan_route,
 )
 from langchain_contextharbor.sizing import (
@@ -237,6 +238,7 @@ class Router:
         self._prime_deadline: float | None = None
         """perf_counter() time after which first plans stop waiting (set by the first plan)."""
         self._shared = shared_state
+        self._costs: Mapping[str, tuple[float, float]] = {}
         """Fleet mode hooks (see :mod:`langchain_contextharbor.fleet`); None: local only."""
         self.probe_ttl = probe_ttl
         self.show_ttl = show_ttl
@@ -342,6 +344,8 @@ class Router:
             self.answer_tokens.get(key),
         )
         plan = plan_route(req, snaps, policy)
+        if self._shared is not None:
+            self._note_costs(req, snaps, policy)
         if ck:
             with self._lock:
                 if len(self._plan_cache) > 512:
@@ -540,7 +544,10 @@ class Router:
             b.stats.requests += 1
             trial = b.breaker.state == "half_open"
         sh = self._shared
-        if sh is not None and sh.acquire(name, now, trial=trial, spill_to=spill_to) is False:
+        if (
+            sh is not None
+            and sh.acquire(name, now, trial=trial, spill_to=spill_to, costs=self._costs) is False
+        ):
             # Another worker holds the fleet's trial call, or took the last free slot since
             # this call was planned while a later candidate still has one: skip to it.
             with self._lock:
@@ -647,6 +654,19 @@ class Router:
             elif c.category is FailoverCategory.OUT_OF_MEMORY:
                 ctx, until, msg = b.oom[key]
                 sh.publish_mark(name, "oom", key, until, now, num_ctx=ctx, message=msg)
+
+    def _note_costs(
+        self, req: RouteRequest, snaps: Sequence[BackendSnapshot], policy: RoutePolicy
+    ) -> None:
+        """Remember, per backend, the expected finish time of the last planned request with
+        a free slot and the time each call queued ahead adds: the fleet's acquire re-checks
+        spill-over on fresh counts with the same estimate the plan used (fleet mode)."""
+        costs: dict[str, tuple[float, float]] = {}
+        for sn in snaps:
+            free = estimate_finish(replace(sn, in_flight=0), req, policy.prior)[0]
+            one = estimate_finish(replace(sn, in_flight=sn.max_parallel), req, policy.prior)[0]
+            costs[sn.name] = (free, max(0.0, one - free))
+        self._costs = costs
 
     def _apply_fleet_view(self, now: float) -> None:
         """Feed the fleet's shared state into this router's (fleet mode only)."""

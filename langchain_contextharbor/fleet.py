@@ -90,13 +90,22 @@ class SharedState(Protocol):
         ...
 
     def acquire(
-        self, backend: str, now: float, *, trial: bool, spill_to: Sequence[str] = ()
+        self,
+        backend: str,
+        now: float,
+        *,
+        trial: bool,
+        spill_to: Sequence[str] = (),
+        costs: Mapping[str, tuple[float, float]] | None = None,
     ) -> bool | None:
         """Count a call in flight on ``backend``, atomically with two checks: with
         ``trial`` the call is the breaker's trial call, granted to one worker fleet-wide;
-        without it, when ``backend`` has no free slot fleet-wide but one of ``spill_to``
-        (the plan's next candidates) has, False sends the call on (spill-over with fresh
-        counts). None: store unavailable (the local decision stands)."""
+        without it, when ``backend`` has no free slot fleet-wide and one of ``spill_to``
+        (the plan's next candidates) is expected to finish the call sooner on fresh counts,
+        False sends the call on (spill-over as the plan would decide it now). ``costs``:
+        per backend, (expected seconds with a free slot, seconds added per call queued
+        ahead per slot), from the plan's estimate; unknown backends count queue depth per
+        slot. None: store unavailable (the local decision stands)."""
         ...
 
     def release(self, backend: str, now: float) -> None:
@@ -145,7 +154,13 @@ class LocalState:
         return None
 
     def acquire(
-        self, backend: str, now: float, *, trial: bool, spill_to: Sequence[str] = ()
+        self,
+        backend: str,
+        now: float,
+        *,
+        trial: bool,
+        spill_to: Sequence[str] = (),
+        costs: Mapping[str, tuple[float, float]] | None = None,
     ) -> bool | None:
         return None
 

@@ -34,7 +34,13 @@ def loop(call: Any, n: int, until: float, phase: str, mode: str) -> None:
 
 def main() -> None:
     cfg = json.loads(Path(sys.argv[1]).read_text())
-    from langchain_contextharbor import BackendConfig, BreakerPolicy, HybridChatOllama, Timeouts
+    from langchain_contextharbor import (
+        BackendConfig,
+        BreakerPolicy,
+        HybridChatOllama,
+        SpeedPrior,
+        Timeouts,
+    )
 
     d = Path(cfg["dir"])
     i = int(cfg["index"])
@@ -51,6 +57,7 @@ def main() -> None:
             shared_state=m.get("shared_state") or "local",
             breaker=BreakerPolicy(cooldown=600.0, max_cooldown=600.0),
             background_probes=bool(m.get("probes", False)),
+            speed_prior=SpeedPrior(**m.get("speed_prior", {})),
             probe_ttl=float(m.get("probe_ttl", 10.0)),
         )
     records: list[dict[str, Any]] = []

@@ -46,7 +46,13 @@ class Recording:
         return dict(self.backends) if self.up else None
 
     def acquire(
-        self, backend: str, now: float, *, trial: bool, spill_to: Sequence[str] = ()
+        self,
+        backend: str,
+        now: float,
+        *,
+        trial: bool,
+        spill_to: Sequence[str] = (),
+        costs: Mapping[str, tuple[float, float]] | None = None,
     ) -> bool | None:
         self.calls.append(("acquire", (backend, trial)))
         return False if (trial and self.refuse_trial) else True

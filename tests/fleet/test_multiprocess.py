@@ -27,6 +27,9 @@ from langchain_contextharbor.testing.pytest_plugin import StandInFactory
 from langchain_contextharbor.testing.redis_server import RedisServer
 
 WORKERS = 4
+# The stand-ins are equally fast; say so, or the default prior (GPU ~10x faster) would rightly
+# queue on the GPU instead of spilling over.
+EQUAL = {"cpu_tokens_per_s": 60.0, "cpu_first_token_s": 0.15}
 CALLS = 6
 WORKER = Path(__file__).with_name("fleet_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,8 +98,9 @@ def test_four_workers_share_load_and_a_dead_gpu_costs_one_attempt(
                 "fleet": {
                     "urls": [s["fleet_gpu"].url, s["fleet_cpu"].url],
                     "shared_state": redis_server.url,
+                    "speed_prior": EQUAL,
                 },
-                "local": {"urls": [s["local_gpu"].url, s["local_cpu"].url]},
+                "local": {"urls": [s["local_gpu"].url, s["local_cpu"].url], "speed_prior": EQUAL},
             },
             "phases": phases,
         }

@@ -73,7 +73,7 @@ def worker(
             shared_state=shared,
             # Equal speeds: spill-over only happens when the other server is expected to
             # finish sooner, and the default prior takes a GPU to be 10x faster.
-            speed_prior=SpeedPrior(cpu_tokens_per_s=60.0),
+            speed_prior=kw.pop("speed_prior", SpeedPrior(cpu_tokens_per_s=60.0)),
             **kw,
         )
         made.append(m)
@@ -140,6 +140,16 @@ def test_acquire_spills_over_on_fresh_fleet_counts(worker: Worker) -> None:
     assert plan.primary == "gpu"
     # Both saturated: the last candidate queues (a call never fails for lack of a slot).
     assert b.router.acquire("gpu", [])
+
+
+def test_the_fleet_acquire_spills_over_only_when_the_plan_would(worker: Worker) -> None:
+    # Default prior: the GPU is taken to be ~10x faster, so a call waits for its slot
+    # rather than run on the CPU, exactly as the plan orders it on the same counts.
+    a, b = worker(), worker(speed_prior=SpeedPrior())
+    assert a.router.acquire("gpu")
+    plan = b.select_backend()
+    assert plan.primary == "gpu", plan.explain()
+    assert b.router.acquire("gpu", ["cpu"]) is True
 
 
 def test_a_candidate_passed_over_for_a_freer_one_is_tried_again_last(
