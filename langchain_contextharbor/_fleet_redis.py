@@ -14,6 +14,8 @@ a fleet must give the same servers the same names):
 * ``marks:<backend>`` — hash of learned 404 / out-of-memory marks (JSON per model).
 * ``probe:<backend>`` — the last probe result (JSON) with its time; ``probing:<backend>``
   — a short lock so that one worker probes per TTL for the whole fleet.
+* ``speeds`` — learned speeds per ``<backend>|<model>`` (JSON), exchanged every few
+  seconds off the hot path; a worker takes those it has not measured itself.
 * ``ver`` — bumped on every breaker, trial or mark change, so a plan reads the in-flight
   counts plus one integer (one round trip) and fetches the rest only when it changed.
 
@@ -55,7 +57,7 @@ from langchain_contextharbor.fleet import (
     SharedBackend,
     SharedBreaker,
 )
-from langchain_contextharbor.routing import LoadedModel
+from langchain_contextharbor.routing import LoadedModel, SpeedEstimate
 
 logger = logging.getLogger("langchain_contextharbor")
 
@@ -181,6 +183,7 @@ class RedisSharedState:
         self.max_parallel = dict(max_parallel or {})
         p = f"contextharbor:{namespace}:"
         self._k_ver = p + "ver"
+        self._k_speeds = p + "speeds"
         self._k: dict[str, dict[str, str]] = {
             b: {
                 n: f"{p}{n}:{b}" for n in ("lease", "breaker", "trial", "marks", "probe", "probing")
@@ -509,6 +512,33 @@ class RedisSharedState:
             pipe.execute()
         except (redis.RedisError, OSError) as exc:
             self._failed(exc, now)
+
+    def sync_speeds(
+        self, mine: Mapping[tuple[str, str], SpeedEstimate], now: float
+    ) -> Mapping[tuple[str, str], SpeedEstimate] | None:
+        if not self._ok(now):
+            return None
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            if mine:
+                pipe.hset(
+                    self._k_speeds,
+                    mapping={f"{b}|{m}": json.dumps(asdict(sp)) for (b, m), sp in mine.items()},
+                )
+                pipe.expire(self._k_speeds, 7 * 24 * 3600)
+            pipe.hgetall(self._k_speeds)
+            raw = pipe.execute()[-1]
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc, now)
+            return None
+        out: dict[tuple[str, str], SpeedEstimate] = {}
+        for k, v in (raw or {}).items():
+            b, _, m = k.decode().partition("|")
+            try:
+                out[(b, m)] = SpeedEstimate(**json.loads(v))
+            except (TypeError, ValueError):
+                continue
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {"mode": "redis", "url": self.safe_url, "worker": self.worker, "down": self._down}

@@ -239,6 +239,9 @@ class Router:
         """perf_counter() time after which first plans stop waiting (set by the first plan)."""
         self._shared = shared_state
         self._costs: Mapping[str, tuple[float, float]] = {}
+        self.speed_sync_s = 5.0
+        """Fleet mode: how often learned speeds are exchanged with the fleet (seconds)."""
+        self._next_speed_sync = float("-inf")
         """Fleet mode hooks (see :mod:`langchain_contextharbor.fleet`); None: local only."""
         self.probe_ttl = probe_ttl
         self.show_ttl = show_ttl
@@ -304,6 +307,9 @@ class Router:
             self.wait_for_evidence()
         if self._shared is not None:
             self._apply_fleet_view(now)
+            if now >= self._next_speed_sync:
+                self._next_speed_sync = now + self.speed_sync_s
+                self.submit_background(self.sync_speeds)
         with self._lock:
             # The key and the snapshots are read under one lock, so a plan is never stored
             # under a state (version, in-flight counts) other than the one it was made from.
@@ -667,6 +673,29 @@ class Router:
             one = estimate_finish(replace(sn, in_flight=sn.max_parallel), req, policy.prior)[0]
             costs[sn.name] = (free, max(0.0, one - free))
         self._costs = costs
+
+    def sync_speeds(self) -> int:
+        """Fleet mode: publish this worker's learned speeds and take the fleet's for every
+        (backend, model) this worker has not measured yet, so a new worker starts with what
+        the others learned. Runs off the hot path every ``speed_sync_s``. Returns how many
+        estimates were taken."""
+        sh = self._shared
+        if sh is None:
+            return 0
+        with self._lock:
+            mine = dict(self.speeds)
+        fleet = sh.sync_speeds(mine, self.clock())
+        if not fleet:
+            return 0
+        taken = 0
+        with self._lock:
+            for k, sp in fleet.items():
+                if k[0] in self._by_name and k not in self.speeds:
+                    self.speeds[k] = sp
+                    taken += 1
+            if taken:
+                self._version += 1
+        return taken
 
     def _apply_fleet_view(self, now: float) -> None:
         """Feed the fleet's shared state into this router's (fleet mode only)."""

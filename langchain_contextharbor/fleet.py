@@ -3,10 +3,11 @@
 Why: a web app under gunicorn/uvicorn runs several workers, each with its own
 ``HybridChatOllama``. Alone, each worker counts only its own calls in flight, rediscovers a
 dead server with a failed call of its own and probes every server every TTL. With a shared
-state the workers pool four things: calls in flight per backend (as expiring leases, so a
+state the workers pool five things: calls in flight per backend (as expiring leases, so a
 dead worker leaves no phantom load), circuit-breaker state (one worker's failure opens the
-circuit for all; one trial call for all), learned 404 / out-of-memory marks, and probe
-results (one probe per backend per TTL for the whole fleet).
+circuit for all; one trial call for all), learned 404 / out-of-memory marks, probe results
+(one probe per backend per TTL for the whole fleet) and learned speeds (a new worker
+starts with what the others measured).
 
 Decisions stay local: the router still plans with the pure
 :func:`~langchain_contextharbor.routing.plan_route`; the shared state only feeds the
@@ -30,6 +31,7 @@ from langchain_contextharbor.errors import ConfigurationError
 
 if TYPE_CHECKING:  # pragma: no cover
     from langchain_contextharbor._router import ProbeResult
+    from langchain_contextharbor.routing import SpeedEstimate
 
 __all__ = [
     "REDIS_URL_ENV",
@@ -137,6 +139,13 @@ class SharedState(Protocol):
         """Share a probe result this worker obtained."""
         ...
 
+    def sync_speeds(
+        self, mine: Mapping[tuple[str, str], SpeedEstimate], now: float
+    ) -> Mapping[tuple[str, str], SpeedEstimate] | None:
+        """Publish this worker's learned speeds ((backend, model) -> estimate) and return
+        the fleet's (the latest published per key), or None when unavailable."""
+        ...
+
     def describe(self) -> dict[str, Any]:
         """Mode and connection state for ``stats()`` (credentials never included)."""
         ...
@@ -186,6 +195,11 @@ class LocalState:
         return ("probe", None)
 
     def publish_probe(self, backend: str, result: ProbeResult, now: float, ttl: float) -> None:
+        return None
+
+    def sync_speeds(
+        self, mine: Mapping[tuple[str, str], SpeedEstimate], now: float
+    ) -> Mapping[tuple[str, str], SpeedEstimate] | None:
         return None
 
     def describe(self) -> dict[str, Any]:

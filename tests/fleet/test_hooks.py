@@ -22,7 +22,7 @@ from langchain_contextharbor.fleet import (
     SharedState,
     make_shared_state,
 )
-from langchain_contextharbor.routing import RoutePolicy, SpeedPrior
+from langchain_contextharbor.routing import RoutePolicy, SpeedEstimate, SpeedPrior
 from langchain_contextharbor.testing.clock import FakeClock
 
 # Equal speeds: spill-over happens only when the other backend is expected to finish sooner
@@ -80,6 +80,11 @@ class Recording:
 
     def publish_probe(self, backend: str, result: ProbeResult, now: float, ttl: float) -> None:
         self.calls.append(("probe", backend))
+
+    def sync_speeds(
+        self, mine: Mapping[tuple[str, str], SpeedEstimate], now: float
+    ) -> Mapping[tuple[str, str], SpeedEstimate] | None:
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"mode": "recording"}

@@ -278,3 +278,16 @@ def test_redis_credentials_are_never_shown(
     assert "fleet state" in caplog.text
     assert secret not in shown
     m.router._shared.close()  # type: ignore[union-attr]
+
+
+def test_a_new_worker_starts_with_the_speeds_the_fleet_learned(worker: Worker) -> None:
+    a = worker()
+    for _ in range(3):
+        assert a.invoke("hi").response_metadata["backend"] == "gpu"
+    assert ("gpu", MODEL) in a.router.speeds
+    assert a.router.sync_speeds() == 0  # publishes; nothing new to take
+    b = worker()
+    assert ("gpu", MODEL) not in b.router.speeds
+    assert b.router.sync_speeds() == 1
+    assert b.router.speeds[("gpu", MODEL)] == a.router.speeds[("gpu", MODEL)]
+    assert "learned" in " ".join(b.select_backend().candidates[0].reasons)
