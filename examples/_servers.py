@@ -1,7 +1,8 @@
 """Where the examples get their Ollama servers from (shared by every script here).
 
 If an Ollama server answers at ``OLLAMA_GPU_URL`` / ``OLLAMA_CPU_URL`` (default
-127.0.0.1:11434 and :11435), the examples use it, with the model named in
+127.0.0.1:11434 and :11435; ``OLLAMA_HOST`` counts for the GPU one, as in the library), the
+examples use it, with the model named in
 ``CONTEXTHARBOR_EXAMPLE_MODEL`` or else the first one it has. Otherwise they start two
 embedded Ollama stand-ins on loopback (``langchain_contextharbor.testing``): a "gpu" and a
 "cpu" server with the scripted engine, which answers, streams, calls tools and fills JSON
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from langchain_contextharbor import DEFAULT_CPU_URL, DEFAULT_GPU_URL, BackendConfig
+from langchain_contextharbor import BackendConfig, backends_from_env
 from langchain_contextharbor.testing import OllamaStandIn
 
 STANDIN_MODEL = "llama3.2:1b"
@@ -63,11 +64,8 @@ def servers(embed_model: str | None = None) -> Iterator[Servers]:
     ``embed_model``: an embedding model the example needs too; real Ollama is used only
     when it has that model (``ollama pull nomic-embed-text``).
     """
-    urls = [
-        os.environ.get("OLLAMA_GPU_URL", DEFAULT_GPU_URL),
-        os.environ.get("OLLAMA_CPU_URL", DEFAULT_CPU_URL),
-    ]
-    live = [u for u in urls if u and _answers(u)]
+    # The servers HybridChatOllama would use: OLLAMA_GPU_URL (else OLLAMA_HOST), OLLAMA_CPU_URL.
+    live = [c.base_url for c in backends_from_env() if _answers(c.base_url)]
     model = os.environ.get("CONTEXTHARBOR_EXAMPLE_MODEL") or (live and _first_model(live[0]))
     if live and embed_model and not _has_model(live[0], embed_model):
         print(f"Ollama at {live[0]} has no {embed_model}: `ollama pull {embed_model}` to use it")
