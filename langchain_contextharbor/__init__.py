@@ -14,17 +14,20 @@ from langchain_contextharbor.backends import (
     BackendConfig,
     Timeouts,
     backends_from_env,
+    ollama_host_url,
     redact_url,
 )
 from langchain_contextharbor.breaker import BreakerPolicy, CircuitBreaker
-from langchain_contextharbor.chat_models import HybridChatOllama
+from langchain_contextharbor.chat_models import ABANDONED_EVENT, HybridChatOllama
 from langchain_contextharbor.classify import Classification, FailoverCategory, classify_exception
 from langchain_contextharbor.embeddings import BatchRecord, HybridOllamaEmbeddings
 from langchain_contextharbor.errors import (
     AllBackendsFailedError,
+    AllBackendsUnreachableError,
     AttemptRecord,
     ConfigurationError,
     ContextHarborError,
+    DeadlineExceededError,
     EmbeddingDigestMismatchError,
     EmbeddingInputError,
     EmptyResponseError,
@@ -65,10 +68,12 @@ __version__ = "0.1.0"
 _logging.getLogger("langchain_contextharbor").addHandler(_logging.NullHandler())
 
 __all__ = [
+    "ABANDONED_EVENT",
     "DEFAULT_CPU_URL",
     "DEFAULT_GPU_URL",
     "DEFAULT_MODEL_SIZES",
     "AllBackendsFailedError",
+    "AllBackendsUnreachableError",
     "AttemptRecord",
     "BackendConfig",
     "BackendHealth",
@@ -80,6 +85,7 @@ __all__ = [
     "Classification",
     "ConfigurationError",
     "ContextHarborError",
+    "DeadlineExceededError",
     "EmbeddingDigestMismatchError",
     "EmbeddingInputError",
     "EmptyResponseError",
@@ -107,6 +113,7 @@ __all__ = [
     "health_report",
     "list_models",
     "models_on_one_backend",
+    "ollama_host_url",
     "plan_route",
     "preview_route",
     "redact_url",

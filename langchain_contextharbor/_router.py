@@ -564,10 +564,14 @@ class Router:
             return False
         return True
 
-    def release(self, name: str) -> None:
+    def release(self, name: str, *, abandoned: bool = False) -> None:
+        """End a call on ``name``; ``abandoned``: it ended with neither a success nor a
+        failure recorded (the caller stopped reading, or cancelled)."""
         b = self._by_name[name]
         with self._lock:
             b.in_flight -= 1
+            if abandoned:
+                b.stats.abandoned += 1
             before = b.breaker.state
             b.breaker.release()
             if b.breaker.state != before:

@@ -64,6 +64,9 @@ class BackendStats:
     """Calls that left this backend for the next candidate after it failed."""
     interrupted: int = 0
     """Streams that failed after content was delivered (no fallback possible)."""
+    abandoned: int = 0
+    """Calls the caller stopped reading or cancelled: ``requests == successes +
+    sum(failures) + abandoned`` once nothing is in flight."""
     latency: LatencySummary = field(default_factory=LatencySummary)
     ttft: LatencySummary = field(default_factory=LatencySummary)
 
@@ -74,6 +77,7 @@ class BackendStats:
             "failures": dict(self.failures),
             "fallbacks": self.fallbacks,
             "interrupted": self.interrupted,
+            "abandoned": self.abandoned,
             "latency": self.latency.as_dict(),
             "time_to_first_token": self.ttft.as_dict(),
         }

@@ -11,17 +11,37 @@ the body's timeout when body iteration starts, so the switch costs nothing per c
 
 from __future__ import annotations
 
+import time
+from contextvars import ContextVar
 from typing import Any
 
 import httpx
 
 from langchain_contextharbor.backends import Timeouts
 
-__all__ = ["AsyncPhaseTimeoutTransport", "PhaseTimeoutTransport"]
+__all__ = ["CALL_DEADLINE", "AsyncPhaseTimeoutTransport", "PhaseTimeoutTransport"]
+
+CALL_DEADLINE: ContextVar[float | None] = ContextVar("contextharbor_deadline", default=None)
+"""``time.monotonic()`` by which the current call must end (``Timeouts(total=...)``); the
+call loop sets it while a request is sent and its head awaited. Every phase timeout of
+that request is capped at the time left, so a stalled server cannot outlive the call."""
 
 
 def _timeouts(t: Timeouts) -> dict[str, float]:
-    return {"connect": t.connect, "read": t.first_token, "write": t.idle, "pool": t.first_token}
+    out = {"connect": t.connect, "read": t.first_token, "write": t.idle, "pool": t.first_token}
+    deadline = CALL_DEADLINE.get()
+    if deadline is not None:
+        left = max(0.001, deadline - time.monotonic())
+        for k, v in out.items():
+            out[k] = min(v, left)
+    return out
+
+
+def _idle(t: Timeouts) -> float:
+    deadline = CALL_DEADLINE.get()
+    if deadline is None:
+        return t.idle
+    return min(t.idle, max(0.001, deadline - time.monotonic()))
 
 
 class PhaseTimeoutTransport(httpx.BaseTransport):
@@ -33,7 +53,7 @@ class PhaseTimeoutTransport(httpx.BaseTransport):
         t = _timeouts(self._t)
         request.extensions["timeout"] = t
         response = self._inner.handle_request(request)
-        t["read"] = self._t.idle
+        t["read"] = _idle(self._t)
         return response
 
     def close(self) -> None:
@@ -51,7 +71,7 @@ class AsyncPhaseTimeoutTransport(httpx.AsyncBaseTransport):
         t = _timeouts(self._t)
         request.extensions["timeout"] = t
         response = await self._inner.handle_async_request(request)
-        t["read"] = self._t.idle
+        t["read"] = _idle(self._t)
         return response
 
     async def aclose(self) -> None:

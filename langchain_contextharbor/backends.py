@@ -160,6 +160,9 @@ class Timeouts(BaseModel):
       the generous default.
     * ``idle`` — the longest silence between two chunks once the stream has started.
     * ``probe`` — the whole of a health/status probe (``/api/version``, ``/api/tags``...).
+    * ``total`` — optional (off by default, like ChatOllama): the most a whole call may
+      take, from its start, however many backends it tries and however steadily a server
+      trickles tokens. On expiry the call raises ``DeadlineExceededError``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
@@ -168,6 +171,7 @@ class Timeouts(BaseModel):
     first_token: float = 120.0
     idle: float = 30.0
     probe: float = 1.5
+    total: float | None = None
 
     @field_validator("connect", "first_token", "idle", "probe")
     @classmethod
@@ -175,6 +179,11 @@ class Timeouts(BaseModel):
         out = _finite_positive(v, f"timeouts.{info.field_name}")
         assert out is not None
         return out
+
+    @field_validator("total")
+    @classmethod
+    def _total(cls, v: float | None) -> float | None:
+        return _finite_positive(v, "timeouts.total")
 
 
 class BackendConfig(BaseModel):

@@ -25,11 +25,17 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from contextvars import Token
 from operator import itemgetter
 from typing import Any, Literal, cast
 
 import httpx
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManager,
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.language_models import LangSmithParams, LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
@@ -41,6 +47,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
+from langchain_core.utils.utils import LC_ID_PREFIX
 from langchain_ollama import ChatOllama
 from pydantic import (
     BaseModel,
@@ -51,9 +58,14 @@ from pydantic import (
     field_serializer,
     model_validator,
 )
+from typing_extensions import is_typeddict
 
 from langchain_contextharbor._router import Router
-from langchain_contextharbor._transport import AsyncPhaseTimeoutTransport, PhaseTimeoutTransport
+from langchain_contextharbor._transport import (
+    CALL_DEADLINE,
+    AsyncPhaseTimeoutTransport,
+    PhaseTimeoutTransport,
+)
 from langchain_contextharbor.backends import (
     CPU_URL_ENV,
     DEFAULT_CPU_URL,
@@ -69,8 +81,10 @@ from langchain_contextharbor.breaker import BreakerPolicy
 from langchain_contextharbor.classify import Classification, FailoverCategory, classify_exception
 from langchain_contextharbor.errors import (
     AllBackendsFailedError,
+    AllBackendsUnreachableError,
     AttemptRecord,
     ConfigurationError,
+    DeadlineExceededError,
     EmptyResponseError,
     ModelNotAvailableError,
     NoBackendAvailableError,
@@ -87,7 +101,7 @@ from langchain_contextharbor.sizing import (
     validate_model_sizes,
 )
 
-__all__ = ["HybridChatOllama"]
+__all__ = ["ABANDONED_EVENT", "HybridChatOllama"]
 
 logger = logging.getLogger("langchain_contextharbor")
 
@@ -115,6 +129,12 @@ _PASSTHROUGH = (
 )
 
 _METADATA_KEY = "contextharbor"
+ABANDONED_EVENT = "contextharbor_abandoned"
+"""Name of the custom event an ``invoke`` fires when a backend died after some of its
+tokens reached ``on_llm_new_token`` observers and the call moved on to another backend.
+Its data: ``{"backend", "chunks", "chars", "error_class"}``; observers discard the tokens
+of that run seen so far. The replacement's first chunk carries the same facts in
+``response_metadata["contextharbor"]["abandoned"]``."""
 _CLIENT_KWARGS_T = ("client_kwargs", "async_client_kwargs", "sync_client_kwargs")
 _CLIENT_KWARGS = frozenset(_CLIENT_KWARGS_T)
 _NOT_ADMITTED = (
@@ -142,9 +162,20 @@ def _substantive(chunk: ChatGenerationChunk) -> bool:
 class _Call:
     """Book-keeping of one routed call: plan, attempts and the exceptions behind them."""
 
-    __slots__ = ("attempts", "exceptions", "model", "num_ctx", "plan", "skipped")
+    __slots__ = (
+        "abandoned",
+        "attempts",
+        "exceptions",
+        "model",
+        "num_ctx",
+        "plan",
+        "skipped",
+        "started",
+    )
 
     def __init__(self, model: str, num_ctx: int, plan: RoutePlan) -> None:
+        self.started = time.monotonic()
+        self.abandoned: list[dict[str, Any]] = []
         self.model = model
         self.num_ctx = num_ctx
         self.plan = plan
@@ -200,14 +231,73 @@ def _masked(v: Any) -> Any:
     return {k: "***" for k in v} if isinstance(v, Mapping) else v
 
 
+def _arm(att: _Attempt) -> Token[float | None] | None:
+    """Publish the call's deadline to the transport while the request goes out and its
+    head is awaited (off by default: nothing is set)."""
+    if att.deadline is None:
+        return None
+    att.check_deadline()
+    return CALL_DEADLINE.set(att.deadline)
+
+
+def _disarm(token: Token[float | None] | None) -> None:
+    if token is not None:
+        try:
+            CALL_DEADLINE.reset(token)
+        except ValueError:  # finalised in another context: nothing of ours is left there
+            pass
+
+
+async def _client_keeper(inner: ChatOllama) -> AsyncGenerator[None, None]:
+    """Holds an async inner model's clients open for the life of its event loop.
+
+    An async generator is finalised by the loop itself (``asyncio.run`` calls
+    ``shutdown_asyncgens`` before closing), so the clients of a finished loop are closed
+    on that loop instead of being dropped with open sockets (``ResourceWarning``).
+    """
+    try:
+        yield
+    finally:
+        await _aclose_inner(inner)
+
+
+async def _aclose_inner(inner: ChatOllama) -> None:
+    client = getattr(inner, "_async_client", None)
+    if client is not None:
+        try:
+            await client.close()
+        except Exception:  # pragma: no cover - closing must never raise into the caller
+            logger.debug("closing an async inner client failed", exc_info=True)
+
+
+def _close_inner(inner: ChatOllama) -> None:
+    client = getattr(inner, "_client", None)
+    if client is not None:
+        try:
+            client.close()
+        except Exception:  # pragma: no cover - closing must never raise into the caller
+            logger.debug("closing an inner client failed", exc_info=True)
+
+
+class _Abandoned:
+    """Marker the invoke loop yields when an attempt whose tokens callbacks already saw
+    failed and the call moves on to another backend (see :data:`ABANDONED_EVENT`)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+
 class _Attempt:
     """One try on one backend: what the sync and async call loops share per chunk.
 
     ``feed`` takes each chunk from the inner stream and returns the chunks to hand on
     now; ``finish`` runs the end-of-stream checks and returns what was still held. With
     ``gate`` (streaming) chunks are held until the first substantive one (the commit
-    point: after it a failure can no longer fall back); without it (invoke) everything is
-    held until the stream completed, so any failure falls back.
+    point: after it a failure can no longer fall back). Without it (invoke) every chunk
+    is handed on at once (for ``on_llm_new_token``) but nothing ever commits: the
+    caller's result is assembled from one complete attempt, so any failure falls back.
     """
 
     __slots__ = (
@@ -215,12 +305,14 @@ class _Attempt:
         "cfg",
         "chars",
         "committed",
+        "deadline",
         "delivered",
         "gate",
         "held",
         "last",
         "model",
         "reasons",
+        "settled",
         "started",
         "ttft",
     )
@@ -245,18 +337,39 @@ class _Attempt:
         self.delivered = 0
         self.chars = 0
         self.committed = False
+        self.settled = False
+        """Success or failure recorded; a slot released unsettled was abandoned."""
+        total = cfg.timeouts.total
+        self.deadline = None if total is None else call.started + total
+        """``time.monotonic()`` by which this call must end (``Timeouts.total``)."""
+
+    def check_deadline(self) -> None:
+        """Raise DeadlineExceededError when the call's total time is spent."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise self.deadline_error()
+
+    def deadline_error(self) -> DeadlineExceededError:
+        total = self.cfg.timeouts.total or 0.0
+        return DeadlineExceededError(self.call.model, total, self.cfg.name, self.delivered)
 
     def feed(self, chunk: ChatGenerationChunk) -> Sequence[ChatGenerationChunk]:
         """The chunks to yield now (often none while held, or just this one)."""
         self.last = chunk
-        if self.committed:
+        if self.deadline is not None:
+            self.check_deadline()
+        if self.committed or not self.gate:
+            if self.delivered == 0:
+                self.ttft = time.perf_counter() - self.started
+                self.held = [chunk]
+                self._stamp()
+                self.held = []
             self.delivered += 1
             content = chunk.message.content
             self.chars += len(content) if isinstance(content, str) else 0
             return (chunk,)
         held = self.held
         held.append(chunk)
-        if self.gate and _substantive(chunk):
+        if _substantive(chunk):
             self.committed = True
             self.ttft = time.perf_counter() - self.started
             self._stamp()
@@ -273,12 +386,13 @@ class _Attempt:
         if not _is_final(self.last):
             raise TruncatedStreamError(self.cfg.name)
         held = self.held
-        if held:  # not streaming (or a stream with no visible content)
+        if held:  # a stream with no visible content
             self._stamp()
             self.held = []
         return held
 
     def succeeded(self, router: Router) -> None:
+        self.settled = True
         last = self.last
         router.record_success(
             self.cfg.name,
@@ -287,6 +401,19 @@ class _Attempt:
             model=self.call.model,
             info=last.generation_info if last is not None else None,
         )
+
+    def abandoned(self, exc: BaseException) -> _Abandoned | None:
+        """After a failover: the marker that tells observers which tokens to discard."""
+        if self.delivered == 0:
+            return None
+        data = {
+            "backend": self.cfg.name,
+            "chunks": self.delivered,
+            "chars": self.chars,
+            "error_class": type(exc).__name__,
+        }
+        self.call.abandoned.append(data)
+        return _Abandoned(data)
 
     def _stamp(self) -> None:
         """Routing metadata goes on the first chunk the caller sees."""
@@ -315,7 +442,9 @@ class _HotState:
         self.configs = configs
         self.router = router
         self.sync_inner: dict[str, ChatOllama] = {}
-        self.async_inner: dict[tuple[str, int], tuple[Any, ChatOllama]] = {}
+        self.async_inner: dict[
+            tuple[str, int], tuple[Any, ChatOllama, AsyncGenerator[None, None]]
+        ] = {}
         self.build_lock = threading.Lock()
         self.policy_cache: tuple[tuple[Any, ...], RoutePolicy] | None = None
 
@@ -658,7 +787,7 @@ class HybridChatOllama(BaseChatModel):
         """One ChatOllama per backend name (built on access)."""
         return {c.name: self.backend_model(c.name) for c in self._h.configs}
 
-    def _async_backend_model(self, name: str) -> ChatOllama:
+    async def _async_backend_model(self, name: str) -> ChatOllama:
         # ollama.AsyncClient binds its connection pool to the loop of its first request;
         # keep one inner model per running loop so a second asyncio.run() still works.
         loop = asyncio.get_running_loop()
@@ -668,14 +797,21 @@ class HybridChatOllama(BaseChatModel):
         if entry is not None and entry[0]() is loop:
             return entry[1]
         cfg = h.router.get(name).config
+        # Building the clients costs ~40 ms each (TLS context): not on the event loop.
+        inner = await loop.run_in_executor(None, self._build_inner, cfg)
+        keeper = _client_keeper(inner)
+        await keeper.asend(None)  # registered with this loop: closed at its shutdown
         with h.build_lock:
-            for k, (ref, _) in list(h.async_inner.items()):
+            for k, (ref, *_) in list(h.async_inner.items()):
                 lp = ref()
                 if lp is None or lp.is_closed():
-                    del h.async_inner[k]
-            inner = self._build_inner(cfg)
-            h.async_inner[key] = (weakref.ref(loop), inner)
-        return inner
+                    del h.async_inner[k]  # its keeper closed the clients at loop shutdown
+            entry = h.async_inner.get(key)
+            if entry is None or entry[0]() is not loop:
+                h.async_inner[key] = (weakref.ref(loop), inner, keeper)
+                return inner
+        await keeper.aclose()  # another task of this loop built one meanwhile
+        return entry[1]
 
     # ------------------------------------------------------------------ identity
     @property
@@ -783,8 +919,30 @@ class HybridChatOllama(BaseChatModel):
         return self._h.router.stats()
 
     def close(self) -> None:
-        """Stop the probe threads and close the probe clients."""
-        self._h.router.close()
+        """Stop the probe threads and close the probe clients and the inner chat clients.
+
+        The model stays usable: a later call builds what it needs again. Async clients
+        are closed by their event loop when it shuts down (``asyncio.run`` does that);
+        inside a running loop, ``await llm.aclose()`` closes that loop's clients now.
+        """
+        h = self._h
+        h.router.close()
+        with h.build_lock:
+            inners = list(h.sync_inner.values())
+            h.sync_inner.clear()
+        for inner in inners:
+            _close_inner(inner)
+
+    async def aclose(self) -> None:
+        """:meth:`close`, plus the async clients of the running event loop."""
+        self.close()
+        loop = asyncio.get_running_loop()
+        h = self._h
+        with h.build_lock:
+            mine = [k for k, (ref, *_) in h.async_inner.items() if ref() is loop]
+            keepers = [h.async_inner.pop(k)[2] for k in mine]
+        for keeper in keepers:
+            await keeper.aclose()
 
     # ------------------------------------------------------------------ failover core
     def _start(self, kwargs: dict[str, Any]) -> _Call:
@@ -833,8 +991,18 @@ class HybridChatOllama(BaseChatModel):
         Shared by the sync and async loops, which differ only in how they iterate."""
         router = self._h.router
         call, cfg = att.call, att.cfg
+        att.settled = True
+        if att.deadline is not None and not isinstance(exc, DeadlineExceededError):
+            if time.monotonic() >= att.deadline - 0.005:  # a phase timeout capped by it
+                cause, exc = exc, att.deadline_error()
+                exc.__cause__ = cause
         verdict = self._on_failure(call, cfg, exc, att.started, att.delivered)
         text = cfg.scrub(str(exc))
+        if isinstance(exc, DeadlineExceededError):
+            router.record_failure(
+                cfg.name, call.model, call.num_ctx, _no_verdict(verdict), text, fell_back=False
+            )
+            raise exc
         if att.committed:
             router.record_failure(
                 cfg.name,
@@ -878,6 +1046,7 @@ class HybridChatOllama(BaseChatModel):
                 "skipped": [{"backend": s.backend, "reason": s.reason} for s in call.skipped]
                 if call.skipped
                 else [],
+                "abandoned": list(call.abandoned),
             },
         }
 
@@ -901,6 +1070,8 @@ class HybridChatOllama(BaseChatModel):
             hint = "pull it first: " + "; ".join(pulls)
         elif not call.attempts:
             cls = NoBackendAvailableError
+        elif cats == {FailoverCategory.CONNECT.value}:
+            cls = AllBackendsUnreachableError
         err = cls(call.model, call.attempts, call.skipped, call.exceptions, hint)
         if call.exceptions:
             err.__cause__ = call.exceptions[-1]
@@ -944,6 +1115,24 @@ class HybridChatOllama(BaseChatModel):
         return stop if stop is not None else (self.stop or None)
 
     # ------------------------------------------------------------------ sync
+    def _should_stream(
+        self,
+        *,
+        async_api: bool,
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> bool:
+        """Keep ``invoke`` on :meth:`_generate` even under a streaming observer.
+
+        langchain-core asks this with a ``run_manager`` only from ``invoke``/``generate``
+        (``stream()`` asks without one). Its streaming branch would concatenate every chunk
+        ``_stream`` yields, so a failover after the first token would splice two answers;
+        :meth:`_generate` fires ``on_llm_new_token`` itself and can still fail over.
+        """
+        if run_manager is not None:
+            return False
+        return super()._should_stream(async_api=async_api, run_manager=run_manager, **kwargs)
+
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -952,10 +1141,29 @@ class HybridChatOllama(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         final: ChatGenerationChunk | None = None
-        for chunk in self._routed_stream(messages, stop, gate=False, **kwargs):
+        notify = run_manager is not None and bool(run_manager.handlers)
+        run_id = f"{LC_ID_PREFIX}-{run_manager.run_id}" if run_manager is not None else None
+        for item in self._routed_stream(messages, stop, gate=False, **kwargs):
+            if type(item) is _Abandoned:
+                final = None
+                if notify:
+                    assert run_manager is not None
+                    CallbackManager(
+                        run_manager.handlers,
+                        parent_run_id=run_manager.parent_run_id,
+                        tags=run_manager.tags,
+                        metadata=run_manager.metadata,
+                    ).on_custom_event(ABANDONED_EVENT, item.data, run_id=run_manager.run_id)
+                continue
+            chunk = cast(ChatGenerationChunk, item)
+            if notify:
+                assert run_manager is not None
+                if chunk.message.id is None:
+                    chunk.message.id = run_id
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             final = chunk if final is None else final + chunk
         assert final is not None
-        return _to_result(final)
+        return _to_result(final, run_id)
 
     def _stream(
         self,
@@ -966,7 +1174,10 @@ class HybridChatOllama(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         # langchain-core calls on_llm_new_token for every chunk _stream yields; emitting it
         # here as well would hand every callback each token twice (ChatOllama does).
-        return self._routed_stream(messages, stop, gate=True, **kwargs)
+        return cast(
+            Iterator[ChatGenerationChunk],
+            self._routed_stream(messages, stop, gate=True, **kwargs),
+        )
 
     def _routed_stream(
         self,
@@ -975,11 +1186,12 @@ class HybridChatOllama(BaseChatModel):
         *,
         gate: bool,
         **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
+    ) -> Iterator[ChatGenerationChunk | _Abandoned]:
         """Try candidates in order. With ``gate`` (streaming), chunks are held back until
-        the first substantive one; without it (invoke), the whole answer is gathered first
-        so even a death mid-generation falls back. The per-chunk decisions live in
-        :class:`_Attempt`; this loop and its async twin only iterate."""
+        the first substantive one; without it (invoke), chunks flow at once but a death
+        mid-generation still falls back (an :class:`_Abandoned` marker says so). The
+        per-chunk decisions live in :class:`_Attempt`; this loop and its async twin only
+        iterate."""
         call = self._start(kwargs)
         stop = self._effective_stop(stop)
         router = self._h.router
@@ -991,8 +1203,12 @@ class HybridChatOllama(BaseChatModel):
                     Generator[ChatGenerationChunk, None, None],
                     inner._iterate_over_stream(messages, stop, **kwargs),
                 )
+                armed = _arm(att)
                 try:
                     for chunk in stream:
+                        if armed is not None:
+                            _disarm(armed)
+                            armed = None
                         yield from att.feed(chunk)
                     tail = att.finish()
                 except GeneratorExit:
@@ -1000,14 +1216,18 @@ class HybridChatOllama(BaseChatModel):
                 except Exception as exc:
                     if not self._settle_failure(att, exc):
                         raise
+                    marker = att.abandoned(exc)
+                    if marker is not None:
+                        yield marker
                     continue
                 finally:
+                    _disarm(armed)
                     stream.close()
                 yield from tail
                 att.succeeded(router)
                 return
             finally:
-                router.release(cfg.name)
+                router.release(cfg.name, abandoned=not att.settled)
         raise self._all_failed(call)
 
     # ------------------------------------------------------------------ async
@@ -1019,10 +1239,29 @@ class HybridChatOllama(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         final: ChatGenerationChunk | None = None
-        async for chunk in self._arouted_stream(messages, stop, gate=False, **kwargs):
+        notify = run_manager is not None and bool(run_manager.handlers)
+        run_id = f"{LC_ID_PREFIX}-{run_manager.run_id}" if run_manager is not None else None
+        async for item in self._arouted_stream(messages, stop, gate=False, **kwargs):
+            if type(item) is _Abandoned:
+                final = None
+                if notify:
+                    assert run_manager is not None
+                    await AsyncCallbackManager(
+                        run_manager.handlers,
+                        parent_run_id=run_manager.parent_run_id,
+                        tags=run_manager.tags,
+                        metadata=run_manager.metadata,
+                    ).on_custom_event(ABANDONED_EVENT, item.data, run_id=run_manager.run_id)
+                continue
+            chunk = cast(ChatGenerationChunk, item)
+            if notify:
+                assert run_manager is not None
+                if chunk.message.id is None:
+                    chunk.message.id = run_id
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             final = chunk if final is None else final + chunk
         assert final is not None
-        return _to_result(final)
+        return _to_result(final, run_id)
 
     async def _astream(
         self,
@@ -1032,7 +1271,7 @@ class HybridChatOllama(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         async for chunk in self._arouted_stream(messages, stop, gate=True, **kwargs):
-            yield chunk
+            yield cast(ChatGenerationChunk, chunk)
 
     async def _arouted_stream(
         self,
@@ -1041,7 +1280,7 @@ class HybridChatOllama(BaseChatModel):
         *,
         gate: bool,
         **kwargs: Any,
-    ) -> AsyncIterator[ChatGenerationChunk]:
+    ) -> AsyncIterator[ChatGenerationChunk | _Abandoned]:
         """The async twin of :meth:`_routed_stream`; the decisions are shared."""
         await self._h.router.await_evidence()  # so _start's plan never blocks the loop
         call = self._start(kwargs)
@@ -1050,13 +1289,17 @@ class HybridChatOllama(BaseChatModel):
         for cfg, reasons in self._candidates(call):
             att = _Attempt(self, call, cfg, reasons, gate)
             try:
-                inner = self._async_backend_model(cfg.name)
+                inner = await self._async_backend_model(cfg.name)
                 stream = cast(
                     AsyncGenerator[ChatGenerationChunk, None],
                     inner._aiterate_over_stream(messages, stop, **kwargs),
                 )
+                armed = _arm(att)
                 try:
                     async for chunk in stream:
+                        if armed is not None:
+                            _disarm(armed)
+                            armed = None
                         for out in att.feed(chunk):
                             yield out
                     tail = att.finish()
@@ -1065,15 +1308,19 @@ class HybridChatOllama(BaseChatModel):
                 except Exception as exc:
                     if not self._settle_failure(att, exc):
                         raise
+                    marker = att.abandoned(exc)
+                    if marker is not None:
+                        yield marker
                     continue
                 finally:
+                    _disarm(armed)
                     await stream.aclose()
                 for out in tail:
                     yield out
                 att.succeeded(router)
                 return
             finally:
-                router.release(cfg.name)
+                router.release(cfg.name, abandoned=not att.settled)
         raise self._all_failed(call)
 
     # ------------------------------------------------------------------ tools & structure
@@ -1152,16 +1399,29 @@ class HybridChatOllama(BaseChatModel):
         elif method == "json_schema":
             if schema is None:
                 raise ValueError("schema is required for method='json_schema'")
-            json_schema = (
-                schema.model_json_schema()
-                if is_pydantic and hasattr(schema, "model_json_schema")
-                else convert_to_json_schema(schema)
-            )
+            # The same ``format`` ChatOllama sends: a TypedDict gets "required" (without it,
+            # grammar-constrained decoding may leave fields out), a dict goes as it is.
+            json_schema: dict[str, Any]
+            if is_pydantic:
+                model_cls = cast(Any, schema)
+                json_schema = (
+                    model_cls.model_json_schema()
+                    if hasattr(model_cls, "model_json_schema")
+                    else model_cls.schema()
+                )
+            elif is_typeddict(schema):
+                json_schema = convert_to_json_schema(schema)
+                if "required" not in json_schema:
+                    json_schema["required"] = list(json_schema.get("properties", {}))
+            elif isinstance(schema, dict):
+                json_schema = schema
+            else:
+                json_schema = convert_to_json_schema(schema)
             llm = self.bind(
                 format=json_schema,
                 ls_structured_output_format={
                     "kwargs": {"method": method},
-                    "schema": convert_to_json_schema(schema),
+                    "schema": schema if is_pydantic else json_schema,
                 },
             )
             parser = _pydantic_parser(schema) if is_pydantic else JsonOutputParser()
@@ -1195,7 +1455,7 @@ def _hostport(cfg: BackendConfig) -> str:
     return f"{u.host}:{u.port or (443 if u.scheme == 'https' else 80)}"
 
 
-def _to_result(final: ChatGenerationChunk) -> ChatResult:
+def _to_result(final: ChatGenerationChunk, run_id: str | None = None) -> ChatResult:
     msg = final.message
     tool_calls = msg.tool_calls if isinstance(msg, AIMessageChunk) else []
     usage = msg.usage_metadata if isinstance(msg, AIMessageChunk) else None
@@ -1205,7 +1465,7 @@ def _to_result(final: ChatGenerationChunk) -> ChatResult:
         response_metadata=msg.response_metadata,
         tool_calls=tool_calls,
         usage_metadata=usage,
-        id=msg.id,
+        id=msg.id or run_id,
     )
     return ChatResult(
         generations=[ChatGeneration(message=message, generation_info=final.generation_info)]

@@ -22,7 +22,11 @@ from enum import Enum
 
 import httpx
 
-from langchain_contextharbor.errors import EmptyResponseError, TruncatedStreamError
+from langchain_contextharbor.errors import (
+    DeadlineExceededError,
+    EmptyResponseError,
+    TruncatedStreamError,
+)
 
 __all__ = ["Classification", "FailoverCategory", "classify_exception"]
 
@@ -125,6 +129,10 @@ def classify_exception(exc: BaseException) -> Classification:
         return _c(FailoverCategory.CANCELLED, False, False)
     if isinstance(exc, ResponseError):
         return _classify_response_error(int(exc.status_code), str(exc.error))
+    if isinstance(exc, DeadlineExceededError):  # the call's budget, not the server's fault
+        return _c(FailoverCategory.TIMEOUT, False, False)
+    if isinstance(exc, EmptyResponseError):  # the model's (empty) answer: as ChatOllama
+        return _c(FailoverCategory.FATAL, False, False)
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
         return _c(FailoverCategory.CONNECT, True, True)
     if isinstance(exc, httpx.TimeoutException):
@@ -143,6 +151,6 @@ def classify_exception(exc: BaseException) -> Classification:
         return _c(FailoverCategory.TIMEOUT, True, True)
     if isinstance(exc, ConnectionError):
         return _c(FailoverCategory.CONNECT, True, True)
-    if isinstance(exc, (json.JSONDecodeError, EmptyResponseError, TruncatedStreamError)):
+    if isinstance(exc, (json.JSONDecodeError, TruncatedStreamError)):
         return _c(FailoverCategory.MALFORMED, True, True)
     return _c(FailoverCategory.FATAL, False, False)

@@ -8,15 +8,22 @@ was delivered) so nobody has to parse messages, and chains the original exceptio
 
     ContextHarborError
     ├── ConfigurationError (also ValueError)      bad URL, duplicate backend, bad size ...
-    ├── EmptyResponseError                        a backend closed the stream with no chunk
+    ├── EmptyResponseError (also ValueError)      the answer had no chunk at all (as ChatOllama)
     ├── TruncatedStreamError                      a stream ended without its done chunk
     ├── StreamInterruptedError                    failure after the first chunk reached you
+    ├── DeadlineExceededError (also TimeoutError) Timeouts(total=...) ran out
     ├── AllBackendsFailedError                    every candidate failed; .attempts lists them
+    │   ├── AllBackendsUnreachableError           every attempt failed to connect
     │   ├── NoBackendAvailableError               nothing could be tried (circuits open, down)
     │   └── ModelNotAvailableError                no backend has the model (names the pull)
     ├── EmbeddingInputError (also TypeError)      embed_documents got something not a str
     └── EmbeddingDigestMismatchError              a server holds another build of the
                                                   embedding model than the index was made with
+
+The two "nothing answered" errors (AllBackendsUnreachableError, NoBackendAvailableError)
+are also ``httpx.ConnectError`` and builtin ``ConnectionError``: what a ChatOllama raises
+when its server is down, so ``except httpx.ConnectError`` and
+``with_retry(retry_if_exception_type=(httpx.ConnectError,))`` keep working.
 
 URLs in messages are always redacted (credentials removed).
 """
@@ -27,11 +34,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 __all__ = [
     "AllBackendsFailedError",
+    "AllBackendsUnreachableError",
     "AttemptRecord",
     "ConfigurationError",
     "ContextHarborError",
+    "DeadlineExceededError",
     "EmbeddingDigestMismatchError",
     "EmbeddingInputError",
     "EmptyResponseError",
@@ -63,11 +74,16 @@ class TruncatedStreamError(ContextHarborError):
         return (type(self), (self.backend,))
 
 
-class EmptyResponseError(ContextHarborError):
-    """A backend answered 200 but its stream ended without a single chunk."""
+class EmptyResponseError(ContextHarborError, ValueError):
+    """A backend completed its answer without a single chunk of it (ChatOllama raises
+    ``ValueError("No data received from Ollama stream.")`` there; this is one too). The
+    model's answer, not the server's fault: no failover."""
 
     def __init__(self, backend: str) -> None:
-        super().__init__(f"backend {backend!r} closed the stream without sending any chunk")
+        super().__init__(
+            f"backend {backend!r} completed the answer without any chunk "
+            "(no data received from Ollama stream)"
+        )
         self.backend = backend
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -159,6 +175,25 @@ def _rebuild_interrupted(
     )
 
 
+class DeadlineExceededError(ContextHarborError, TimeoutError):
+    """The call's total deadline (``Timeouts(total=...)``) passed; no backend is tried
+    after it. ``delivered_chunks`` says how much a stream had already handed over."""
+
+    def __init__(self, model: str, total: float, backend: str | None, delivered_chunks: int = 0):
+        where = f" on backend {backend!r}" if backend else ""
+        super().__init__(
+            f"call for model {model!r} exceeded its total deadline of {total:g} s{where} "
+            f"after {delivered_chunks} delivered chunk(s)"
+        )
+        self.model = model
+        self.total = total
+        self.backend = backend
+        self.delivered_chunks = delivered_chunks
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.model, self.total, self.backend, self.delivered_chunks))
+
+
 class AllBackendsFailedError(ContextHarborError):
     """Every candidate backend failed (or none could be tried).
 
@@ -200,8 +235,17 @@ class AllBackendsFailedError(ContextHarborError):
         return "\n".join(lines)
 
 
-class NoBackendAvailableError(AllBackendsFailedError):
-    """No backend could be tried at all: every one is skipped (circuit open, known down)."""
+class AllBackendsUnreachableError(AllBackendsFailedError, httpx.ConnectError, ConnectionError):
+    """Every attempt failed to connect: also the ``httpx.ConnectError`` (and builtin
+    ``ConnectionError``) a ChatOllama raises when its server is down."""
+
+    def _headline(self) -> str:
+        return f"no backend reachable for model {self.model!r}"
+
+
+class NoBackendAvailableError(AllBackendsFailedError, httpx.ConnectError, ConnectionError):
+    """No backend could be tried at all: every one is skipped (circuit open, known down).
+    Also ``httpx.ConnectError``/``ConnectionError``, like a ChatOllama whose server is down."""
 
     def _headline(self) -> str:
         return f"no backend available for model {self.model!r}"

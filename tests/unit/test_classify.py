@@ -351,7 +351,7 @@ CASES = [
     ),
     # --- protocol garbage
     Case("json.JSONDecodeError", _json_error, Cat.MALFORMED, True, True),
-    Case("EmptyResponseError", lambda: EmptyResponseError("gpu"), Cat.MALFORMED, True, True),
+    Case("EmptyResponseError", lambda: EmptyResponseError("gpu"), Cat.FATAL, False, False),
     # --- the request itself is wrong: another backend will not help
     Case("pydantic ValidationError", _validation_error, Cat.FATAL, False, False),
     Case(

@@ -27,6 +27,7 @@ from langchain_contextharbor import (
 
 EXPECTED = {
     # constants
+    "ABANDONED_EVENT",
     "DEFAULT_CPU_URL",
     "DEFAULT_GPU_URL",
     "DEFAULT_MODEL_SIZES",
@@ -37,6 +38,7 @@ EXPECTED = {
     "TruncatedStreamError",
     "BreakerPolicy",
     "backends_from_env",
+    "ollama_host_url",
     "redact_url",
     # routing, pure
     "BackendSnapshot",
@@ -56,6 +58,8 @@ EXPECTED = {
     "classify_exception",
     # errors
     "AllBackendsFailedError",
+    "AllBackendsUnreachableError",
+    "DeadlineExceededError",
     "AttemptRecord",
     "ConfigurationError",
     "ContextHarborError",
@@ -258,8 +262,11 @@ def test_stream_interrupted_message_and_fields() -> None:
 
 def test_empty_response_error() -> None:
     err = EmptyResponseError("cpu")
-    assert str(err) == "backend 'cpu' closed the stream without sending any chunk"
+    assert str(err) == (
+        "backend 'cpu' completed the answer without any chunk (no data received from Ollama stream)"
+    )
     assert err.backend == "cpu"
+    assert isinstance(err, ValueError)  # what ChatOllama raises for an empty answer
 
 
 def test_attempt_and_skip_records() -> None:
