@@ -768,6 +768,8 @@ class Router:
                     self._submit_show(b, key)
         self._next_probe_check = due
         if all_shown and due > now:
+            if len(self._shows_checked) >= 1024:  # bounded, whatever models callers name
+                self._shows_checked.clear()
             self._shows_checked.add(key)
         else:
             self._shows_checked.discard(key)
@@ -829,29 +831,47 @@ class Router:
             sh.publish_probe(b.config.name, res, self.clock(), self.probe_ttl)
         return res
 
+    @staticmethod
+    def _optional(b: BackendRuntime, c: httpx.Client, path: str) -> list[Mapping[str, Any]] | None:
+        """The ``models`` list of an optional probe endpoint, or None when it fails."""
+        try:
+            return _json_list(c.get(path), "models")
+        except Exception as exc:
+            logger.debug(
+                "optional probe %s on %s failed (left unknown): %s",
+                path,
+                b.config.name,
+                b.config.scrub(f"{type(exc).__name__}: {exc}")[:200],
+            )
+            return None
+
     def _probe_http(self, b: BackendRuntime) -> ProbeResult:
         t0 = time.perf_counter()
         res: ProbeResult
         try:
             c = self._http(b)
             r = c.get("/api/version")
+            if r.status_code == 404:  # a gateway without /api/version: Ollama's "/" works
+                r = c.get("/")
             r.raise_for_status()
             version = (
                 r.json().get("version")
                 if r.headers.get("content-type", "").startswith("application/json")
                 else None
             )
-            tags = _json_list(c.get("/api/tags"), "models")
-            models = _parse_tags(tags)
-            loaded = _parse_loaded(_json_list(c.get("/api/ps"), "models"))
+            # Only the health answer above decides "down". /api/tags and /api/ps are
+            # optional (older servers, gateways exposing part of the API): failing, they
+            # leave the model list or the loaded set unknown, not the server unusable.
+            tags = self._optional(b, c, "/api/tags")
+            ps = self._optional(b, c, "/api/ps")
             res = ProbeResult(
                 True,
                 self.clock(),
                 (time.perf_counter() - t0) * 1000,
                 version=version,
-                models=models,
-                loaded=loaded,
-                digests=_parse_digests(tags),
+                models=_parse_tags(tags) if tags is not None else None,
+                loaded=_parse_loaded(ps) if ps is not None else None,
+                digests=_parse_digests(tags) if tags is not None else None,
             )
             self._read_capacity(b.config, res)
         except Exception as exc:  # a probe never raises into callers
@@ -949,6 +969,8 @@ class Router:
         except Exception as exc:
             logger.debug("show %s on %s failed: %s", key, b.config.name, exc)
         with self._lock:
+            if key not in b.shows and len(b.shows) >= 512:
+                b.shows.pop(next(iter(b.shows)))  # bounded: the oldest entry goes
             b.shows[key] = (self.clock(), arch)
             b.show_futures.pop(key, None)
             self._version += 1

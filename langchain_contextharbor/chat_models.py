@@ -26,6 +26,7 @@ from collections.abc import (
     Sequence,
 )
 from contextvars import Token
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Literal, cast
 
@@ -277,6 +278,15 @@ def _close_inner(inner: ChatOllama) -> None:
             client.close()
         except Exception:  # pragma: no cover - closing must never raise into the caller
             logger.debug("closing an inner client failed", exc_info=True)
+
+
+@dataclass(frozen=True)
+class SelectedBackend:
+    """One backend as ``_select_backend`` names it (the URL without credentials)."""
+
+    name: str
+    url: str
+    kind: str
 
 
 class _Abandoned:
@@ -887,11 +897,19 @@ class HybridChatOllama(BaseChatModel):
         except ValueError as exc:  # a bad value put into model_sizes after construction
             raise ConfigurationError(str(exc)) from None
 
-    def _select_backend(self, name: str | None = None) -> tuple[str | None, str | None]:
-        """The design's ``(primary, fallback)`` pair of backend URLs (credentials removed)."""
+    def _select_backend(
+        self, name: str | None = None
+    ) -> tuple[SelectedBackend | None, SelectedBackend | None]:
+        """The design's ``(primary, fallback)`` pair: backends with ``.name``, ``.url``
+        (credentials removed) and ``.kind``; ``select_backend()`` has the full plan."""
         plan = self.select_backend(name)
-        urls = {c.name: c.safe_url for c in self._h.configs}
-        return (urls.get(plan.primary or ""), urls.get(plan.fallback or ""))
+        by_name = {c.name: c for c in self._h.configs}
+
+        def pick(n: str | None) -> SelectedBackend | None:
+            c = by_name.get(n or "")
+            return None if c is None else SelectedBackend(c.name, c.safe_url, c.kind)
+
+        return pick(plan.primary), pick(plan.fallback)
 
     def refresh(self, model: str | None = None) -> dict[str, Any]:
         """Probe every backend now and wait (shares a probe already running).

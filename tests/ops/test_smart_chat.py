@@ -160,14 +160,23 @@ def test_design_model_sizes_update_sends_a_big_model_cpu_first(
     )
     try:
         # Unknown size: below the 8 GiB threshold, so GPU first.
-        assert llm._select_backend("my-model") == (gpu.url, cpu.url)
+        primary, fallback = llm._select_backend("my-model")
+        assert primary is not None and fallback is not None
+        assert (primary.url, fallback.url) == (gpu.url, cpu.url)
+        # the design's own snippet
+        assert (
+            f"Primary: {primary.name}, Fallback: {fallback.name}" == "Primary: gpu, Fallback: cpu"
+        )
+        assert (primary.kind, fallback.kind) == ("gpu", "cpu")
         llm.model_sizes.update({"my-model:latest": 30})
         primary, fallback = llm._select_backend("my-model")
-        assert (primary, fallback) == (cpu.url, gpu.url)
+        assert primary is not None and fallback is not None
+        assert (primary.name, fallback.name) == ("cpu", "gpu")
         plan = llm.select_backend("my-model")
         assert plan.backends == ["cpu", "gpu"]
         assert "size table" in plan.summary and "cpu first" in plan.summary
         # The table's key matches the untagged name, as Ollama resolves it.
-        assert llm._select_backend("my-model:latest") == (cpu.url, gpu.url)
+        primary, fallback = llm._select_backend("my-model:latest")
+        assert primary is not None and primary.url == cpu.url
     finally:
         llm.close()
