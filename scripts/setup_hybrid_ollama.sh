@@ -267,6 +267,24 @@ if [[ $in_search_path == 0 && $USE_SYSTEMCTL == 1 ]]; then
   warn "systemd does not look for user units in $UNIT_DIR: enabling them from there will fail unless you link them (systemctl --user link FILE)."
 fi
 
+# ---------------------------------------------------------------- the design's units
+# The original design enabled ollama-gpu@$USER / ollama-cpu@$USER (a user name as the
+# instance). Here the instance is the port, and such an instance is refused at start: name
+# any that are enabled, with the command that removes them.
+design_units=()
+for link in "$UNIT_DIR"/*.wants/ollama-gpu@*.service "$UNIT_DIR"/*.wants/ollama-cpu@*.service; do
+  [[ -e $link || -L $link ]] || continue
+  unit=${link##*/}
+  instance=${unit#*@}
+  instance=${instance%.service}
+  [[ $instance =~ ^[0-9]+$ ]] || design_units+=("$unit")
+done
+if [[ ${#design_units[@]} -gt 0 ]]; then
+  warn "enabled with a user name instead of a port (the original design's form): ${design_units[*]}
+These do not start here (the instance must be the port). Remove them with:
+  systemctl --user disable --now ${design_units[*]}"
+fi
+
 # ---------------------------------------------------------------- unit files
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/contextharbor-setup.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT

@@ -626,6 +626,28 @@ def test_without_a_user_service_manager_exits_4_before_writing(host: Host, no_bu
         assert mutating(r.calls) == []
 
 
+def test_units_enabled_in_the_designs_user_name_form_are_named_with_the_fix(host: Host) -> None:
+    wants = host.unit_dir / "default.target.wants"
+    wants.mkdir(parents=True)
+    for unit in (
+        "ollama-gpu@alice.service",
+        "ollama-cpu@alice.service",
+        "ollama-cpu@11435.service",
+    ):
+        (wants / unit).symlink_to(host.unit_dir / unit.replace("alice", "").replace("11435", ""))
+    r = host.run("--dry-run", "--unit-dir", str(host.unit_dir))
+    assert r.rc == 0, r.text
+    assert "ollama-gpu@alice.service ollama-cpu@alice.service" in r.err
+    assert (
+        "systemctl --user disable --now ollama-gpu@alice.service ollama-cpu@alice.service" in r.err
+    )
+    assert "ollama-cpu@11435.service" not in r.err  # a port instance is ours
+
+    shutil.rmtree(wants)
+    r = host.run("--dry-run", "--unit-dir", str(host.unit_dir))
+    assert "user name instead of a port" not in r.err
+
+
 # ---------------------------------------------------------------- the closing hint
 
 
