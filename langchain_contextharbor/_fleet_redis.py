@@ -20,7 +20,9 @@ a fleet must give the same servers the same names):
   counts plus one integer (one round trip) and fetches the rest only when it changed.
 
 Per call: one round trip to acquire (a Lua script: trial claim, fleet-wide slot check,
-lease) and one to release; both replies carry every backend's count and ``ver``, so a plan
+lease) on the caller's thread, and one to release, sent by a background thread (releases
+that queue up go in one pipeline; the local view drops the lease at once); both replies
+carry every backend's count and ``ver``, so a plan
 made within ``view_max_age`` (2 ms) of the last reply needs no round trip of its own (the
 acquire re-checks the slot anyway). Times cross processes on the fleet clock (``time.time``
 unless injected); the router's clock is converted at the edge.
@@ -38,6 +40,7 @@ import itertools
 import json
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -167,6 +170,7 @@ class RedisSharedState:
         lease_ttl: float = 120.0,
         timeout: float = 0.25,
         view_max_age: float = 0.002,
+        async_release: bool = True,
         client: Any = None,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
@@ -196,6 +200,11 @@ class RedisSharedState:
         self._leases = [self._k[b]["lease"] for b in self._k]
         self._caps = [self.max_parallel.get(b, 1 << 30) for b in self._k]
         self.view_max_age = float(view_max_age)
+        self.async_release = async_release
+        self._outbox: queue.SimpleQueue[tuple[str, str, str | None, float] | None] = (
+            queue.SimpleQueue()
+        )
+        self._sender: threading.Thread | None = None
         self._counts: tuple[list[int], Any, float] | None = None
         self._counts_now = float("-inf")
         self._held: dict[str, list[str]] = {b: [] for b in backends}
@@ -406,15 +415,79 @@ class RedisSharedState:
             trial = self._trials.pop(backend, None)
         if member is None or not self._ok(now):
             return
+        cached = self._counts
+        if cached is not None:  # our own lease is gone: the next plan must not count it
+            counts = list(cached[0])
+            i = self._index[backend] - 1
+            counts[i] = max(0, counts[i] - 1)
+            self._counts = (counts, cached[1], cached[2])
+        if self.async_release:
+            self._outbox.put((backend, member, trial, now))
+            self._ensure_sender()
+        else:
+            self._send_releases([(backend, member, trial, now)])
+
+    def _send_releases(self, batch: list[tuple[str, str, str | None, float]]) -> None:
+        """One round trip for every release in ``batch`` (the sender thread's work)."""
+        now = batch[-1][3]
+        fnow = repr(self.fleet_clock())
         try:
-            reply = self._release(
-                keys=[keys["lease"], keys["trial"], self._k_ver, *self._leases],
-                args=[repr(self.fleet_clock()), member, trial or ""],
-            )
+            if len(batch) == 1:  # the common case: no pipeline (it would check the script)
+                backend, member, trial, _ = batch[0]
+                keys = self._k[backend]
+                reply = self._release(
+                    keys=[keys["lease"], keys["trial"], self._k_ver, *self._leases],
+                    args=[fnow, member, trial or ""],
+                )
+            else:
+                pipe = self._r.pipeline(transaction=False)
+                for backend, member, trial, _ in batch:
+                    keys = self._k[backend]
+                    self._release(
+                        keys=[keys["lease"], keys["trial"], self._k_ver, *self._leases],
+                        args=[fnow, member, trial or ""],
+                        client=pipe,
+                    )
+                reply = pipe.execute()[-1]
         except (redis.RedisError, OSError) as exc:
             self._failed(exc, now)
             return
         self._remember(reply, now)
+
+    def _ensure_sender(self) -> None:
+        if self._sender is None or not self._sender.is_alive():
+            with self._lock:
+                if self._sender is None or not self._sender.is_alive():
+                    t = threading.Thread(
+                        target=self._send_loop, name="contextharbor-fleet-release", daemon=True
+                    )
+                    self._sender = t
+                    t.start()
+
+    def _send_loop(self) -> None:
+        while True:
+            item = self._outbox.get()
+            if item is None:
+                return
+            batch = [item]
+            while True:
+                try:
+                    nxt = self._outbox.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._send_releases(batch)
+                    return
+                batch.append(nxt)
+            self._send_releases(batch)
+
+    def flush(self, timeout: float = 2.0) -> None:
+        """Send the releases still queued and wait for them (close() does it too)."""
+        sender = self._sender
+        if sender is not None and sender.is_alive():
+            self._outbox.put(None)
+            sender.join(timeout)
+        self._sender = None
 
     def publish_breaker(self, backend: str, breaker: SharedBreaker, now: float) -> None:
         keys = self._k.get(backend)
@@ -544,6 +617,7 @@ class RedisSharedState:
         return {"mode": "redis", "url": self.safe_url, "worker": self.worker, "down": self._down}
 
     def close(self) -> None:
+        self.flush()
         self._stop.set()
         try:
             self._r.close()

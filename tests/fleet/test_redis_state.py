@@ -61,8 +61,10 @@ def worker(
             max_parallel={"gpu": 1, "cpu": 1},
             clock=clock,
             lease_ttl=kw.pop("lease_ttl", 120.0),
-            # These tests step faster than the 2 ms a view is reused for: always read.
+            # These tests step faster than the 2 ms a view is reused for: always read; and
+            # they look right after a release, so it is sent before release() returns.
             view_max_age=kw.pop("view_max_age", 0.0),
+            async_release=kw.pop("async_release", False),
         )
         m = HybridChatOllama(
             model=MODEL,
@@ -291,3 +293,15 @@ def test_a_new_worker_starts_with_the_speeds_the_fleet_learned(worker: Worker) -
     assert b.router.sync_speeds() == 1
     assert b.router.speeds[("gpu", MODEL)] == a.router.speeds[("gpu", MODEL)]
     assert "learned" in " ".join(b.select_backend().candidates[0].reasons)
+
+
+def test_releases_sent_in_the_background_reach_the_fleet(worker: Worker) -> None:
+    a, b = worker(async_release=True), worker()
+    for _ in range(3):
+        assert a.router.acquire("gpu")
+    for _ in range(3):
+        a.router.release("gpu")
+    a.router._shared.flush()  # type: ignore[union-attr]
+    b.select_backend()
+    assert b.stats()["gpu"]["fleet_in_flight"] == 0
+    assert a.select_backend().primary == "gpu"
