@@ -1,0 +1,525 @@
+"""The endpoint handlers of the stand-in: what each Ollama route answers.
+
+Each is a function of the stand-in (its models, residency, slots, engine) and one exchange.
+Loading, ``keep_alive``, ``num_parallel`` queueing, stop sequences, ``num_predict`` and the
+NDJSON chunk shapes live here; the wire and fault timing live in :mod:`._exchange`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from langchain_contextharbor.testing._exchange import _Exchange
+from langchain_contextharbor.testing._requests import (
+    _THINK_LEVELS,
+    _StopFilter,
+    _tool_call_id,
+    _validate_options,
+    parse_keep_alive,
+)
+from langchain_contextharbor.testing._wire import _POLL, _Aborted, _dumps, _go_type, _RequestError
+from langchain_contextharbor.testing.engines import (
+    ChatTurn,
+    DoneEvent,
+    EmbeddingNotSupported,
+    EngineEvent,
+    ScriptedEngine,
+    TextToken,
+    ThinkingToken,
+    ToolCallEvent,
+    count_words,
+    normalize,
+    split_tokens,
+)
+from langchain_contextharbor.testing.faults import BUSY_MESSAGE
+from langchain_contextharbor.testing.models import (
+    StandInModel,
+    qualified_model_name,
+    rfc3339_nano,
+)
+
+if TYPE_CHECKING:
+    from langchain_contextharbor.testing.server import OllamaStandIn
+
+_SCRIPTED = ScriptedEngine()
+
+
+def _h_root(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+    ex.send(200, "text/plain; charset=utf-8", b"Ollama is running")
+
+
+def _h_api_version(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+    ex.send_json(200, {"version": srv.config.version})
+
+
+def _h_api_tags(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+    models = sorted(srv.models, key=lambda m: m.modified_at_ns, reverse=True)
+    ex.send_json(200, {"models": [m.tags_entry() for m in models]})
+
+
+def _h_api_ps(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+    loaded = sorted(srv.loaded, key=lambda lm: lm.expires_at_ns, reverse=True)
+    ex.send_json(200, {"models": [lm.ps_entry() for lm in loaded]})
+
+
+def _h_api_show(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+    name = body.get("model") or body.get("name")
+    if not isinstance(name, str) or not name:
+        raise _RequestError(400, "model is required")
+    spec = srv.get_model(name)
+    if spec is None:
+        raise _RequestError(404, f"model '{name}' not found")
+    ex.send_json(200, spec.show_response())
+
+
+def _h_api_delete(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+    name = body.get("model") or body.get("name")
+    if not isinstance(name, str) or not name:
+        raise _RequestError(400, "model is required")
+    if srv.get_model(name) is None:
+        raise _RequestError(404, f"model '{name}' not found")
+    srv.remove_model(name)
+    ex.send(200, "application/json; charset=utf-8", b"")
+
+
+def _h_api_embed(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+    _embed(srv, ex, body, legacy=False)
+
+
+def _h_api_embeddings(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+    _embed(srv, ex, body, legacy=True)
+
+
+def _embed(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any], *, legacy: bool) -> None:
+    t0 = time.perf_counter_ns()
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _RequestError(400, "model is required")
+    spec = srv.get_model(model)
+    if spec is None:
+        raise _RequestError(404, f'model "{model}" not found, try pulling it first')
+    raw_input = body.get("prompt", "") if legacy else body.get("input", [])
+    if isinstance(raw_input, str):
+        texts = [raw_input] if (raw_input or not legacy) else []
+    elif isinstance(raw_input, list) and all(isinstance(t, str) for t in raw_input):
+        texts = list(raw_input)
+    else:
+        raise _RequestError(400, "invalid input type")
+    keep_alive = parse_keep_alive(body.get("keep_alive"))
+    options = _validate_options(body.get("options"))
+    dims = body.get("dimensions")
+    want = dims if isinstance(dims, int) and not isinstance(dims, bool) and dims > 0 else 0
+    embedder = getattr(srv.engine, "embed", None)
+    if not callable(embedder):
+        embedder = _SCRIPTED.embed
+    with _use_model(srv, ex, spec, options, keep_alive) as load_ns:
+        if not texts:
+            vectors: list[list[float]] = []
+        else:
+            try:
+                vectors = [list(v) for v in embedder(spec, texts)]
+            except EmbeddingNotSupported:
+                # What Ollama's runner answers for a model without pooling (a chat
+                # model); the legacy endpoint turns every runner error into a 500.
+                raise _RequestError(
+                    500 if legacy else 501, "this model does not support embeddings"
+                ) from None
+    if want:  # Ollama truncates to `dimensions` and normalises again
+        vectors = [normalize(v[:want]) if want < len(v) else v for v in vectors]
+    if legacy:
+        ex.send_json(200, {"embedding": vectors[0] if vectors else []})
+        return
+    out: dict[str, Any] = {"model": model, "embeddings": vectors}
+    out["total_duration"] = time.perf_counter_ns() - t0
+    out["load_duration"] = load_ns
+    prompt_tokens = sum(len(t.split()) for t in texts)
+    if prompt_tokens:
+        out["prompt_eval_count"] = prompt_tokens
+    ex.send_json(200, out)
+
+
+# ---------------------------------------------------------------------------- load / slots
+@contextlib.contextmanager
+def _use_model(
+    srv: OllamaStandIn,
+    ex: _Exchange,
+    spec: StandInModel,
+    options: dict[str, Any],
+    keep_alive_ns: int | None,
+) -> Iterator[int]:
+    """Load ``spec`` if needed (paying ``load_delay``), pin it while the body runs."""
+    num_ctx = int(options.get("num_ctx") or srv.config.num_ctx)
+    num_gpu = int(options.get("num_gpu", -1))
+    ka = keep_alive_ns if keep_alive_ns is not None else srv._keep_alive_ns(None)
+    t0 = time.perf_counter_ns()
+    with srv._lock:
+        srv._purge_expired()
+        lm = srv._loaded.get(spec.name)
+        reload = lm is None or lm.context_length != num_ctx or (lm.num_gpu == 0) != (num_gpu == 0)
+        ready = srv._ready.get(spec.name)
+        if reload:
+            lm = srv.set_loaded(spec.name, context_length=num_ctx, num_gpu=num_gpu)
+            ready = threading.Event()
+            srv._ready[spec.name] = ready
+            owner = True
+        else:
+            owner = False
+        assert lm is not None
+        lm.in_flight += 1
+    try:
+        if owner:
+            assert ready is not None
+            try:
+                ex.sleep(srv.config.load_delay)
+            finally:
+                ready.set()
+        elif ready is not None and not ready.is_set():
+            while not ready.wait(_POLL):
+                if ex.stop_event.is_set() or ex.client_gone():
+                    raise _Aborted
+        load_ns = max(time.perf_counter_ns() - t0, 1_000)
+        yield load_ns
+    finally:
+        with srv._lock:
+            lm.in_flight -= 1
+            if lm.in_flight <= 0:
+                lm.in_flight = 0
+                if ka == 0:
+                    if srv._loaded.get(spec.name) is lm:
+                        del srv._loaded[spec.name]
+                else:
+                    lm.keep_alive_ns = ka
+                    lm.expires_at_ns = srv._expiry(ka)
+
+
+@contextlib.contextmanager
+def _slot(srv: OllamaStandIn, ex: _Exchange) -> Iterator[None]:
+    """One of ``num_parallel`` generation slots; 503 beyond ``max_queue`` waiters."""
+    with srv._slots:
+        if srv._active >= max(1, srv.config.num_parallel):
+            if srv._waiting >= srv.config.max_queue:
+                raise _RequestError(503, BUSY_MESSAGE)
+            srv._waiting += 1
+            try:
+                while srv._active >= max(1, srv.config.num_parallel):
+                    if ex.stop_event.is_set() or ex.client_gone():
+                        raise _Aborted
+                    srv._slots.wait(_POLL)
+            finally:
+                srv._waiting -= 1
+        srv._active += 1
+    try:
+        yield
+    finally:
+        with srv._slots:
+            srv._active -= 1
+            srv._slots.notify()
+
+
+# ---------------------------------------------------------------------------- chat / generate
+def _h_api_chat(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+    _complete(srv, ex, body, generate=False)
+
+
+def _h_api_generate(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+    _complete(srv, ex, body, generate=True)
+
+
+def _complete(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any], *, generate: bool) -> None:
+    t_start = time.perf_counter_ns()
+    keep_alive = parse_keep_alive(body.get("keep_alive"))
+    think_raw = body.get("think")
+    if think_raw is not None and not isinstance(think_raw, bool):
+        if not isinstance(think_raw, str) or think_raw not in _THINK_LEVELS:
+            shown = json.dumps(think_raw) if not isinstance(think_raw, str) else think_raw
+            raise _RequestError(
+                400,
+                f'invalid think value: "{shown}" (must be "high", "medium", "low", true, or false)',
+            )
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _RequestError(400, "model is required")
+    spec = srv.get_model(model)
+    if spec is None:
+        raise _RequestError(404, f"model '{model}' not found")
+
+    if generate:
+        prompt = body.get("prompt") or ""
+        if not isinstance(prompt, str):
+            raise _RequestError(400, "json: cannot unmarshal into Go struct field prompt")
+        messages: list[dict[str, Any]] = []
+        system = body.get("system")
+        if isinstance(system, str) and system:
+            messages.append({"role": "system", "content": system})
+        if prompt:
+            messages.append({"role": "user", "content": prompt})
+        empty = not prompt
+    else:
+        raw_messages = body.get("messages")
+        if raw_messages is None:
+            raw_messages = []
+        if not isinstance(raw_messages, list) or not all(isinstance(m, dict) for m in raw_messages):
+            raise _RequestError(
+                400,
+                f"json: cannot unmarshal {_go_type(raw_messages)} into Go struct field "
+                "ChatRequest.messages of type []api.Message",
+            )
+        messages = [{**m, "role": str(m.get("role", "")).lower()} for m in raw_messages]
+        empty = not messages
+
+    options = _validate_options(body.get("options"))
+    if empty:
+        _load_only(srv, ex, spec, model, options, keep_alive, generate=generate)
+        return
+
+    if not spec.has("completion"):
+        verb = "generate" if generate else "chat"
+        raise _RequestError(400, f'"{model}" does not support {verb}')
+    tools = body.get("tools") or []
+    if not isinstance(tools, list):
+        raise _RequestError(400, "json: cannot unmarshal into Go struct field tools")
+    if tools and not spec.has("tools"):
+        raise _RequestError(400, f"{qualified_model_name(model)} does not support tools")
+    think: bool | str | None
+    if think_raw is None:
+        think = True if spec.has("thinking") else None
+    elif isinstance(think_raw, str):
+        if spec.family not in ("gptoss", "gpt-oss"):
+            raise _RequestError(400, f'think value "{think_raw}" is not supported for this model')
+        think = think_raw
+    else:
+        if think_raw and not spec.has("thinking"):
+            raise _RequestError(400, f'"{model}" does not support thinking')
+        think = think_raw
+    fmt = body.get("format")
+    if fmt == "" or fmt is None:
+        fmt = None
+    elif fmt != "json" and not isinstance(fmt, dict):
+        raw_fmt = json.dumps(fmt, separators=(",", ":"))
+        raise _RequestError(
+            500,
+            f'invalid format: {json.dumps(raw_fmt)}; expected "json" or a valid JSON Schema object',
+        )
+    stream = body.get("stream", True) is not False
+
+    turn = ChatTurn(
+        model=model,
+        spec=spec,
+        messages=messages,
+        tools=[t for t in tools if isinstance(t, dict)],
+        format=fmt,
+        options=options,
+        think=think,
+        instance=srv.name,
+    )
+    with _slot(srv, ex), _use_model(srv, ex, spec, options, keep_alive) as load_ns:
+        _generate(srv, ex, turn, stream=stream, generate=generate, t_start=t_start, load_ns=load_ns)
+
+
+def _load_only(
+    srv: OllamaStandIn,
+    ex: _Exchange,
+    spec: StandInModel,
+    model: str,
+    options: dict[str, Any],
+    keep_alive: int | None,
+    *,
+    generate: bool,
+) -> None:
+    if keep_alive == 0:
+        srv.unload(spec.name)
+        reason = "unload"
+    else:
+        with _use_model(srv, ex, spec, options, keep_alive):
+            pass
+        reason = "load"
+    out: dict[str, Any] = {"model": model, "created_at": rfc3339_nano()}
+    if generate:
+        out["response"] = ""
+    else:
+        out["message"] = {"role": "assistant", "content": ""}
+    out["done"] = True
+    out["done_reason"] = reason
+    ex.send_json(200, out)
+
+
+def _generate(
+    srv: OllamaStandIn,
+    ex: _Exchange,
+    turn: ChatTurn,
+    *,
+    stream: bool,
+    generate: bool,
+    t_start: int,
+    load_ns: int,
+) -> None:
+    opts = turn.options
+    num_predict = opts.get("num_predict")
+    limit = int(num_predict) if isinstance(num_predict, (int, float)) else -1
+    stops = opts.get("stop") or []
+    stop_filter = _StopFilter([s for s in stops if isinstance(s, str)])
+    token_delay = srv.config.token_delay
+
+    content: list[str] = []
+    thinking: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    eval_count = 0
+    done_reason = "stop"
+    prompt_count: int | None = None
+    engine_eval: int | None = None
+    t_first: int | None = None
+
+    def base() -> dict[str, Any]:
+        return {"model": turn.model, "created_at": rfc3339_nano()}
+
+    def text_chunk(
+        text: str = "", think_text: str = "", calls: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        out = base()
+        if generate:
+            out["response"] = text
+            if think_text:
+                out["thinking"] = think_text
+        else:
+            msg: dict[str, Any] = {"role": "assistant", "content": text}
+            if think_text:
+                msg["thinking"] = think_text
+            if calls:
+                msg["tool_calls"] = calls
+            out["message"] = msg
+        out["done"] = False
+        return out
+
+    def push(chunk: dict[str, Any]) -> bool:
+        if not stream:
+            return True
+        return ex.emit(chunk)
+
+    events: Iterator[EngineEvent] = iter(srv.engine.chat(turn))
+    ended_by_fault = False
+    try:
+        for event in events:
+            if isinstance(event, DoneEvent):
+                done_reason = event.done_reason or done_reason
+                prompt_count = event.prompt_eval_count
+                engine_eval = event.eval_count
+                break
+            ex.sleep(token_delay)
+            if t_first is None:
+                t_first = time.perf_counter_ns()
+            if isinstance(event, ToolCallEvent):
+                call = {
+                    "id": _tool_call_id(),
+                    "function": {
+                        "index": len(tool_calls),
+                        "name": event.name,
+                        "arguments": event.arguments,
+                    },
+                }
+                tool_calls.append(call)
+                eval_count += len(split_tokens(json.dumps(event.arguments))) + 1
+                if generate:
+                    continue
+                if not push(text_chunk(calls=[call])):
+                    ended_by_fault = True
+                    break
+                continue
+            eval_count += 1
+            if isinstance(event, ThinkingToken):
+                thinking.append(event.text)
+                if not push(text_chunk(think_text=event.text)):
+                    ended_by_fault = True
+                    break
+            elif isinstance(event, TextToken):
+                piece = stop_filter.feed(event.text)
+                if piece:
+                    content.append(piece)
+                    if not push(text_chunk(piece)):
+                        ended_by_fault = True
+                        break
+                if stop_filter.hit:
+                    done_reason = "stop"
+                    break
+            if limit > 0 and eval_count >= limit:
+                done_reason = "length"
+                break
+    except (_Aborted, OSError, _RequestError):
+        raise
+    except Exception as exc:
+        message = f"an error was encountered while running the model: {exc}"
+        if stream and ex.headers_sent:
+            ex._write_chunk(_dumps({"error": message}) + b"\n")
+            ex.end_stream()
+            return
+        raise _RequestError(500, message) from exc
+    finally:
+        close = getattr(events, "close", None)
+        if callable(close):
+            close()
+    if ended_by_fault:
+        return
+    if not stop_filter.hit:
+        tail = stop_filter.flush()
+        if tail:
+            content.append(tail)
+            if stream and not push(text_chunk(tail)):
+                return
+
+    t_end = time.perf_counter_ns()
+    first = t_first or t_end
+    final = base()
+    text = "".join(content) if not stream else ""
+    think_text = "".join(thinking) if not stream else ""
+    if generate:
+        final["response"] = text
+        if think_text:
+            final["thinking"] = think_text
+        if tool_calls:
+            final["tool_calls"] = tool_calls
+    else:
+        msg: dict[str, Any] = {"role": "assistant", "content": text}
+        if think_text:
+            msg["thinking"] = think_text
+        if tool_calls and not stream:
+            msg["tool_calls"] = tool_calls
+        final["message"] = msg
+    final["done"] = True
+    final["done_reason"] = done_reason
+    if generate and not turn.options.get("raw"):
+        final["context"] = list(range(1, min(eval_count, 8) + 2))
+    metrics = {
+        "total_duration": t_end - t_start,
+        "load_duration": load_ns,
+        "prompt_eval_count": (
+            prompt_count if prompt_count is not None else count_words(turn.messages)
+        ),
+        "prompt_eval_duration": max(first - t_start - load_ns, 1000),
+        "eval_count": engine_eval if engine_eval is not None else eval_count,
+        "eval_duration": max(t_end - first, 1000),
+    }
+    final.update({k: v for k, v in metrics.items() if v})
+    if stream:
+        if ex.emit(final, final=True):
+            ex.end_stream()
+    else:
+        ex.send_json(200, final)
+
+
+#: Path -> handler; ``OllamaStandIn`` dispatches here after method and body checks.
+ENDPOINTS: dict[str, Callable[[OllamaStandIn, _Exchange, dict[str, Any]], None]] = {
+    "/": _h_root,
+    "/api/version": _h_api_version,
+    "/api/tags": _h_api_tags,
+    "/api/ps": _h_api_ps,
+    "/api/show": _h_api_show,
+    "/api/delete": _h_api_delete,
+    "/api/embed": _h_api_embed,
+    "/api/embeddings": _h_api_embeddings,
+    "/api/chat": _h_api_chat,
+    "/api/generate": _h_api_generate,
+}
