@@ -617,8 +617,12 @@ class RedisSharedState:
         return {"mode": "redis", "url": self.safe_url, "worker": self.worker, "down": self._down}
 
     def close(self) -> None:
+        """Send queued releases, stop renewing, drop the connections. Usable afterwards:
+        the next call reconnects (the router's close() keeps it usable too)."""
         self.flush()
         self._stop.set()
+        self._stop = threading.Event()
+        self._renewer = None
         try:
             self._r.close()
         except Exception:  # pragma: no cover - closing never raises into callers

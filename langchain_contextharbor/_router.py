@@ -1017,6 +1017,8 @@ class Router:
             executor.shutdown(wait=False, cancel_futures=True)
         for c in clients:
             c.close()
+        if self._shared is not None:
+            self._shared.close()  # fleet mode: queued lease releases are sent first
 
     def stats(self) -> dict[str, Any]:
         now = self.clock()

@@ -305,3 +305,10 @@ def test_releases_sent_in_the_background_reach_the_fleet(worker: Worker) -> None
     b.select_backend()
     assert b.stats()["gpu"]["fleet_in_flight"] == 0
     assert a.select_backend().primary == "gpu"
+    a.router.acquire("gpu")
+    a.router.release("gpu")
+    a.close()  # flushes the queued release; the model stays usable, still in fleet mode
+    b.select_backend()
+    assert b.stats()["gpu"]["fleet_in_flight"] == 0
+    assert a.invoke("hi").response_metadata["backend"] == "gpu"
+    assert a.router._shared.describe()["down"] is False  # type: ignore[union-attr]
