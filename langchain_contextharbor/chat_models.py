@@ -1221,8 +1221,9 @@ class HybridChatOllama(BaseChatModel):
                     Generator[ChatGenerationChunk, None, None],
                     inner._iterate_over_stream(messages, stop, **kwargs),
                 )
-                armed = _arm(att)
+                armed: Token[float | None] | None = None
                 try:
+                    armed = _arm(att)
                     for chunk in stream:
                         if armed is not None:
                             _disarm(armed)
@@ -1312,8 +1313,9 @@ class HybridChatOllama(BaseChatModel):
                     AsyncGenerator[ChatGenerationChunk, None],
                     inner._aiterate_over_stream(messages, stop, **kwargs),
                 )
-                armed = _arm(att)
+                armed: Token[float | None] | None = None
                 try:
+                    armed = _arm(att)
                     async for chunk in stream:
                         if armed is not None:
                             _disarm(armed)
