@@ -94,6 +94,10 @@ class BackendRuntime:
     """normalized model -> (num_ctx, until, message) (learned out-of-memory)"""
     stats: BackendStats = field(default_factory=BackendStats)
     client: httpx.Client | None = None
+    answered_at: float | None = None
+    """Clock time of the last successful call or probe (the server was answering)."""
+    warm: dict[str, float] = field(default_factory=dict)
+    """normalized model -> clock time of its last successful call here (so it is loaded)."""
     publish: SharedBreaker | None = None
     """A breaker change to hand to the fleet once the router's lock is released."""
     fleet: SharedBackend | None = None
@@ -226,6 +230,9 @@ class Router:
         background_probes: bool = True,
         first_probe_wait: float = 0.25,
         recheck_interval: float = 1.0,
+        warm_first_token: float | None = 10.0,
+        warm_first_token_factor: float = 5.0,
+        warm_window: float = 120.0,
         nvml: Any = None,
         host_memory: Callable[[], int | None] | None = None,
         shared_state: SharedState | None = None,
@@ -233,6 +240,9 @@ class Router:
         self.clock = clock
         self.first_probe_wait = first_probe_wait
         self.recheck_interval = recheck_interval
+        self.warm_first_token = warm_first_token
+        self.warm_first_token_factor = warm_first_token_factor
+        self.warm_window = warm_window
         self._primed = not background_probes or first_probe_wait <= 0
         """True once no plan needs to wait for a first probe any more."""
         self._prime_deadline: float | None = None
@@ -598,6 +608,10 @@ class Router:
                 self._version += 1
                 br.record_success()
             b.stats.successes += 1
+            now = self.clock()
+            b.answered_at = now
+            if model:
+                b.warm[self._keys.get(model) or normalize_model_name(model)] = now
             b.stats.latency.add(latency)
             if ttft is not None:
                 b.stats.ttft.add(ttft)
@@ -621,6 +635,39 @@ class Router:
         before, after = _service_s(old), _service_s(new)
         if old is None or abs(after - before) > 0.1 * before:
             self._version += 1
+
+    def first_token_deadline(self, name: str, model: str) -> tuple[float | None, str]:
+        """A short first-token deadline for a call on ``name`` when no load is coming, else
+        ``(None, why)`` (the configured one applies).
+
+        No load is coming when ``/api/ps`` lists the model there, or a call on it succeeded
+        within ``warm_window`` seconds, and the server answered (a call or a probe) within
+        that window. The deadline is ``warm_first_token_factor`` times the learned time to
+        first token (the prior's before any call), at least ``warm_first_token`` seconds,
+        never more than the configured one. With another call queued ahead on the last slot
+        the long deadline stays: waiting for a slot is not a hang."""
+        floor = self.warm_first_token
+        if floor is None:
+            return None, ""
+        b = self._by_name[name]
+        now = self.clock()
+        window = self.warm_window
+        if b.answered_at is None or now - b.answered_at > window:
+            return None, "cold deadline: the server has not answered recently"
+        key = self._keys.get(model) or normalize_model_name(model)
+        p = b.probe
+        seen = b.warm.get(key)
+        loaded = bool(p and p.ok and p.loaded and key in p.loaded)
+        if not loaded and (seen is None or now - seen > window):
+            return None, "cold deadline: the model may have to load"
+        if b.in_flight > b.config.max_parallel:
+            return None, "cold deadline: queued behind other calls"
+        sp = self.speeds.get((name, key))
+        base = sp.first_token_s if sp is not None else 0.0
+        limit = b.config.timeouts.first_token
+        deadline = min(limit, max(floor, self.warm_first_token_factor * base))
+        why = "loaded (/api/ps)" if loaded else f"answered {now - seen:.0f}s ago" if seen else ""
+        return deadline, f"warm first-token deadline {deadline:.1f}s (model {why})"
 
     def record_failure(
         self,
@@ -912,6 +959,7 @@ class Router:
         if not res.ok:
             b.breaker.probe_failed()
             return
+        b.answered_at = res.at
         if b.breaker.probe_succeeded():
             logger.info("probe %s ok: circuit half-open, next call is its trial", b.config.name)
             if self._shared is not None:  # published after the lock; keeps the fleet's

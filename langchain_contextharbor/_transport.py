@@ -7,6 +7,12 @@ model and evaluating the prompt) and a short *idle* deadline between chunks once
 stream runs. These wrappers set ``read`` to the first-token value for the wait on the
 response head, then lower it to the idle value before the body is read. httpcore reads
 the body's timeout when body iteration starts, so the switch costs nothing per chunk.
+
+The first-token deadline of one attempt can be shortened through :data:`FIRST_TOKEN`, a
+context variable the call loop sets around an attempt when no model load is coming (the
+model is loaded there and the server answered recently): a hung warm server then costs
+seconds, not the cold-load allowance. Context variables, because one transport serves
+every thread and task that calls the same backend.
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ import httpx
 
 from langchain_contextharbor.backends import Timeouts
 
-__all__ = ["CALL_DEADLINE", "AsyncPhaseTimeoutTransport", "PhaseTimeoutTransport"]
+__all__ = ["CALL_DEADLINE", "FIRST_TOKEN", "AsyncPhaseTimeoutTransport", "PhaseTimeoutTransport"]
+
+FIRST_TOKEN: ContextVar[float | None] = ContextVar("contextharbor_first_token", default=None)
+"""A shorter first-token deadline (seconds) for the request sent from this context, or None."""
 
 CALL_DEADLINE: ContextVar[float | None] = ContextVar("contextharbor_deadline", default=None)
 """``time.monotonic()`` by which the current call must end (``Timeouts(total=...)``); the
@@ -28,7 +37,10 @@ that request is capped at the time left, so a stalled server cannot outlive the 
 
 
 def _timeouts(t: Timeouts) -> dict[str, float]:
-    out = {"connect": t.connect, "read": t.first_token, "write": t.idle, "pool": t.first_token}
+    first = FIRST_TOKEN.get()
+    if first is None or first > t.first_token:
+        first = t.first_token
+    out = {"connect": t.connect, "read": first, "write": t.idle, "pool": first}
     deadline = CALL_DEADLINE.get()
     if deadline is not None:
         left = max(0.001, deadline - time.monotonic())

@@ -12,6 +12,7 @@ pure router (:mod:`langchain_contextharbor.routing`) and fails over inside the c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -64,6 +65,7 @@ from typing_extensions import is_typeddict
 from langchain_contextharbor._router import Router
 from langchain_contextharbor._transport import (
     CALL_DEADLINE,
+    FIRST_TOKEN,
     AsyncPhaseTimeoutTransport,
     PhaseTimeoutTransport,
 )
@@ -232,20 +234,35 @@ def _masked(v: Any) -> Any:
     return {k: "***" for k in v} if isinstance(v, Mapping) else v
 
 
-def _arm(att: _Attempt) -> Token[float | None] | None:
-    """Publish the call's deadline to the transport while the request goes out and its
-    head is awaited (off by default: nothing is set)."""
-    if att.deadline is None:
+_Armed = tuple[Token[float | None] | None, Token[float | None] | None]
+
+
+def _arm(att: _Attempt) -> _Armed | None:
+    """Publish the call's deadline (``Timeouts.total``, off by default) and the attempt's
+    warm first-token deadline (when no model load is coming) to the transport while the
+    request goes out and its head is awaited; nothing is set when neither applies."""
+    if att.deadline is None and att.first_token is None:
         return None
-    att.check_deadline()
-    return CALL_DEADLINE.set(att.deadline)
+    total = None
+    if att.deadline is not None:
+        att.check_deadline()
+        total = CALL_DEADLINE.set(att.deadline)
+    first = FIRST_TOKEN.set(att.first_token) if att.first_token is not None else None
+    return (total, first)
 
 
-def _disarm(token: Token[float | None] | None) -> None:
-    if token is not None:
+def _disarm(armed: _Armed | None) -> None:
+    if armed is None:
+        return
+    if armed[1] is not None:
         try:
-            CALL_DEADLINE.reset(token)
+            FIRST_TOKEN.reset(armed[1])
         except ValueError:  # finalised in another context: nothing of ours is left there
+            pass
+    if armed[0] is not None:
+        try:
+            CALL_DEADLINE.reset(armed[0])
+        except ValueError:
             pass
 
 
@@ -316,7 +333,9 @@ class _Attempt:
         "chars",
         "committed",
         "deadline",
+        "deadline_note",
         "delivered",
+        "first_token",
         "gate",
         "held",
         "last",
@@ -352,6 +371,10 @@ class _Attempt:
         total = cfg.timeouts.total
         self.deadline = None if total is None else call.started + total
         """``time.monotonic()`` by which this call must end (``Timeouts.total``)."""
+        self.first_token, self.deadline_note = model._h.router.first_token_deadline(
+            cfg.name, call.model
+        )
+        """A short first-token deadline when no model load is coming, else None."""
 
     def check_deadline(self) -> None:
         """Raise DeadlineExceededError when the call's total time is spent."""
@@ -574,6 +597,13 @@ class HybridChatOllama(BaseChatModel):
     """When the best backend is saturated, use another fitting one if it is expected to
     finish the request sooner (learned speeds, queue depth, cold loads; see
     :func:`~langchain_contextharbor.routing.estimate_finish`)."""
+    warm_first_token_timeout: float | None = 10.0
+    """First-token deadline (seconds, at least) when no model load is coming: the model is
+    loaded on that server (``/api/ps``, or a call on it succeeded in the last two minutes)
+    and the server answered recently. The actual deadline is five times the learned time to
+    first token when that is longer, and never more than ``timeouts.first_token`` (whose
+    120 s default is sized for a cold load). A hung warm server then costs this, not two
+    minutes. None: always the configured first-token timeout."""
     speed_prior: SpeedPrior = Field(default_factory=SpeedPrior)
     """Speeds assumed per backend kind before the router has measured any call there
     (default: GPU 60 tokens/s, CPU 6 tokens/s). Learned speeds replace them per backend
@@ -665,6 +695,11 @@ class HybridChatOllama(BaseChatModel):
             raise ConfigurationError(f"timeout must be > 0 seconds, got {self.timeout!r}")
         if not (math.isfinite(self.probe_ttl) and self.probe_ttl > 0):
             raise ConfigurationError(f"probe_ttl must be > 0 seconds, got {self.probe_ttl!r}")
+        wft = self.warm_first_token_timeout
+        if wft is not None and not (math.isfinite(wft) and wft > 0):
+            raise ConfigurationError(
+                f"warm_first_token_timeout must be > 0 seconds or None, got {wft!r}"
+            )
         if not (math.isfinite(self.first_probe_wait) and self.first_probe_wait >= 0):
             raise ConfigurationError(
                 f"first_probe_wait must be >= 0 seconds, got {self.first_probe_wait!r}"
@@ -705,6 +740,7 @@ class HybridChatOllama(BaseChatModel):
             oom_cooldown=self.oom_cooldown,
             background_probes=self.background_probes,
             first_probe_wait=self.first_probe_wait,
+            warm_first_token=self.warm_first_token_timeout,
             nvml=self.nvml,
             host_memory=self.host_memory,
             shared_state=make_shared_state(
@@ -1015,6 +1051,11 @@ class HybridChatOllama(BaseChatModel):
                 cause, exc = exc, att.deadline_error()
                 exc.__cause__ = cause
         verdict = self._on_failure(call, cfg, exc, att.started, att.delivered)
+        if att.first_token is not None and verdict.category is FailoverCategory.TIMEOUT:
+            if call.attempts and not att.delivered:  # say which deadline ran out
+                last = call.attempts[-1]
+                note = f"{last.message} ({att.deadline_note})"
+                call.attempts[-1] = dataclasses.replace(last, message=note)
         text = cfg.scrub(str(exc))
         if isinstance(exc, DeadlineExceededError):
             router.record_failure(

@@ -262,3 +262,52 @@ def test_learned_speeds_are_shown_and_drive_spill_over(build: Build) -> None:
         model.router.release("gpu")
     assert plan.primary == "cpu", plan.explain()
     assert any(n.startswith("spill-over: cpu expected to finish in") for n in plan.notes)
+
+
+# ---------------------------------------------------------------- warm first-token deadline
+LONG = Timeouts(connect=0.5, first_token=30.0, idle=2.0, probe=2.0)
+
+
+def test_a_hung_warm_gpu_costs_the_warm_deadline_not_the_cold_one(build: Build) -> None:
+    model, gpu, _ = build(
+        [SMALL], [SMALL], gpu={"loaded": [SMALL]}, timeouts=LONG, warm_first_token_timeout=0.2
+    )
+    gpu.inject(Fault.HANG_BEFORE_FIRST_CHUNK)  # accepts, never answers; /api/ps says loaded
+    msg = model.invoke("hi")
+    assert msg.response_metadata["backend"] == "cpu"
+    (attempt,) = msg.response_metadata["contextharbor"]["attempts"]
+    assert attempt["category"] == "timeout"
+    assert "warm first-token deadline 0.2s (model loaded (/api/ps))" in attempt["message"]
+    assert attempt["elapsed_ms"] < 10_000  # not the 30 s one
+    gpu.clear_faults()
+
+
+def test_a_cold_load_still_gets_the_long_deadline(build: Build) -> None:
+    model, gpu, _ = build([SMALL], [SMALL], timeouts=LONG, warm_first_token_timeout=0.05)
+    gpu.inject(Fault.SLOW_FIRST_TOKEN, count=1, delay=0.3)  # a load: not in /api/ps
+    msg = model.invoke("hi")
+    assert msg.response_metadata["backend"] == "gpu"
+    assert msg.response_metadata["contextharbor"]["attempts"] == []
+
+
+def test_when_the_warm_deadline_applies(build: Build, clock: FakeClock) -> None:
+    model, _, _ = build([SMALL], [SMALL], timeouts=LONG, background_probes=False)
+    r = model.router
+    assert r.first_token_deadline("gpu", SMALL) == (
+        None,
+        "cold deadline: the server has not answered recently",
+    )
+    model.invoke("hi")  # answered: the model is loaded there now
+    deadline, why = r.first_token_deadline("gpu", SMALL)
+    assert deadline == 10.0 and "answered 0s ago" in why  # the floor: learned ttft is tiny
+    assert r.first_token_deadline("gpu", "other:1b")[0] is None  # may have to load
+    assert r.acquire("gpu") and r.acquire("gpu")  # a call queued ahead on the one slot
+    try:
+        assert r.first_token_deadline("gpu", SMALL)[1] == "cold deadline: queued behind other calls"
+    finally:
+        r.release("gpu")
+        r.release("gpu")
+    clock.advance(121)
+    assert r.first_token_deadline("gpu", SMALL)[0] is None  # not answered recently
+    off, _, _ = build([SMALL], [SMALL], warm_first_token_timeout=None)
+    assert off.router.first_token_deadline("gpu", SMALL) == (None, "")
