@@ -23,7 +23,8 @@ was delivered) so nobody has to parse messages, and chains the original exceptio
 The two "nothing answered" errors (AllBackendsUnreachableError, NoBackendAvailableError)
 are also ``httpx.ConnectError`` and builtin ``ConnectionError``: what a ChatOllama raises
 when its server is down, so ``except httpx.ConnectError`` and
-``with_retry(retry_if_exception_type=(httpx.ConnectError,))`` keep working.
+``with_retry(retry_if_exception_type=(httpx.ConnectError,))`` keep working. Likewise
+ModelNotAvailableError is also the ``ollama.ResponseError`` (404) of a model not pulled.
 
 URLs in messages are always redacted (credentials removed).
 """
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from ollama import ResponseError
 
 __all__ = [
     "AllBackendsFailedError",
@@ -251,8 +253,18 @@ class NoBackendAvailableError(AllBackendsFailedError, httpx.ConnectError, Connec
         return f"no backend available for model {self.model!r}"
 
 
-class ModelNotAvailableError(AllBackendsFailedError):
-    """No backend has the model; the hint names the ``ollama pull`` to run and where."""
+class ModelNotAvailableError(AllBackendsFailedError, ResponseError):
+    """No backend has the model; the hint names the ``ollama pull`` to run and where.
+
+    Also the ``ollama.ResponseError`` with ``status_code == 404`` a ChatOllama raises for a
+    model that is not pulled, so ``except ollama.ResponseError`` keeps working."""
+
+    __str__ = Exception.__str__
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.error = str(self)
+        self.status_code = 404
 
     def _headline(self) -> str:
         return f"model {self.model!r} is not available on any backend"

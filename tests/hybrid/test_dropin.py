@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Optional
 
 import httpx
+import ollama
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.callbacks.streaming_stdout import StreamingStdOutCallbackHandler
@@ -174,6 +175,9 @@ def test_validate_model_on_init_and_logprobs(
     make_model(validate_model_on_init=True)  # present: fine
     with pytest.raises(ModelNotAvailableError, match="ollama pull"):
         make_model(model="not-pulled:1b", validate_model_on_init=True)
+    with pytest.raises(ollama.ResponseError) as info:  # what ChatOllama users catch
+        make_model(model="not-pulled:1b").invoke("hi")
+    assert info.value.status_code == 404 and isinstance(info.value, ModelNotAvailableError)
     model = make_model(logprobs=True, top_logprobs=2)
     model.invoke("hi")
     body = (gpu.requests_to("/api/chat") or cpu.requests_to("/api/chat"))[-1].body
