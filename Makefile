@@ -24,8 +24,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)
-	$(PY) benchmarks/bench_overhead.py
+# Every benchmarks/bench_*.py (overhead, failover, throughput, probes, growth, the long chaos
+# run, and any other helper's script): each writes benchmarks/results/*.json, its plot under
+# docs/img/ and its table in docs/benchmarks.md. Needs the `bench` extra (plots, LiteLLM).
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	@set -e; for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,164 +1,140 @@
-"""Benchmarks behind the figures in docs/benchmarks.md.
+"""Figure 1 (and the peer's half of figure 6): what a call costs through HybridChatOllama
+against plain ChatOllama on the same healthy server, beside ChatOllama.with_fallbacks,
+LiteLLM's Router and ChatLiteLLMRouter.
 
-Run: ``make bench`` (or ``.venv/bin/python benchmarks/bench_overhead.py [--calls N]``).
-Everything runs against Ollama stand-ins on loopback, sharing this machine's cores, so
-compare ratios, not absolute milliseconds. Writes ``benchmarks/results.json`` and prints a
-Markdown table.
-
-Measured:
-1. per-call cost of HybridChatOllama vs plain ChatOllama vs ChatOllama.with_fallbacks
-   (invoke and stream, interleaved call by call, medians), servers in subprocesses; and the
-   router's own CPU time per call with the HTTP layer replaced by canned chunks;
-2. cost of every call once the GPU server refuses connections;
-3. cost of every call once the GPU server hangs before its first token;
-4. throughput of N concurrent calls with spill-over on vs off (num_parallel=1 servers);
-5. construction time and memory of one HybridChatOllama.
+Run: ``python benchmarks/bench_overhead.py [--calls 300 --runs 3]`` (part of ``make bench``).
+Servers run in their own processes pinned to core 1, the client on core 0; paths alternate
+in blocks of 20 calls; every ratio is taken within one run, and the range over runs is
+reported. Also measured: the router's own CPU time per call, with the HTTP layer replaced by
+canned chunks (the same stream for both models), so only the code around it differs.
+Writes benchmarks/results/overhead.json and the ``overhead`` table of docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gc
-import json
-import os
-import platform
-import re
 import statistics
-import subprocess
-import sys
 import time
-import tracemalloc
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
+from _bench import (
+    MODEL,
+    fmt_ratio,
+    interleave,
+    litellm_version,
+    machine,
+    peer,
+    pin_client,
+    run_async,
+    save,
+    servers,
+    spread,
+    summary_ms,
+    update_doc,
+)
 from langchain_ollama import ChatOllama
 
-from langchain_contextharbor import BackendConfig, HybridChatOllama, Timeouts
-from langchain_contextharbor.testing import Fault, OllamaStandIn
+from langchain_contextharbor import BackendConfig, HybridChatOllama
 
-MODEL = "llama3.2:1b"
-
-
-def _median_ms(fn: Callable[[], Any], n: int) -> float:
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1000
+BASE = "ChatOllama"
 
 
-def _hybrid(gpu: OllamaStandIn, cpu: OllamaStandIn, **kw: Any) -> HybridChatOllama:
-    t = kw.pop("timeouts", Timeouts())
-    return HybridChatOllama(
-        model=MODEL,
-        backends=[
-            BackendConfig(name="gpu", base_url=gpu.url, timeouts=t),
-            BackendConfig(name="cpu", kind="cpu", base_url=cpu.url, timeouts=t),
-        ],
-        **kw,
-    )
-
-
-def _pin(cpu: int) -> Callable[[], None] | None:
-    """Pin a process to one CPU (servers on one core, the client on the other) so the
-    scheduler's noise does not swamp differences of a few percent. No-op where unsupported."""
-    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
-        return None
-    return lambda: os.sched_setaffinity(0, {cpu})
-
-
-@contextlib.contextmanager
-def _subprocess_standins() -> Iterator[tuple[str, str]]:
-    """Two stand-ins in their own processes (as Ollama would be), so the server's work does
-    not compete with the client for this interpreter's GIL."""
-    procs: list[subprocess.Popen[str]] = []
-    urls: list[str] = []
-    try:
-        for name, extra in (("gpu", []), ("cpu", ["--gpu-fraction", "0"])):
-            p = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "langchain_contextharbor.testing",
-                    "--port",
-                    "0",
-                    "--name",
-                    name,
-                    "--model",
-                    MODEL,
-                    "--loaded",
-                    MODEL,
-                    *extra,
-                ],
-                stdout=subprocess.PIPE,
-                text=True,
-                preexec_fn=_pin(1),
-            )
-            procs.append(p)
-            line = p.stdout.readline() if p.stdout else ""
-            m = re.search(r"(http://\S+)", line)
-            if not m:
-                raise RuntimeError(f"stand-in {name} did not start: {line!r}")
-            urls.append(m.group(1))
-        yield urls[0], urls[1]
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(10)
-
-
-def bench_overhead(calls: int) -> dict[str, Any]:
-    """Per-call cost, paths interleaved call by call so machine drift hits all alike."""
-    with _subprocess_standins() as (gpu_url, cpu_url):
-        plain = ChatOllama(model=MODEL, base_url=gpu_url)
-        fallbacks = plain.with_fallbacks([ChatOllama(model=MODEL, base_url=cpu_url)])
+def measure(calls: int, runs: int) -> dict[str, Any]:
+    with servers(("gpu", 1.0, 0.0, 4), ("cpu", 0.0, 0.0, 4)) as (gpu, cpu):
+        pin_client()
+        plain = ChatOllama(model=MODEL, base_url=gpu.url)
+        fallbacks = plain.with_fallbacks([ChatOllama(model=MODEL, base_url=cpu.url)])
         hybrid = HybridChatOllama(
             model=MODEL,
             backends=[
-                BackendConfig(name="gpu", base_url=gpu_url),
-                BackendConfig(name="cpu", kind="cpu", base_url=cpu_url),
+                BackendConfig(name="gpu", base_url=gpu.url),
+                BackendConfig(name="cpu", kind="cpu", base_url=cpu.url),
             ],
         )
+        router, lc_router, why = peer({"gpu": gpu.url, "cpu": cpu.url})
+        loop = asyncio.new_event_loop()
+        ttft: dict[str, list[float]] = {}
+
+        def streamer(name: str, model: Any) -> Callable[[], None]:
+            def go() -> None:
+                t = time.perf_counter()
+                first = None
+                for c in model.stream("hi"):
+                    if first is None and c.content:
+                        first = time.perf_counter() - t
+                ttft.setdefault(name, []).append(first if first is not None else float("nan"))
+
+            return go
+
+        def astreamer(model: Any) -> Callable[[], Any]:
+            async def go() -> None:
+                async for _ in model.astream("hi"):
+                    pass
+
+            return run_async(loop, go)
+
         paths: dict[str, Callable[[], Any]] = {
             "ChatOllama.invoke": lambda: plain.invoke("hi"),
-            "with_fallbacks.invoke": lambda: fallbacks.invoke("hi"),
             "HybridChatOllama.invoke": lambda: hybrid.invoke("hi"),
-            "ChatOllama.stream": lambda: list(plain.stream("hi")),
-            "HybridChatOllama.stream": lambda: list(hybrid.stream("hi")),
+            "with_fallbacks.invoke": lambda: fallbacks.invoke("hi"),
+            "ChatOllama.stream": streamer("ChatOllama.stream", plain),
+            "HybridChatOllama.stream": streamer("HybridChatOllama.stream", hybrid),
+            "ChatOllama.ainvoke": run_async(loop, lambda: plain.ainvoke("hi")),
+            "HybridChatOllama.ainvoke": run_async(loop, lambda: hybrid.ainvoke("hi")),
+            "ChatOllama.astream": astreamer(plain),
+            "HybridChatOllama.astream": astreamer(hybrid),
         }
-        samples: dict[str, list[float]] = {k: [] for k in paths}
-        pin = _pin(0)
-        before = os.sched_getaffinity(0) if pin else None
-        if pin:
-            pin()
-        for _ in range(50):  # warm up: connections, imports, caches
-            for fn in paths.values():
-                fn()
-        for _ in range(calls):
-            for name, fn in paths.items():
-                t = time.perf_counter()
-                fn()
-                samples[name].append(time.perf_counter() - t)
+        if router is not None:
+            msgs = [{"role": "user", "content": "hi"}]
+            paths["LiteLLM Router.completion"] = lambda: router.completion(
+                model="gpu", messages=msgs
+            )
+            paths["ChatLiteLLMRouter.invoke"] = lambda: lc_router.invoke("hi")
+        per_run: list[dict[str, Any]] = []
+        for _ in range(runs):
+            ttft.clear()
+            ttft.update({k: [] for k in ("ChatOllama.stream", "HybridChatOllama.stream")})
+            samples = interleave(paths, calls)
+            run = {k: summary_ms(v) for k, v in samples.items()}
+            for k, v in ttft.items():
+                run[k]["ttft_median_ms"] = round(statistics.median(v[-calls:]) * 1000, 3)
+                run[k]["ttft_p95_ms"] = round(sorted(v[-calls:])[int(0.95 * calls)] * 1000, 3)
+            per_run.append(run)
         hybrid.close()
-        if before is not None:
-            os.sched_setaffinity(0, before)
-    med = {k: statistics.median(v) * 1000 for k, v in samples.items()}
-    return {
-        "calls": calls,
-        "median_ms": {k: round(v, 3) for k, v in med.items()},
-        "ratio_invoke": round(med["HybridChatOllama.invoke"] / med["ChatOllama.invoke"], 3),
-        "ratio_stream": round(med["HybridChatOllama.stream"] / med["ChatOllama.stream"], 3),
-        "ratio_with_fallbacks": round(med["with_fallbacks.invoke"] / med["ChatOllama.invoke"], 3),
-    }
+        loop.close()
+    return {"per_run": per_run, "peer_skipped": why}
+
+
+def summarize(data: dict[str, Any]) -> dict[str, Any]:
+    runs = data["per_run"]
+    out: dict[str, Any] = {}
+    for path in runs[0]:
+        base = BASE + "." + path.split(".", 1)[1]
+        if path.startswith("LiteLLM") or path.startswith("ChatLiteLLM") or path.startswith("with_"):
+            base = "ChatOllama.invoke"
+        row: dict[str, Any] = {
+            "median_ms": spread([r[path]["median_ms"] for r in runs]),
+            "p95_ms": spread([r[path]["p95_ms"] for r in runs]),
+        }
+        if path != base:
+            row["ratio_median"] = spread(
+                [r[path]["median_ms"] / r[base]["median_ms"] for r in runs]
+            )
+            row["ratio_p95"] = spread([r[path]["p95_ms"] / r[base]["p95_ms"] for r in runs])
+        if "ttft_median_ms" in runs[0][path]:
+            row["ttft_median_ms"] = spread([r[path]["ttft_median_ms"] for r in runs])
+            if path != base:
+                row["ratio_ttft"] = spread(
+                    [r[path]["ttft_median_ms"] / r[base]["ttft_median_ms"] for r in runs]
+                )
+        out[path] = row
+    return out
 
 
 def bench_router_cpu(calls: int) -> dict[str, Any]:
-    """The router's own CPU cost per call, with the HTTP layer replaced by canned chunks
-    (the same stream for both models), so only the code around it differs."""
+    """The router's own CPU cost per call on canned chunks (no HTTP)."""
     parts = [
         {
             "model": MODEL,
@@ -194,169 +170,67 @@ def bench_router_cpu(calls: int) -> dict[str, Any]:
             "plain stream": lambda: list(plain.stream("hi")),
             "hybrid stream": lambda: list(hybrid.stream("hi")),
         }
-        samples: dict[str, list[float]] = {k: [] for k in paths}
-        for _ in range(200):
-            for fn in paths.values():
-                fn()
-        for _ in range(calls):
-            for name, fn in paths.items():
-                t = time.perf_counter()
-                fn()
-                samples[name].append(time.perf_counter() - t)
-        out = {k: statistics.median(v) * 1e6 for k, v in samples.items()}
+        samples = interleave(paths, calls, warmup=200)
+        us = {k: statistics.median(v) * 1e6 for k, v in samples.items()}
     finally:
         ChatOllama._create_chat_stream = original  # type: ignore[method-assign]
     return {
-        "median_us": {k: round(v, 1) for k, v in out.items()},
-        "router_us_invoke": round(out["hybrid invoke"] - out["plain invoke"], 1),
-        "router_us_stream": round(out["hybrid stream"] - out["plain stream"], 1),
+        "median_us": {k: round(v, 1) for k, v in us.items()},
+        "router_us_invoke": round(us["hybrid invoke"] - us["plain invoke"], 1),
+        "router_us_stream": round(us["hybrid stream"] - us["plain stream"], 1),
     }
 
 
-def bench_dead_gpu(gpu: OllamaStandIn, cpu: OllamaStandIn, calls: int) -> dict[str, Any]:
-    fallbacks = ChatOllama(model=MODEL, base_url=gpu.url).with_fallbacks(
-        [ChatOllama(model=MODEL, base_url=cpu.url)]
+def table(summary: dict[str, Any], cpu: dict[str, Any], meta: dict[str, Any]) -> str:
+    lines = [
+        f"Measured {meta['machine']['date_utc']} UTC, {meta['calls']} calls per path and run, "
+        f"{meta['runs']} runs; ratios are against plain ChatOllama in the same run "
+        "(median, and the range over runs).",
+        "",
+        "| path | median | p95 | ratio (median) | ratio (p95) | stream: first token |",
+        "|---|---|---|---|---|---|",
+    ]
+    for path, row in summary.items():
+        ratio = fmt_ratio(row["ratio_median"]) if "ratio_median" in row else "1 (baseline)"
+        r95 = fmt_ratio(row["ratio_p95"]) if "ratio_p95" in row else "1 (baseline)"
+        first = ""
+        if "ttft_median_ms" in row:
+            first = f"{row['ttft_median_ms']['median']:.3f} ms"
+            if "ratio_ttft" in row:
+                first += f", {fmt_ratio(row['ratio_ttft'])}"
+        lines.append(
+            f"| `{path}` | {row['median_ms']['median']:.3f} ms | {row['p95_ms']['median']:.3f} ms"
+            f" | {ratio} | {r95} | {first} |"
+        )
+    if meta.get("peer_skipped"):
+        lines.append(f"\nLiteLLM not measured: {meta['peer_skipped']}.")
+    lines.append(
+        f"\nRouter CPU time per call on canned chunks (no HTTP): {cpu['router_us_invoke']} µs "
+        f"(invoke), {cpu['router_us_stream']} µs (stream)."
     )
-    hybrid = _hybrid(gpu, cpu)
-    plain_cpu = ChatOllama(model=MODEL, base_url=cpu.url)
-    for fn in (lambda: hybrid.invoke("hi"), lambda: plain_cpu.invoke("hi")):
-        for _ in range(20):
-            fn()
-    gpu.inject(Fault.REFUSE)
-    try:
-        first_t = time.perf_counter()
-        hybrid.invoke("hi")  # pays for the refused GPU once, opens its breaker
-        first = (time.perf_counter() - first_t) * 1000
-        paths: dict[str, Callable[[], Any]] = {
-            "plain ChatOllama on the CPU server": lambda: plain_cpu.invoke("hi"),
-            "with_fallbacks, GPU refused": lambda: fallbacks.invoke("hi"),
-            "HybridChatOllama, GPU refused": lambda: hybrid.invoke("hi"),
-        }
-        samples: dict[str, list[float]] = {k: [] for k in paths}
-        for _ in range(calls):  # interleaved call by call
-            for name, fn in paths.items():
-                t = time.perf_counter()
-                fn()
-                samples[name].append(time.perf_counter() - t)
-        out = {k: statistics.median(v) * 1000 for k, v in samples.items()}
-    finally:
-        gpu.clear_faults()
-        hybrid.close()
-    return {
-        "median_ms": {k: round(v, 3) for k, v in out.items()},
-        "hybrid_first_call_ms": round(first, 3),
-    }
-
-
-def bench_hung_gpu(gpu: OllamaStandIn, cpu: OllamaStandIn, calls: int) -> dict[str, Any]:
-    timeout = 1.0
-    fallbacks = ChatOllama(
-        model=MODEL, base_url=gpu.url, client_kwargs={"timeout": timeout}
-    ).with_fallbacks([ChatOllama(model=MODEL, base_url=cpu.url)])
-    hybrid = _hybrid(gpu, cpu, timeouts=Timeouts(first_token=timeout, idle=timeout))
-    gpu.inject(Fault.HANG_BEFORE_FIRST_CHUNK)
-    try:
-        fb = [_median_ms(lambda: fallbacks.invoke("hi"), 1) for _ in range(3)]
-        t = time.perf_counter()
-        hybrid.invoke("hi")
-        first = (time.perf_counter() - t) * 1000
-        later = _median_ms(lambda: hybrid.invoke("hi"), calls)
-    finally:
-        gpu.clear_faults()
-        hybrid.close()
-    return {
-        "timeout_s": timeout,
-        "with_fallbacks_each_call_ms": round(statistics.median(fb), 1),
-        "hybrid_first_call_ms": round(first, 1),
-        "hybrid_later_calls_median_ms": round(later, 3),
-    }
-
-
-def bench_spillover(n: int, token_delay: float) -> dict[str, Any]:
-    with (
-        OllamaStandIn(name="gpu", loaded=[MODEL], token_delay=token_delay) as gpu,
-        OllamaStandIn(name="cpu", loaded=[MODEL], gpu_fraction=0.0, token_delay=token_delay) as cpu,
-    ):
-
-        async def burst(model: HybridChatOllama) -> float:
-            t = time.perf_counter()
-            await asyncio.gather(*(model.ainvoke(f"q{i}") for i in range(n)))
-            return time.perf_counter() - t
-
-        off = _hybrid(gpu, cpu, spillover=False)
-        on = _hybrid(gpu, cpu, spillover=True)
-        t_off = asyncio.run(burst(off))
-        t_on = asyncio.run(burst(on))
-        used = on.stats()
-        off.close()
-        on.close()
-    return {
-        "concurrent_calls": n,
-        "token_delay_s": token_delay,
-        "spillover_off_s": round(t_off, 3),
-        "spillover_on_s": round(t_on, 3),
-        "speedup": round(t_off / t_on, 2),
-        "served": {k: v["successes"] for k, v in used.items()},
-    }
-
-
-def bench_construction() -> dict[str, Any]:
-    times = []
-    for _ in range(20):
-        t = time.perf_counter()
-        HybridChatOllama(model=MODEL).close()
-        times.append(time.perf_counter() - t)
-    gc.collect()
-    tracemalloc.start()
-    m = HybridChatOllama(model=MODEL)
-    size, _peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    t = time.perf_counter()
-    m.backend_model("gpu")
-    m.backend_model("cpu")
-    inner_ms = (time.perf_counter() - t) * 1000
-    m.close()
-    return {
-        "construct_ms_median": round(statistics.median(times) * 1000, 3),
-        "construct_kib": round(size / 1024, 1),
-        "inner_models_ms": round(inner_ms, 1),
-    }
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--calls", type=int, default=1000)
-    ap.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
+    ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    results: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {platform.python_implementation()} "
-        f"{platform.python_version()}",
+    meta: dict[str, Any] = {
+        "machine": machine(),
+        "calls": args.calls,
+        "runs": args.runs,
+        "litellm": litellm_version(),
+        "command": f"python benchmarks/bench_overhead.py --calls {args.calls} --runs {args.runs}",
     }
-    results["overhead"] = bench_overhead(args.calls)
-    results["router_cpu"] = bench_router_cpu(args.calls)
-    with (
-        OllamaStandIn(name="gpu", loaded=[MODEL]) as gpu,
-        OllamaStandIn(name="cpu", loaded=[MODEL], gpu_fraction=0.0) as cpu,
-    ):
-        results["gpu_refused"] = bench_dead_gpu(gpu, cpu, args.calls)
-        results["gpu_hung"] = bench_hung_gpu(gpu, cpu, 50)
-    results["spillover"] = bench_spillover(8, 0.02)
-    results["construction"] = bench_construction()
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    o = results["overhead"]
-    print("| path | median ms |\n|---|---|")
-    for k, v in o["median_ms"].items():
-        print(f"| {k} | {v} |")
-    print(
-        f"\ninvoke ratio hybrid/plain: {o['ratio_invoke']}  stream: {o['ratio_stream']}  "
-        f"with_fallbacks/plain: {o['ratio_with_fallbacks']}"
-    )
-    print(
-        json.dumps(
-            {k: results[k] for k in ("gpu_refused", "gpu_hung", "spillover", "construction")},
-            indent=2,
-        )
-    )
+    data = measure(args.calls, args.runs)
+    meta["peer_skipped"] = data["peer_skipped"]
+    summary = summarize(data)
+    cpu = bench_router_cpu(max(500, args.calls))
+    save("overhead", {**meta, "summary": summary, "router_cpu": cpu, "per_run": data["per_run"]})
+    md = table(summary, cpu, meta)
+    update_doc("overhead", md)
+    print(md)
 
 
 if __name__ == "__main__":

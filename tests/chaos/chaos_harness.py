@@ -81,8 +81,19 @@ def get_weather(city: str) -> str:
 class StandInProcess:
     """A stand-in in a child process: faults over stdin, SIGKILL, restart on the same port."""
 
-    def __init__(self, name: str, gpu_fraction: float, token_delay: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        gpu_fraction: float,
+        token_delay: float,
+        num_parallel: int = 64,
+        cpu: int | None = None,
+    ) -> None:
+        """``cpu``: pin the server process to that core (benchmarks keep client and servers
+        on different cores so scheduling noise does not swamp small differences)."""
         self.name = name
+        self.num_parallel = num_parallel
+        self.cpu = cpu
         self.gpu_fraction = gpu_fraction
         self.token_delay = token_delay
         self.port = 0
@@ -102,12 +113,21 @@ class StandInProcess:
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         args = [str(self.port), str(self.gpu_fraction), str(HANG_CAP), str(self.token_delay)]
+        args.append(str(self.num_parallel))
+        cpu = self.cpu
+        pin = None
+        if cpu is not None and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > cpu:
+
+            def pin() -> None:
+                os.sched_setaffinity(0, {cpu})
+
         proc = subprocess.Popen(
             [sys.executable, str(CHILD), self.name, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             env=env,
+            preexec_fn=pin,
         )
         assert proc.stdout is not None
         line = proc.stdout.readline()

@@ -7,7 +7,8 @@ driver reads one JSON command per line (``{"op": "inject", "fault": "busy", "cou
 ``{"op": "clear"}``) and answers ``ok`` (or ``error: ...``) on stdout. It exits when stdin
 closes, so a dead parent never leaves it behind.
 
-Usage: ``python standin_child.py NAME PORT GPU_FRACTION HANG_CAP TOKEN_DELAY``.
+Usage: ``python standin_child.py NAME PORT GPU_FRACTION HANG_CAP TOKEN_DELAY [NUM_PARALLEL]``
+(the benchmarks use it too).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ MODEL = "llama3.2:1b"
 
 def main() -> int:
     name, port, gpu_fraction, hang_cap, token_delay = sys.argv[1:6]
+    num_parallel = int(sys.argv[6]) if len(sys.argv) > 6 else 64
     srv = OllamaStandIn(
         name=name,
         port=int(port),
@@ -30,7 +32,7 @@ def main() -> int:
         gpu_fraction=float(gpu_fraction),
         hang_cap=float(hang_cap),
         token_delay=float(token_delay),
-        num_parallel=64,
+        num_parallel=num_parallel,
     )
     srv.start()
     print(f"listening {srv.port}", flush=True)
