@@ -39,10 +39,15 @@ from typing import Any
 
 import httpx
 from langchain_core.messages import AIMessageChunk, BaseMessage
-from langchain_ollama import ChatOllama
+from langchain_ollama import ChatOllama, OllamaEmbeddings
 from pydantic import BaseModel
 
-from langchain_contextharbor import BackendConfig, HybridChatOllama, Timeouts
+from langchain_contextharbor import (
+    BackendConfig,
+    HybridChatOllama,
+    HybridOllamaEmbeddings,
+    Timeouts,
+)
 from langchain_contextharbor._router import Router
 from langchain_contextharbor.errors import (
     AllBackendsFailedError,
@@ -50,10 +55,12 @@ from langchain_contextharbor.errors import (
     ContextHarborError,
     StreamInterruptedError,
 )
-from langchain_contextharbor.testing import OllamaStandIn
+from langchain_contextharbor.testing import OllamaStandIn, StandInModel
 from langchain_contextharbor.testing.clock import FakeClock
 
 MODEL = "llama3.2:1b"
+EMBED = "nomic-embed-text"
+EMBED_DIGEST = "c3" * 32  # the same build on both servers (standin_child.py)
 NAMES = ("gpu", "cpu")
 CHILD = Path(__file__).with_name("standin_child.py")
 
@@ -206,10 +213,18 @@ class Oracle:
 
     def __init__(self) -> None:
         self.servers = {
-            n: OllamaStandIn(name=n, models=[MODEL], loaded=[MODEL], num_parallel=8).start()
+            n: OllamaStandIn(
+                name=n,
+                models=[MODEL, StandInModel(EMBED, digest=EMBED_DIGEST)],
+                loaded=[MODEL],
+                num_parallel=8,
+            ).start()
             for n in NAMES
         }
         self.models = {n: ChatOllama(model=MODEL, base_url=s.url) for n, s in self.servers.items()}
+        self.embedders = {
+            n: OllamaEmbeddings(model=EMBED, base_url=s.url) for n, s in self.servers.items()
+        }
         self._cache: dict[tuple[str, str, str], Any] = {}
         self._lock = threading.Lock()
 
@@ -227,6 +242,8 @@ class Oracle:
         elif kind == "structured":
             out = m.with_structured_output(Answer, method="json_schema").invoke(prompt)
             value = out.model_dump() if isinstance(out, BaseModel) else out
+        elif kind == "embed":
+            value = self.embedders[backend].embed_documents(embed_texts(prompt))
         else:
             raise ValueError(kind)
         with self._lock:
@@ -236,6 +253,11 @@ class Oracle:
     def close(self) -> None:
         for s in self.servers.values():
             s.stop()
+
+
+def embed_texts(prompt: str) -> list[str]:
+    """The documents one embed call of the mix sends."""
+    return [f"{prompt} doc {k}" for k in range(3)]
 
 
 def _tool_calls(msg: BaseMessage) -> list[tuple[str, Any]]:
@@ -270,6 +292,8 @@ OPS = (
     "atools",
     "structured",
     "astructured",
+    "embed",
+    "aembed",
 )
 ASYNC_OPS = frozenset(op for op in OPS if op.startswith("a"))
 
@@ -411,9 +435,10 @@ class Checker:
         if o.error is not None:
             self._check_error(o, healthy)
             return
-        with self._lock:
-            self.expected_successes += 1
-            self.expected_failures += o.attempts_before
+        if o.kind != "embed":  # the embedder has its own router and stats
+            with self._lock:
+                self.expected_successes += 1
+                self.expected_failures += o.attempts_before
         if o.backend not in NAMES:
             self._bad(o, f"answer without a serving backend in its metadata: {o.backend!r}")
             return
@@ -446,12 +471,25 @@ class Checker:
                 self._bad(o, f"partial text {o.partial!r} is not a prefix of {want!r}")
             return
         if isinstance(exc, AllBackendsFailedError):
-            with self._lock:
-                self.expected_failures += len(exc.attempts)
+            if o.kind != "embed":
+                with self._lock:
+                    self.expected_failures += len(exc.attempts)
             if o.partial:
                 self._bad(o, f"text {o.partial!r} delivered before AllBackendsFailedError")
             return
         self._bad(o, f"unexpected typed error {type(exc).__name__}: {exc}")
+
+    def check_embedder_stats(self, stats: dict[str, Any]) -> None:
+        """The embedder's own router: balanced and nothing left in flight."""
+        for name, s in stats.items():
+            if s["in_flight"] != 0:
+                self.violations.append(f"embedder stats: {name} in_flight {s['in_flight']}")
+            own = s["successes"] + sum(s["failures"].values()) + s.get("abandoned", 0)
+            if s["requests"] != own:
+                self.violations.append(
+                    f"embedder stats: {name} requests {s['requests']} != successes + failures"
+                    f" = {own}"
+                )
 
     def check_stats(self, stats: dict[str, Any], report: Report) -> None:
         report.stats = stats
@@ -521,13 +559,32 @@ def _structured_outcome(o: Outcome, out: dict[str, Any]) -> None:
     o.value = parsed.model_dump() if isinstance(parsed, BaseModel) else parsed
 
 
-def run_sync_op(model: HybridChatOllama, phase: int, op: str, prompt: str) -> list[Outcome]:
+def _kind(op: str) -> str:
+    op = op.removeprefix("a") if op in ASYNC_OPS else op
+    return op if op in ("tools", "structured", "embed") else "text"
+
+
+def _embed_outcome(o: Outcome, vectors: list[list[float]]) -> None:
+    # Both servers hold the same build, whose vectors do not depend on the server
+    # (Oracle.precompute checks that), so any answer is compared with the GPU's.
+    o.backend, o.value = "gpu", vectors
+
+
+def run_sync_op(
+    model: HybridChatOllama,
+    phase: int,
+    op: str,
+    prompt: str,
+    emb: HybridOllamaEmbeddings | None = None,
+) -> list[Outcome]:
     t0 = time.perf_counter()
-    kind = "tools" if op == "tools" else "structured" if op == "structured" else "text"
-    o = Outcome(phase, op, prompt, 0.0, kind=kind)
+    o = Outcome(phase, op, prompt, 0.0, kind=_kind(op))
     chunks: list[AIMessageChunk] = []
     try:
-        if op == "invoke":
+        if op == "embed":
+            assert emb is not None
+            _embed_outcome(o, emb.embed_documents(embed_texts(prompt)))
+        elif op == "invoke":
             _message_outcome(o, model.invoke(prompt))
         elif op == "stream":
             for c in model.stream(prompt):
@@ -564,13 +621,21 @@ def run_sync_op(model: HybridChatOllama, phase: int, op: str, prompt: str) -> li
     return [o]
 
 
-async def run_async_op(model: HybridChatOllama, phase: int, op: str, prompt: str) -> list[Outcome]:
+async def run_async_op(
+    model: HybridChatOllama,
+    phase: int,
+    op: str,
+    prompt: str,
+    emb: HybridOllamaEmbeddings | None = None,
+) -> list[Outcome]:
     t0 = time.perf_counter()
-    kind = "tools" if op == "atools" else "structured" if op == "astructured" else "text"
-    o = Outcome(phase, op, prompt, 0.0, kind=kind)
+    o = Outcome(phase, op, prompt, 0.0, kind=_kind(op))
     chunks: list[AIMessageChunk] = []
     try:
-        if op == "ainvoke":
+        if op == "aembed":
+            assert emb is not None
+            _embed_outcome(o, await emb.aembed_documents(embed_texts(prompt)))
+        elif op == "ainvoke":
             _message_outcome(o, await model.ainvoke(prompt))
         elif op == "astream":
             async for c in model.astream(prompt):
@@ -661,6 +726,8 @@ class ChaosRun:
         if ph.action == "fault":
             for s in self._targets(ph):
                 kw = dict(ph.fault_kw)
+                if ph.fault not in ("refuse", "accept_hang"):
+                    kw["paths"] = ["/api/chat", "/api/embed"]  # chat and embeddings meet it
                 if ph.count is not None:
                     kw["count"] = ph.count
                 s.command(op="inject", fault=ph.fault, **kw)
@@ -702,6 +769,18 @@ class ChaosRun:
             clock=clock,
         )
 
+    def make_embedder(self, clock: FakeClock) -> HybridOllamaEmbeddings:
+        return HybridOllamaEmbeddings(
+            model=EMBED,
+            backends=[
+                BackendConfig(name="gpu", base_url=self.servers["gpu"].url, timeouts=TIMEOUTS),
+                BackendConfig(
+                    name="cpu", kind="cpu", base_url=self.servers["cpu"].url, timeouts=TIMEOUTS
+                ),
+            ],
+            clock=clock,
+        )
+
     def budget(self, model: HybridChatOllama) -> float:
         t = TIMEOUTS
         per_attempt = t.connect + t.first_token + t.idle
@@ -726,13 +805,14 @@ class ChaosRun:
         threads0, fds0 = threading.active_count(), _fd_count()
         clock = FakeClock()
         model = self.make_model(clock)
+        emb = self.make_embedder(clock)
         checker = Checker(self.oracle, self.budget(model))
         t_start = time.perf_counter()
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chaos")
         try:
             for ph in sched:
                 report.actions[ph.action] += 1
-                outcomes = self._run_phase(model, ph, pool, workers)
+                outcomes = self._run_phase(model, emb, ph, pool, workers)
                 for o in outcomes:
                     self._tally(report, o)
                     checker.check(o, healthy=ph.action == "healthy")
@@ -740,10 +820,12 @@ class ChaosRun:
                 # Every breaker may let a trial call through now: no sleeping, the clock moves.
                 clock.advance(model.breaker.max_cooldown + model.probe_ttl + 1)
                 model.refresh()
-                for o in self._warm_up(model, ph.index):
+                for o in self._warm_up(model, emb, ph.index):
                     self._tally(report, o)
                     checker.check(o, healthy=False)
                 quiet = model.stats()
+                for name, s in emb.shared_router.stats().items():
+                    quiet[f"embedder {name}"] = s
                 for name, s in quiet.items():
                     if s["in_flight"] != 0:
                         checker.violations.append(
@@ -757,14 +839,16 @@ class ChaosRun:
         report.wall_s = time.perf_counter() - t_start
         outcomes = []  # their exceptions' tracebacks reference the model
         checker.check_stats(model.stats(), report)
+        checker.check_embedder_stats(emb.shared_router.stats())
         model.close()
+        emb.close()
         gc.collect()
         threads1 = _settle(threads0, threading.active_count)
         fds_closed = _settle(fds0, _fd_count, 1.0)
         # close() stops the probe threads and closes the probe clients; the inner
         # ChatOllama clients keep their pooled keep-alive sockets until the model is
         # dropped (measured: +2 per backend used), so descriptors are compared after that.
-        del model
+        del model, emb
         gc.collect()
         fds1 = _settle(fds0, _fd_count)
         report.threads, report.fds = (threads0, threads1), (fds0, fds1)
@@ -797,6 +881,8 @@ class ChaosRun:
                     items = [("tools", f"weather in {prompt}")]
                 elif op in ("structured", "astructured"):
                     items = [("structured", prompt)]
+                elif op in ("embed", "aembed"):
+                    items = [("embed", prompt)]
                 else:
                     items = [("text", prompt)]
                 for kind, p in items:
@@ -805,6 +891,10 @@ class ChaosRun:
             for k in range(4):
                 for name in NAMES:
                     self.oracle.expected("text", name, f"warm-up {ph.index}-{k}")
+                    self.oracle.expected("embed", name, f"warm-up {ph.index}-{k}")
+        for key, value in list(self.oracle._cache.items()):
+            if key[0] == "embed" and key[1] == "gpu":
+                assert value == self.oracle._cache[("embed", "cpu", key[2])], key
 
     def _tally(self, report: Report, o: Outcome) -> None:
         report.calls += 1
@@ -819,19 +909,29 @@ class ChaosRun:
         else:
             report.errors[type(o.error).__name__] += 1
 
-    def _warm_up(self, model: HybridChatOllama, phase: int) -> list[Outcome]:
+    def _warm_up(
+        self, model: HybridChatOllama, emb: HybridOllamaEmbeddings, phase: int
+    ) -> list[Outcome]:
         """Sequential calls until every circuit is closed again (each trial call succeeds),
-        so a healthy phase really starts healthy. At most a few calls."""
+        so a healthy phase really starts healthy. At most a few calls each."""
         outs: list[Outcome] = []
         for k in range(4):
-            st = model.stats()
-            if all(s["circuit"] == "closed" for s in st.values()):
+            if all(s["circuit"] == "closed" for s in model.stats().values()):
                 break
             outs += run_sync_op(model, phase, "invoke", f"warm-up {phase}-{k}")
+        for k in range(4):
+            if all(s["circuit"] == "closed" for s in emb.shared_router.stats().values()):
+                break
+            outs += run_sync_op(model, phase, "embed", f"warm-up {phase}-{k}", emb)
         return outs
 
     def _run_phase(
-        self, model: HybridChatOllama, ph: Phase, pool: ThreadPoolExecutor, workers: int
+        self,
+        model: HybridChatOllama,
+        emb: HybridOllamaEmbeddings,
+        ph: Phase,
+        pool: ThreadPoolExecutor,
+        workers: int,
     ) -> list[Outcome]:
         sync_ops = [(op, p) for op, p in ph.ops if op not in ASYNC_OPS]
         async_ops = [(op, p) for op, p in ph.ops if op in ASYNC_OPS]
@@ -841,7 +941,7 @@ class ChaosRun:
 
             async def one(op: str, p: str) -> list[Outcome]:
                 async with sem:
-                    return await run_async_op(model, ph.index, op, p)
+                    return await run_async_op(model, ph.index, op, p, emb)
 
             groups = await asyncio.gather(*(one(op, p) for op, p in async_ops))
             return [o for g in groups for o in g]
@@ -849,7 +949,7 @@ class ChaosRun:
         timer = self._apply(ph)
         async_future = pool.submit(asyncio.run, run_async()) if async_ops else None
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chaos-sync") as sync:
-            futures = [sync.submit(run_sync_op, model, ph.index, op, p) for op, p in sync_ops]
+            futures = [sync.submit(run_sync_op, model, ph.index, op, p, emb) for op, p in sync_ops]
             outs = [o for f in futures for o in f.result()]
         if async_future is not None:
             outs += async_future.result()

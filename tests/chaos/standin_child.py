@@ -16,9 +16,12 @@ from __future__ import annotations
 import json
 import sys
 
-from langchain_contextharbor.testing import OllamaStandIn
+from langchain_contextharbor.testing import OllamaStandIn, StandInModel
 
 MODEL = "llama3.2:1b"
+EMBED = "nomic-embed-text"
+#: Both servers hold the same build of the embedder, as HybridOllamaEmbeddings requires.
+EMBED_DIGEST = "c3" * 32
 
 
 def main() -> int:
@@ -27,7 +30,7 @@ def main() -> int:
     srv = OllamaStandIn(
         name=name,
         port=int(port),
-        models=[MODEL],
+        models=[MODEL, StandInModel(EMBED, digest=EMBED_DIGEST)],
         loaded=[MODEL],
         gpu_fraction=float(gpu_fraction),
         hang_cap=float(hang_cap),
