@@ -226,8 +226,13 @@ def plot_lines(
     ylabel: str,
     logy: bool = False,
     panels: dict[str, dict[str, list[float]]] | None = None,
+    vline: dict[str, float] | None = None,
+    errors: dict[str, dict[str, list[int]]] | None = None,
 ) -> str | None:
-    """A small PNG under docs/img/; returns its path relative to docs/, or None."""
+    """A small PNG under docs/img/; returns its path relative to docs/, or None.
+
+    ``vline``: per panel, an x where something happened (the fault); ``errors``: per panel
+    and series, the 1-based x of calls that raised (drawn as crosses)."""
     try:
         import matplotlib
 
@@ -244,7 +249,21 @@ def plot_lines(
     fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols / 1.3, 3.2 * rows), squeeze=False)
     for ax, (sub, ser) in zip(axes.flat, groups.items(), strict=False):
         for label, ys in ser.items():
-            ax.plot(range(1, len(ys) + 1), ys, marker=".", markersize=3, linewidth=1, label=label)
+            (line,) = ax.plot(
+                range(1, len(ys) + 1), ys, marker=".", markersize=3, linewidth=1, label=label
+            )
+            bad = (errors or {}).get(sub, {}).get(label, [])
+            if bad:
+                ax.plot(
+                    bad,
+                    [ys[i - 1] for i in bad],
+                    "x",
+                    color=line.get_color(),
+                    markersize=7,
+                    label=f"{label}: raised",
+                )
+        if vline and sub in vline:
+            ax.axvline(vline[sub], color="grey", linestyle=":", linewidth=1)
         ax.set_title(sub, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
@@ -257,6 +276,6 @@ def plot_lines(
         ax.set_visible(False)
     fig.tight_layout()
     path = IMG / f"{name}.png"
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=60)
     plt.close(fig)
     return f"img/{name}.png"

@@ -188,7 +188,10 @@ def table(res: dict[str, Any], meta: dict[str, Any]) -> str:
                 f"{later:.1f} ms | {errs} |"
             )
     if meta.get("image"):
-        lines.append(f"\n![latency per call, each scenario]({meta['image']})")
+        lines.append(
+            f"\n![latency per call, each scenario; dotted line: the GPU fails; crosses: calls "
+            f"that raised]({meta['image']})"
+        )
     return "\n".join(lines)
 
 
@@ -228,6 +231,13 @@ def main() -> None:
         ylabel="latency (ms, log)",
         logy=True,
         panels=panels,
+        vline={TITLES[sc]: next(iter(per.values()))["fault_from_call"] for sc, per in res.items()},
+        errors={
+            TITLES[sc]: {
+                n: [i + 1 for i, o in enumerate(r["outcomes"]) if o != "ok"] for n, r in per.items()
+            }
+            for sc, per in res.items()
+        },
     )
     save("failover", {**meta, "scenarios": res})
     md = table(res, meta)
