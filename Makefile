@@ -26,10 +26,11 @@ lint: $(STAMP)
 
 # Every benchmarks/bench_*.py (overhead, failover, throughput, probes, growth, the long chaos
 # run, and any other helper's script): each writes benchmarks/results/*.json, its plot under
-# docs/img/ and its table in docs/benchmarks.md. Needs the `bench` extra (plots, LiteLLM).
+# docs/img/ and its table in docs/benchmarks.md. Needs the `bench` extra (plots, LiteLLM) and
+# `fleet` (bench_fleet.py, with redis-server from scripts/ci_system_deps.sh).
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m pip install -q -e '.[bench,fleet]'
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
