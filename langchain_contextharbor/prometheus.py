@@ -21,7 +21,7 @@ Metrics (labels ``router`` and ``backend`` on all; ``router`` names the HybridCh
 ``contextharbor_circuit_consecutive_failures``     gauge    failures since the last success
 ``contextharbor_in_flight``                        gauge    calls running on it now
 ``contextharbor_request_latency_seconds``          summary  whole call; quantiles 0.5, 0.95
-``contextharbor_time_to_first_token_seconds``      summary  streams: time to the first token
+``contextharbor_time_to_first_token_seconds``      summary  time to the first token
 ``contextharbor_backend_info{kind,url}``           gauge    1; URL without credentials
 =================================================  =======  ================================
 
@@ -133,7 +133,7 @@ class HybridCollector:
             ),
             "time_to_first_token": core.SummaryMetricFamily(
                 f"{ns}_time_to_first_token_seconds",
-                "Time to the first token of successful streams.",
+                "Time to the first token of successful calls (invoke reads the stream too).",
                 labels=base,
             ),
         }

@@ -96,8 +96,8 @@ def test_exporter_serves_counters_after_calls(
     latency_sum = value(s, "contextharbor_request_latency_seconds_sum", **c)
     p50 = value(s, "contextharbor_request_latency_seconds", **c, quantile="0.5")
     assert 0 < p50 < 5 and 0 < latency_sum < 20
-    # Only the streamed call has a time to first token.
-    assert value(s, "contextharbor_time_to_first_token_seconds_count", **c) == 1
+    # Every successful call has a time to first token: invoke reads Ollama's stream too.
+    assert value(s, "contextharbor_time_to_first_token_seconds_count", **c) == 4
     assert value(s, "contextharbor_time_to_first_token_seconds_count", **g) == 0
     assert (
         value(s, "contextharbor_backend_info", **g, kind="gpu", url=llm.backend_configs[0].safe_url)
