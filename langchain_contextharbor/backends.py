@@ -353,6 +353,8 @@ def ollama_host_url(value: str, *, what: str = "OLLAMA_HOST") -> str:
             host, port = hostport[: close + 1], hostport[close + 1 :].lstrip(":")
         elif hostport.count(":") == 1:
             host, port = hostport.split(":")
+        elif ":" in hostport:  # a bare IPv6 address
+            host = f"[{hostport}]"
         host = host or "127.0.0.1"
         text = f"http://{host}:{port or 11434}{slash}{path}"
     return validate_base_url(text, what=what)

@@ -1262,7 +1262,7 @@ class HybridChatOllama(BaseChatModel):
                     Generator[ChatGenerationChunk, None, None],
                     inner._iterate_over_stream(messages, stop, **kwargs),
                 )
-                armed: Token[float | None] | None = None
+                armed: _Armed | None = None
                 try:
                     armed = _arm(att)
                     for chunk in stream:
@@ -1354,7 +1354,7 @@ class HybridChatOllama(BaseChatModel):
                     AsyncGenerator[ChatGenerationChunk, None],
                     inner._aiterate_over_stream(messages, stop, **kwargs),
                 )
-                armed: Token[float | None] | None = None
+                armed: _Armed | None = None
                 try:
                     armed = _arm(att)
                     async for chunk in stream:

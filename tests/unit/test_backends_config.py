@@ -708,3 +708,31 @@ def test_construction_errors_never_show_credentials(
     with pytest.raises(ValueError) as info:
         HybridChatOllama(model="m", **kwargs)
     assert SECRET not in str(info.value) and TOKEN not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "url"),
+    [
+        ("127.0.0.1:11435", "http://127.0.0.1:11435"),
+        ("gpu-box", "http://gpu-box:11434"),
+        (":11500", "http://127.0.0.1:11500"),
+        ("0.0.0.0", "http://0.0.0.0:11434"),
+        ("[::1]:11434", "http://[::1]:11434"),
+        ("::1", "http://[::1]:11434"),
+        ("https://ollama.example.com", "https://ollama.example.com"),
+        ("http://h:1/prefix/", "http://h:1/prefix"),
+    ],
+)
+def test_ollama_host_url_takes_ollamas_forms(value: str, url: str) -> None:
+    from langchain_contextharbor import ollama_host_url
+
+    assert ollama_host_url(value) == url
+
+
+def test_ollama_host_is_the_gpu_default_only_when_ollama_gpu_url_is_unset() -> None:
+    env = {"OLLAMA_HOST": "127.0.0.1:12000", "OLLAMA_CPU_URL": ""}
+    assert [b.base_url for b in backends_from_env(env)] == ["http://127.0.0.1:12000"]
+    env["OLLAMA_GPU_URL"] = "http://127.0.0.1:13000"
+    assert [b.base_url for b in backends_from_env(env)] == ["http://127.0.0.1:13000"]
+    with pytest.raises(ConfigurationError, match=r"OLLAMA_HOST 'http://\*\*\*@h:1\?x=\*\*\*'"):
+        backends_from_env({"OLLAMA_HOST": f"http://u:{SECRET}@h:1?x"})
