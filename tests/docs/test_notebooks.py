@@ -25,6 +25,8 @@ def test_the_four_notebooks_exist() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_is_stored_with_outputs_cleared(name: str) -> None:
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(nb)  # opens in Jupyter, VS Code, GitHub's viewer
+    assert nb.metadata["kernelspec"]["name"] == "python3"
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None, (name, cell.source)
