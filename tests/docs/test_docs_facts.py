@@ -35,3 +35,19 @@ def test_package_docstring_has_no_dangling_line() -> None:
 
     doc = (langchain_contextharbor.__doc__ or "").strip()
     assert doc and not doc.endswith(":"), doc
+
+
+def test_cli_doc_check_json_example_has_exactly_the_keys_the_code_prints() -> None:
+    import json
+
+    from langchain_contextharbor import BackendHealth
+
+    text = (ROOT / "docs" / "cli.md").read_text()
+    example = json.loads(re.findall(r"```json\n(.*?)```", text, re.S)[0])
+    keys = set(BackendHealth("gpu", "http://127.0.0.1:11434", "gpu", True, 1.0).as_dict())
+    for name, entry in example.items():
+        assert set(entry) == keys, (name, set(entry) ^ keys)
+    key_table = text[text.index("| key | meaning |") :].split("\n\n", 1)[0]
+    documented = set(re.findall(r"^\| `(\w+)` \|", key_table, re.M))
+    # url, is_gpu, version and kind are explained in the prose above the example.
+    assert keys - {"url", "is_gpu", "version", "kind"} <= documented, keys - documented
