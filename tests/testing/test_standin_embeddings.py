@@ -99,3 +99,18 @@ def test_dimensions_truncate_and_normalise_again(srv: OllamaStandIn) -> None:
     norm = math.sqrt(sum(v * v for v in full[:64]))
     assert len(short) == 64 and norm > 0
     assert all(math.isclose(s, f / norm, rel_tol=1e-9) for s, f in zip(short, full, strict=False))
+
+
+def test_legacy_endpoint_reports_a_chat_model_as_a_500(srv: OllamaStandIn) -> None:
+    with pytest.raises(ollama.ResponseError) as info:
+        ollama.Client(host=srv.url).embeddings(model="llama3.2:1b", prompt="hi")
+    assert info.value.status_code == 500  # the legacy handler turns runner errors into 500
+    assert "does not support embeddings" in info.value.error
+
+
+def test_a_build_can_be_chosen_from_the_command_line() -> None:
+    from langchain_contextharbor.testing.__main__ import parse_model_spec
+
+    model = parse_model_spec("nomic-embed-text?digest=" + "c3" * 32)
+    assert model.digest == "c3" * 32 and model.embedding_length == 768
+    assert model.capabilities == ["embedding"]
