@@ -2,9 +2,9 @@
 against plain ChatOllama on the same healthy server, beside ChatOllama.with_fallbacks,
 LiteLLM's Router and ChatLiteLLMRouter.
 
-Run: ``python benchmarks/bench_overhead.py [--calls 300 --runs 3]`` (part of ``make bench``).
+Run: ``python benchmarks/bench_overhead.py [--calls 200 --runs 5]`` (part of ``make bench``).
 Servers run in their own processes pinned to core 1, the client on core 0; paths alternate
-in blocks of 20 calls; every ratio is taken within one run, and the range over runs is
+in blocks of 10 calls; every ratio is taken within one run, and the range over runs is
 reported. Also measured: the router's own CPU time per call, with the HTTP layer replaced by
 canned chunks (the same stream for both models), so only the code around it differs.
 Writes benchmarks/results/overhead.json and the ``overhead`` table of docs/benchmarks.md.
@@ -96,7 +96,7 @@ def measure(calls: int, runs: int) -> dict[str, Any]:
         for _ in range(runs):
             ttft.clear()
             ttft.update({k: [] for k in ("ChatOllama.stream", "HybridChatOllama.stream")})
-            samples = interleave(paths, calls)
+            samples = interleave(paths, calls, block=10)
             run = {k: summary_ms(v) for k, v in samples.items()}
             for k, v in ttft.items():
                 run[k]["ttft_median_ms"] = round(statistics.median(v[-calls:]) * 1000, 3)
@@ -213,8 +213,8 @@ def table(summary: dict[str, Any], cpu: dict[str, Any], meta: dict[str, Any]) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--calls", type=int, default=300)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     meta: dict[str, Any] = {
         "machine": machine(),

@@ -5,7 +5,8 @@ the rest queue), answering 8 chunks. Two speed settings: (a) equal speeds, (b) t
 faster per token than the CPU. A burst of N concurrent ``ainvoke`` calls (8 and 32) is sent
 through each policy and the wall time of the whole burst is measured:
 
-- ``HybridChatOllama`` with its default policy;
+- ``HybridChatOllama`` with its default policy (before it has measured a server it assumes
+  the GPU is 10x faster per token: ``SpeedPrior``), and with an equal ``speed_prior``;
 - GPU only (``HybridChatOllama`` with the GPU backend alone: everything queues there);
 - static spill-over: plain ChatOllama clients with a fixed rule, "the GPU when its one slot
   is free, else the CPU" (what a hand-written spill-over does: it knows nothing of speeds);
@@ -28,7 +29,10 @@ from typing import Any
 from _bench import MODEL, X, litellm_version, machine, save, servers, update_doc
 from langchain_ollama import ChatOllama
 
-from langchain_contextharbor import BackendConfig, HybridChatOllama
+from langchain_contextharbor import BackendConfig, HybridChatOllama, SpeedPrior
+
+#: Tells the router, before it has measured anything, that both servers are equally fast.
+EQUAL = SpeedPrior(gpu_tokens_per_s=60.0, cpu_tokens_per_s=60.0, cpu_first_token_s=0.15)
 
 #: One loop for every burst: the async clients keep connections bound to their loop.
 LOOP = asyncio.new_event_loop()
@@ -45,13 +49,14 @@ def burst(n: int, call: Callable[[int], Awaitable[str]]) -> tuple[float, Counter
 
 
 def policies(gpu_url: str, cpu_url: str) -> dict[str, Callable[[], Callable[[int], Any]]]:
-    def hybrid_default() -> Callable[[int], Any]:
+    def hybrid_default(**kw: Any) -> Callable[[int], Any]:
         m = HybridChatOllama(
             model=MODEL,
             backends=[
                 BackendConfig(name="gpu", base_url=gpu_url),
                 BackendConfig(name="cpu", kind="cpu", base_url=cpu_url),
             ],
+            **kw,
         )
 
         async def call(i: int) -> str:
@@ -91,6 +96,7 @@ def policies(gpu_url: str, cpu_url: str) -> dict[str, Callable[[], Callable[[int
 
     out = {
         "HybridChatOllama (default)": hybrid_default,
+        "HybridChatOllama, equal speed_prior": lambda: hybrid_default(speed_prior=EQUAL),
         "GPU only": gpu_only,
         "static spill-over": static,
     }
