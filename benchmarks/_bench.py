@@ -52,6 +52,7 @@ __all__ = [
     "p95",
     "peer",
     "pin_client",
+    "plot_bars",
     "plot_lines",
     "save",
     "servers",
@@ -276,6 +277,40 @@ def plot_lines(
         ax.set_visible(False)
     fig.tight_layout()
     path = IMG / f"{name}.png"
-    fig.savefig(path, dpi=60)
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+    return f"img/{name}.png"
+
+
+def plot_bars(
+    name: str, groups: dict[str, dict[str, float]], *, title: str, ylabel: str
+) -> str | None:
+    """Grouped bars (one group per setting, one bar per policy) as a small PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib not installed (the 'bench' extra); no plot")
+        return None
+    IMG.mkdir(parents=True, exist_ok=True)
+    labels = list(groups)
+    series = list(next(iter(groups.values())))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    for i, s in enumerate(series):
+        xs = [g + i * width for g in range(len(labels))]
+        ax.bar(xs, [groups[lab].get(s, 0.0) for lab in labels], width, label=s)
+    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(labels))])
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path = IMG / f"{name}.png"
+    fig.savefig(path, dpi=72)
     plt.close(fig)
     return f"img/{name}.png"

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from _bench import MODEL, X, litellm_version, machine, save, servers, update_doc
+from _bench import MODEL, X, litellm_version, machine, plot_bars, save, servers, update_doc
 from langchain_ollama import ChatOllama
 
 from langchain_contextharbor import BackendConfig, HybridChatOllama, SpeedPrior
@@ -179,6 +179,14 @@ def main() -> None:
                 f"| {setting} | {name} | {r['wall_s']:.2f} s | {r['speedup_vs_gpu_only']:.2f}{X} | "
                 f"{s.get('gpu', 0)}/{s.get('cpu', 0)} |"
             )
+    img = plot_bars(
+        "throughput",
+        {k: {p: r["wall_s"] for p, r in row.items()} for k, row in res.items()},
+        title="burst wall time (lower is better)",
+        ylabel="seconds",
+    )
+    if img:
+        lines.append(f"\n![burst wall time per policy]({img})")
     md = "\n".join(lines)
     update_doc("throughput", md)
     print(md)
