@@ -124,6 +124,7 @@ class _State:
         self.sync_inner: dict[str, OllamaEmbeddings] = {}
         self.async_inner: dict[tuple[str, int], tuple[Any, OllamaEmbeddings]] = {}
         self.last_batches: list[BatchRecord] = []
+        self.policy: tuple[tuple[Any, ...], RoutePolicy] | None = None
 
 
 def _strip_digest(value: str) -> str:
@@ -404,11 +405,18 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
 
     # ------------------------------------------------------------------ decisions
     def _plan(self, num_ctx: int) -> RoutePlan:
-        policy = RoutePolicy(
-            size_threshold_bytes=int(self.size_threshold_gb * GIB),
-            prefer_warm=self.prefer_warm,
-            spillover=self.spillover,
-        )
+        s = self._s
+        key = (self.size_threshold_gb, self.prefer_warm, self.spillover)
+        if s.policy is None or s.policy[0] != key:
+            s.policy = (
+                key,
+                RoutePolicy(
+                    size_threshold_bytes=int(self.size_threshold_gb * GIB),
+                    prefer_warm=self.prefer_warm,
+                    spillover=self.spillover,
+                ),
+            )
+        policy = s.policy[1]
         try:
             return self._s.router.plan(
                 self.model, num_ctx=num_ctx, sizes=self.model_sizes, policy=policy
@@ -567,7 +575,8 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
         got: Any,
         fallback: bool,
     ) -> list[list[float]]:
-        vectors = [list(v) for v in got]
+        # ollama-python already parses each vector into a list: copy only what is not one.
+        vectors = [v if isinstance(v, list) else list(v) for v in got]
         if len(vectors) != len(batch):
             raise AllBackendsFailedError(
                 self.model,
