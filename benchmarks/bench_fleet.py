@@ -348,7 +348,8 @@ def table(r: dict[str, Any]) -> str:
     lines = [
         f"Run {r['when']} on {r['cpus']} cores; raw numbers in `benchmarks/results/fleet.json`.",
         "",
-        "| 4 workers x 8 concurrent calls | fleet: calls/s | p50 | p95 | alone: calls/s | p50 | p95 |",
+        "| 4 workers x 8 concurrent calls | fleet: calls/s | p50 | p95 "
+        "| alone: calls/s | p50 | p95 |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, x in load.items():
