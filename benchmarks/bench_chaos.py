@@ -64,8 +64,8 @@ def main() -> int:
     ]
     if not report.abandoned_counted:
         lines.append(
-            "\n`stats()` has no `abandoned` counter yet, so the accounting checked is "
-            "requests = successes + failures (the run abandons no stream)."
+            "\n`stats()` has no `abandoned` counter yet: the accounting checked is requests = "
+            "successes + failures + the streams this run abandoned."
         )
     md = "\n".join(lines)
     update_doc("chaos", md)

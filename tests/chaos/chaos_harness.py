@@ -294,6 +294,8 @@ OPS = (
     "astructured",
     "embed",
     "aembed",
+    "stream_abandon",
+    "astream_abandon",
 )
 ASYNC_OPS = frozenset(op for op in OPS if op.startswith("a"))
 
@@ -370,6 +372,8 @@ class Outcome:
     attempts_before: int = 0
     error: BaseException | None = None
     partial: str = ""
+    abandoned: bool = False
+    """The caller stopped reading after the first chunk (and closed the stream)."""
 
 
 @dataclass
@@ -423,6 +427,7 @@ class Checker:
         self.violations: list[str] = []
         self.expected_successes = 0
         self.expected_failures = 0
+        self.expected_abandoned = 0
         self._lock = threading.Lock()
 
     def _bad(self, o: Outcome, what: str) -> None:
@@ -434,6 +439,17 @@ class Checker:
             self._bad(o, f"took {o.elapsed:.2f}s, over the {self.budget_s:.2f}s budget")
         if o.error is not None:
             self._check_error(o, healthy)
+            return
+        if o.abandoned:
+            with self._lock:
+                self.expected_abandoned += 1
+                self.expected_failures += o.attempts_before
+            if o.backend not in NAMES or len(set(o.backends_seen)) != 1:
+                self._bad(o, f"abandoned stream from backends {o.backends_seen}")
+                return
+            want = self.oracle.expected("text", o.backend, o.prompt)
+            if not o.partial or not want.startswith(o.partial):
+                self._bad(o, f"first chunk {o.partial!r} is not a prefix of {want!r}")
             return
         if o.kind != "embed":  # the embedder has its own router and stats
             with self._lock:
@@ -457,7 +473,7 @@ class Checker:
         if healthy:
             self._bad(o, f"failed while both servers were healthy: {type(exc).__name__}: {exc}")
         if isinstance(exc, StreamInterruptedError):
-            if o.op not in ("stream", "astream"):
+            if o.op not in ("stream", "astream", "stream_abandon", "astream_abandon"):
                 self._bad(o, "StreamInterruptedError from a call that does not stream")
             with self._lock:
                 self.expected_failures += o.attempts_before + 1
@@ -502,7 +518,7 @@ class Checker:
             if s["in_flight"] != 0:
                 self.violations.append(f"stats: {name} in_flight {s['in_flight']} after the run")
             own = s["successes"] + sum(s["failures"].values()) + s.get("abandoned", 0)
-            if s["requests"] != own:
+            if report.abandoned_counted and s["requests"] != own:
                 self.violations.append(
                     f"stats: {name} requests {s['requests']} != successes + failures"
                     f"{' + abandoned' if report.abandoned_counted else ''} = {own}"
@@ -515,8 +531,20 @@ class Checker:
             self.violations.append(
                 f"stats: {failed} failures counted, {self.expected_failures} failed attempts seen"
             )
-        if req != ok + failed + abandoned:
-            self.violations.append(f"stats: {req} requests != {ok} + {failed} + {abandoned}")
+        if report.abandoned_counted:
+            if abandoned != self.expected_abandoned:
+                self.violations.append(
+                    f"stats: {abandoned} abandoned counted, {self.expected_abandoned} seen"
+                )
+            if req != ok + failed + abandoned:
+                self.violations.append(f"stats: {req} requests != {ok} + {failed} + {abandoned}")
+        elif req != ok + failed + self.expected_abandoned:
+            # No abandoned counter yet: the requests it leaves uncounted must be exactly
+            # the streams this run abandoned.
+            self.violations.append(
+                f"stats: {req} requests != {ok} successes + {failed} failures + "
+                f"{self.expected_abandoned} streams abandoned by the caller"
+            )
 
 
 # ---------------------------------------------------------------------------- calls
@@ -590,6 +618,12 @@ def run_sync_op(
             for c in model.stream(prompt):
                 chunks.append(c)
             _chunks_outcome(o, chunks)
+        elif op == "stream_abandon":
+            it = model.stream(prompt)
+            chunks.append(next(it))
+            it.close()  # the caller stops reading: the attempt ends with GeneratorExit
+            _chunks_outcome(o, chunks)
+            o.abandoned = True
         elif op == "batch":
             prompts = [f"{prompt} #{k}" for k in range(3)]
             res = model.batch(prompts, return_exceptions=True)
@@ -641,6 +675,12 @@ async def run_async_op(
             async for c in model.astream(prompt):
                 chunks.append(c)
             _chunks_outcome(o, chunks)
+        elif op == "astream_abandon":
+            agen = model.astream(prompt)
+            chunks.append(await agen.__anext__())
+            await agen.aclose()  # type: ignore[attr-defined]
+            _chunks_outcome(o, chunks)
+            o.abandoned = True
         elif op == "abatch":
             prompts = [f"{prompt} #{k}" for k in range(3)]
             res = await model.abatch(prompts, return_exceptions=True)
