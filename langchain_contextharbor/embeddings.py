@@ -52,6 +52,7 @@ from langchain_contextharbor.backends import (
     backends_from_env,
     coerce_backends,
     default_gpu_url,
+    ollama_host_url,
     redact_url,
 )
 from langchain_contextharbor.breaker import BreakerPolicy
@@ -185,6 +186,9 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
         default_factory=from_env(CPU_URL_ENV, default=DEFAULT_CPU_URL), repr=False
     )
     """CPU server (env ``OLLAMA_CPU_URL``); empty string disables it."""
+    base_url: str | None = Field(default=None, repr=False)
+    """One server, as ``OllamaEmbeddings(base_url=...)`` takes it (``OLLAMA_HOST`` syntax
+    works too); for several, use ``backends=``."""
     router: Router | None = Field(default=None, exclude=True, repr=False)
     """A router to share (``llm.router`` of a HybridChatOllama): one set of probes, health
     cache and breakers for the chat model and the retriever. Its backends are used."""
@@ -234,7 +238,7 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
                 f"invalid HybridOllamaEmbeddings configuration: {problems}"
             ) from None
 
-    @field_serializer("gpu_url", "cpu_url")
+    @field_serializer("base_url", "gpu_url", "cpu_url")
     def _dump_url(self, v: str | None) -> str | None:
         return redact_url(v) if v else v
 
@@ -272,6 +276,16 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
                     f"characters, as `ollama list` prints), got {self.expected_digest!r}"
                 )
             self.expected_digest = d
+        if self.base_url is not None:
+            clash = sorted({"backends", "gpu_url", "cpu_url", "router"} & self.model_fields_set)
+            if clash:
+                raise ConfigurationError(
+                    f"base_url cannot be combined with {clash}: base_url configures a single "
+                    "server; list several in backends=[...]"
+                )
+            self.backends = coerce_backends(
+                [{"name": "default", "base_url": ollama_host_url(self.base_url, what="base_url")}]
+            )
         if self.router is not None:
             if self.backends is not None:
                 raise ConfigurationError(

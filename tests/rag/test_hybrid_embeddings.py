@@ -77,6 +77,19 @@ def test_configured_from_env_like_the_chat_model(monkeypatch: pytest.MonkeyPatch
     ]
 
 
+def test_one_server_by_base_url_like_ollama_embeddings(
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+) -> None:
+    gpu, cpu = pair
+    emb = HybridOllamaEmbeddings(model=EMBED, base_url=gpu.url, background_probes=False)
+    assert [c.name for c in emb.backend_configs] == ["default"]
+    assert emb.embed_query("hello") == reference(gpu, ["hello"])[0]
+    from langchain_contextharbor import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="base_url cannot be combined"):
+        HybridOllamaEmbeddings(model=EMBED, base_url=gpu.url, backends=backends_for(gpu, cpu))
+
+
 # ------------------------------------------------------------------ failover
 def test_failure_part_way_resumes_on_the_fallback_without_redoing_finished_batches(
     ollama_standin_factory: StandInFactory, make_embeddings: MakeEmb
