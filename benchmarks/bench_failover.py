@@ -7,11 +7,14 @@ then the GPU fails and it makes ``--after`` more; the latency of every call is r
 
 - HybridChatOllama (``Timeouts(connect=T, first_token=T, idle=T)``);
 - ChatOllama(gpu).with_fallbacks([ChatOllama(cpu)]) with ``client_kwargs={"timeout": T}``;
-- LiteLLM's Router, GPU deployment with the CPU as its fallback, ``timeout=T``.
+- LiteLLM's Router, GPU deployment with the CPU as its fallback, ``timeout=T``, and
+  ChatLiteLLMRouter (langchain-litellm) around such a Router.
 
 Scenarios: the GPU port refuses; the GPU hangs before its first token, "warm" (the clients
 made healthy calls first) and "cold" (the fault is there from the first call of a new
-client); the GPU is blackholed (a loopback listener with a full accept backlog: connects
+client), both also with a first-token deadline long enough for a cold load (5 s) plus the
+adaptive warm deadline (HybridChatOllama only: ``warm_first_token_timeout=T``, which applies
+while the model is known to be loaded); the GPU is blackholed (a loopback listener with a full accept backlog: connects
 never complete); the GPU process is SIGKILLed while a stream is running (stream calls).
 
 Run: ``python benchmarks/bench_failover.py`` (part of ``make bench``). Servers run in their
@@ -44,18 +47,48 @@ from langchain_ollama import ChatOllama
 
 from langchain_contextharbor import BackendConfig, HybridChatOllama, Timeouts
 
-SCENARIOS = ("refused", "hung_warm", "hung_cold", "blackholed", "killed_mid_stream")
+SCENARIOS = (
+    "refused",
+    "hung_warm",
+    "hung_cold",
+    "hung_warm_adaptive",
+    "hung_cold_adaptive",
+    "blackholed",
+    "killed_mid_stream",
+)
+#: HybridChatOllama only: a first-token deadline long enough for a cold model load
+#: (``--long-first-token``) with the adaptive warm deadline (``warm_first_token_timeout`` =
+#: the client timeout) that applies while the model is known to be loaded.
+ADAPTIVE = ("hung_warm_adaptive", "hung_cold_adaptive")
 TITLES = {
     "refused": "GPU port refused",
     "hung_warm": "GPU hangs before the first token (warm client)",
     "hung_cold": "GPU hangs before the first token (cold client)",
+    "hung_warm_adaptive": "GPU hangs, warm client, long cold deadline + adaptive warm one",
+    "hung_cold_adaptive": "GPU hangs, cold client, long cold deadline + adaptive warm one",
     "blackholed": "GPU blackholed (connect never completes)",
     "killed_mid_stream": "GPU killed mid-stream (stream calls)",
 }
 
 
-def clients(gpu: StandInProcess, cpu: StandInProcess, t: float) -> dict[str, Callable[[], Any]]:
+def clients(
+    gpu: StandInProcess, cpu: StandInProcess, t: float, scenario: str, long_first_token: float
+) -> dict[str, Callable[[], Any]]:
     """Fresh clients (nothing learned yet), as name -> factory of a call function."""
+    if scenario in ADAPTIVE:
+        slow = Timeouts(connect=t, first_token=long_first_token, idle=t)
+
+        def adaptive() -> Any:
+            return HybridChatOllama(
+                model=MODEL,
+                backends=[
+                    BackendConfig(name="gpu", base_url=gpu.url, timeouts=slow),
+                    BackendConfig(name="cpu", kind="cpu", base_url=cpu.url, timeouts=slow),
+                ],
+                warm_first_token_timeout=t,
+            )
+
+        return {"HybridChatOllama": adaptive}
 
     def hybrid() -> Any:
         return HybridChatOllama(
@@ -92,7 +125,12 @@ def clients(gpu: StandInProcess, cpu: StandInProcess, t: float) -> dict[str, Cal
             r, _, _ = peer({"gpu": gpu.url, "cpu": cpu.url}, timeout=t)
             return r
 
+        def chat_litellm() -> Any:
+            _, lc, _ = peer({"gpu": gpu.url, "cpu": cpu.url}, timeout=t)
+            return lc
+
         out["LiteLLM Router"] = litellm
+        out["ChatLiteLLMRouter"] = chat_litellm
     return out
 
 
@@ -124,7 +162,7 @@ def run_scenario(
     client = factory()
     lat: list[float] = []
     outcomes: list[str] = []
-    healthy = 0 if scenario == "hung_cold" else args.healthy
+    healthy = 0 if scenario.startswith("hung_cold") else args.healthy
     for _ in range(healthy):
         ms, o = one_call(client, stream)
         lat.append(ms)
@@ -201,6 +239,8 @@ def main() -> None:
     ap.add_argument("--healthy", type=int, default=5)
     ap.add_argument("--after", type=int, default=15)
     ap.add_argument("--kill-after", type=float, default=0.05)
+    ap.add_argument("--long-first-token", type=float, default=5.0)
+    ap.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     ap.add_argument("--token-delay", type=float, default=0.02)
     args = ap.parse_args()
     meta: dict[str, Any] = {
@@ -213,13 +253,14 @@ def main() -> None:
         f"--timeout {args.timeout} --healthy {args.healthy} --after {args.after}",
     }
     res: dict[str, dict[str, Any]] = {}
-    for sc in SCENARIOS:
+    for sc in args.only:
         # Killing mid-stream needs streams that last (8 chunks x token_delay); the other
         # scenarios run on instant servers so the cost of the failure itself shows.
         delay = args.token_delay if sc == "killed_mid_stream" else 0.0
         with servers(("gpu", 1.0, delay, 4), ("cpu", 0.0, delay, 4)) as (gpu, cpu):
             res[sc] = {}
-            for name, factory in clients(gpu, cpu, args.timeout).items():
+            made = clients(gpu, cpu, args.timeout, sc, args.long_first_token)
+            for name, factory in made.items():
                 res[sc][name] = run_scenario(sc, name, factory, gpu, args)
                 print(f"{sc:18s} {name:18s} {res[sc][name]['latency_ms']}")
     panels = {TITLES[sc]: {n: r["latency_ms"] for n, r in per.items()} for sc, per in res.items()}
