@@ -20,6 +20,10 @@ makes these fixtures available in any test suite without a ``conftest.py``:
     A loaded ``LlamaCppEngine`` (SmolLM2-135M), shared by the session; the test is skipped
     with the reason when llama-cpp-python or the GGUF file is missing.
 
+``redis_server`` / ``redis_server_factory`` (function scope)
+    A real ``redis-server`` on a free loopback port for fleet mode (see
+    :mod:`langchain_contextharbor.testing.redis_fixtures`); skipped when no binary is found.
+
 Markers: tests marked ``@pytest.mark.llama`` are skipped (with the reason) when llama.cpp or
 the SmolLM2 GGUF is absent; tests marked ``@pytest.mark.internet`` are skipped unless the
 environment variable ``CONTEXTHARBOR_INTERNET=1`` says the internet is reachable.
@@ -143,3 +147,12 @@ def llama_cpp_engine() -> Iterator[LlamaCppEngine]:
         yield engine
     finally:
         engine.close()
+
+
+# Fleet mode: a real redis-server beside the stand-ins (defined in their own module).
+from langchain_contextharbor.testing.redis_fixtures import (  # noqa: E402
+    redis_server,
+    redis_server_factory,
+)
+
+__all__ += ["redis_server", "redis_server_factory"]

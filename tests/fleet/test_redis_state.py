@@ -255,12 +255,12 @@ def test_redis_killed_mid_run_never_fails_a_call_and_reconnects(
 
 
 def test_redis_credentials_are_never_shown(
-    redis_factory: Callable[..., RedisServer],
+    redis_server_factory: Callable[..., RedisServer],
     worker: Worker,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     secret = "s3cr3t-fleet-pw"
-    srv = redis_factory(password=secret)
+    srv = redis_server_factory(password=secret)
     m = HybridChatOllama(model=MODEL, shared_state=srv.url, background_probes=False)
     wrong = srv.url.replace(secret, "wr0ng-" + secret)
     bad = worker(url=wrong)
