@@ -14,8 +14,9 @@ Scenarios: the GPU port refuses; the GPU hangs before its first token, "warm" (t
 made healthy calls first) and "cold" (the fault is there from the first call of a new
 client), both also with a first-token deadline long enough for a cold load (5 s) plus the
 adaptive warm deadline (HybridChatOllama only: ``warm_first_token_timeout=T``, which applies
-while the model is known to be loaded); the GPU is blackholed (a loopback listener with a full accept backlog: connects
-never complete); the GPU process is SIGKILLed while a stream is running (stream calls).
+while the model is known to be loaded); the GPU is blackholed (a loopback listener with a
+full accept backlog: connects never complete); the GPU process is SIGKILLed while a stream
+is running (stream calls).
 
 Run: ``python benchmarks/bench_failover.py`` (part of ``make bench``). Servers run in their
 own processes. Writes benchmarks/results/failover.json, docs/img/failover.png and the

@@ -77,11 +77,17 @@ def backends_growth(calls: int, runs: int) -> dict[str, Any]:
                 BackendConfig(name=p.name, kind="cpu", base_url=p.url) for p in procs[1:n]
             ]
             hybrid = HybridChatOllama(model=MODEL, backends=cfgs)
+            plan_ts = []
+            for _ in range(2000):
+                t = time.perf_counter()
+                hybrid.select_backend()
+                plan_ts.append(time.perf_counter() - t)
             out[str(n)] = ratio_runs(
                 {"plain": lambda: plain.invoke("hi"), "hybrid": lambda h=hybrid: h.invoke("hi")},
                 calls,
                 runs,
             )
+            out[str(n)]["plan_us"] = round(statistics.median(plan_ts[200:]) * 1e6, 1)
             hybrid.close()
             print("backends", n, out[str(n)])
     return out
@@ -209,7 +215,8 @@ def main() -> None:
     ]
     for n, x in res["backends"].items():
         lines.append(
-            f"| {n} backends, invoke | {x['plain_ms']:.3f} ms | {x['hybrid_ms']:.3f} ms | {r(x)} |"
+            f"| {n} backends, invoke (planning: {x['plan_us']:.1f} µs) | {x['plain_ms']:.3f} ms"
+            f" | {x['hybrid_ms']:.3f} ms | {r(x)} |"
         )
     for n, x in res["history"].items():
         lines.append(
