@@ -459,9 +459,11 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
         return items, _Call(self.model, self.num_ctx or DEFAULT_NUM_CTX)
 
     def _stale_probe(self, name: str) -> bool:
-        rt = self._s.router.get(name)
-        p = rt.probe
-        return p is None or not p.ok or self._s.router.clock() - p.at > self._s.router.probe_ttl
+        """Whether ``name``'s digest must be read again before sending there: no probe yet,
+        or one older than ``probe_ttl`` (a fresh failed probe is not retried: it refuses)."""
+        router = self._s.router
+        p = router.get(name).probe
+        return p is None or router.clock() - p.at > router.probe_ttl
 
     def _probe_future(self, name: str) -> Any:
         router = self._s.router
