@@ -233,6 +233,7 @@ class Router:
         warm_first_token: float | None = 10.0,
         warm_first_token_factor: float = 5.0,
         warm_window: float = 120.0,
+        background_trials: bool = True,
         nvml: Any = None,
         host_memory: Callable[[], int | None] | None = None,
         shared_state: SharedState | None = None,
@@ -243,6 +244,9 @@ class Router:
         self.warm_first_token = warm_first_token
         self.warm_first_token_factor = warm_first_token_factor
         self.warm_window = warm_window
+        self.background_trials = background_trials
+        self.trial_futures: dict[str, concurrent.futures.Future[bool]] = {}
+        """backend name -> its background trial call (see :meth:`trial_in_background`)."""
         self._primed = not background_probes or first_probe_wait <= 0
         """True once no plan needs to wait for a first probe any more."""
         self._prime_deadline: float | None = None
@@ -574,6 +578,20 @@ class Router:
             return False
         return True
 
+    def acquire_joining_trial(self, name: str) -> bool:
+        """Count a call on ``name`` while its background trial runs: the last resort of a
+        call whose other candidates all failed (a trial must never make a call fail that the
+        server under trial could have answered). False when the circuit closed off again."""
+        b = self._by_name[name]
+        with self._lock:
+            if b.breaker.state != "half_open":
+                return self.acquire(name)
+            b.in_flight += 1
+            b.stats.requests += 1
+        if self._shared is not None:
+            self._shared.acquire(name, self.clock(), trial=False, costs=self._costs)
+        return True
+
     def release(self, name: str, *, abandoned: bool = False) -> None:
         """End a call on ``name``; ``abandoned``: it ended with neither a success nor a
         failure recorded (the caller stopped reading, or cancelled)."""
@@ -635,6 +653,88 @@ class Router:
         before, after = _service_s(old), _service_s(new)
         if old is None or abs(after - before) > 0.1 * before:
             self._version += 1
+
+    # ------------------------------------------------------------------ background trials
+    def trial_in_background(self, name: str, model: str) -> bool:
+        """Take the trial call of ``name`` off the user's call, when one is due.
+
+        Why a background request and not a hedge: a trial is a call to a server that failed
+        last time, so it is likely to fail again (hang for a whole first-token deadline).
+        Racing the user's call against it would still hold the caller until one of the two
+        produced a token and would need both answers cancelled cleanly; a router-owned
+        request of one token costs the caller nothing and its outcome still moves the
+        breaker (success closes the circuit, failure re-opens it with backoff). The caller
+        goes on to the next candidate, so only call this when there is one.
+
+        Returns True when this call should skip ``name`` (a trial was started now, or
+        another is still running)."""
+        b = self._by_name[name]
+        br = b.breaker
+        if br.state == "closed" or not self.background_trials:
+            return False
+        now = self.clock()
+        with self._lock:
+            fut = self.trial_futures.get(name)
+            if fut is not None and not fut.done():
+                return True
+            if not br.would_allow(now):
+                return False  # still cooling down: the plan skips it anyway
+            before = br.state
+            if not br.acquire(now):
+                return True
+            if br.state != before:
+                self._version += 1
+            key = self._keys.get(model) or normalize_model_name(model)
+        if self._shared is not None and self._shared.acquire(name, now, trial=True) is False:
+            with self._lock:
+                br.release()  # another worker holds the fleet's trial
+                self._version += 1
+            return True
+        self.trial_futures[name] = self._pool().submit(self._run_trial, b, key)
+        logger.info("trial call of %s runs in the background", name)
+        return True
+
+    def _run_trial(self, b: BackendRuntime, key: str) -> bool:
+        """One-token chat on ``b`` with the call's first-token deadline; feeds the breaker."""
+        name = b.config.name
+        deadline, _ = self.first_token_deadline(name, key)
+        t = b.config.timeouts
+        first = deadline if deadline is not None else t.first_token
+        ok = False
+        missing = False
+        try:
+            r = self._http(b).post(
+                "/api/chat",
+                json={
+                    "model": key,
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "stream": False,
+                    "options": {"num_predict": 1},
+                },
+                timeout=httpx.Timeout(first, connect=t.connect),
+            )
+            # The server answered: 2xx, or a 4xx about the request (404: model not there).
+            ok = r.status_code < 500
+            missing = r.status_code == 404
+        except Exception as exc:
+            logger.info("background trial of %s failed: %s", name, b.config.scrub(str(exc)))
+        now = self.clock()
+        with self._lock:
+            self._version += 1
+            if ok:
+                b.breaker.record_success()
+                b.answered_at = now
+                if missing:
+                    b.missing[key] = now + self.missing_ttl
+            else:
+                b.breaker.record_failure(now)
+            br = b.breaker
+            shared = SharedBreaker(br.state, br.failures, br.opened_at, br.cooldown)
+        if self._shared is not None:
+            self._shared.release(name, now)
+            self._shared.publish_breaker(name, shared, now)
+        logger.info("background trial of %s: %s", name, "ok" if ok else "failed")
+        return ok
 
     def first_token_deadline(self, name: str, model: str) -> tuple[float | None, str]:
         """A short first-token deadline for a call on ``name`` when no load is coming, else

@@ -140,6 +140,7 @@ of that run seen so far. The replacement's first chunk carries the same facts in
 ``response_metadata["contextharbor"]["abandoned"]``."""
 _CLIENT_KWARGS_T = ("client_kwargs", "async_client_kwargs", "sync_client_kwargs")
 _CLIENT_KWARGS = frozenset(_CLIENT_KWARGS_T)
+_ON_TRIAL = "on trial: a background request tests it; this call went on"
 _NOT_ADMITTED = (
     "not admitted at send time: circuit opened, or (fleet mode) the trial call or the "
     "last free slot went to another worker"
@@ -597,6 +598,12 @@ class HybridChatOllama(BaseChatModel):
     """When the best backend is saturated, use another fitting one if it is expected to
     finish the request sooner (learned speeds, queue depth, cold loads; see
     :func:`~langchain_contextharbor.routing.estimate_finish`)."""
+    background_trials: bool = True
+    """When a circuit's cooldown is over (or a probe saw the server back), its trial call is
+    a one-token request the router sends in the background while the user's call goes to
+    the next candidate: a server that still hangs costs the caller nothing. The trial's
+    outcome moves the breaker. False: the next user call is the trial, as in a classic
+    breaker. (With no other candidate left, the user's call is the trial either way.)"""
     warm_first_token_timeout: float | None = 10.0
     """First-token deadline (seconds, at least) when no model load is coming: the model is
     loaded on that server (``/api/ps``, or a call on it succeeded in the last two minutes)
@@ -741,6 +748,7 @@ class HybridChatOllama(BaseChatModel):
             background_probes=self.background_probes,
             first_probe_wait=self.first_probe_wait,
             warm_first_token=self.warm_first_token_timeout,
+            background_trials=self.background_trials,
             nvml=self.nvml,
             host_memory=self.host_memory,
             shared_state=make_shared_state(
@@ -1146,8 +1154,13 @@ class HybridChatOllama(BaseChatModel):
             tried = False
             cands = call.plan.candidates
             deferred: list[tuple[BackendConfig, Sequence[str]]] = []
+            on_trial: list[tuple[BackendConfig, Sequence[str]]] = []
             for i, cand in enumerate(cands):
                 cfg = router.get(cand.backend).config
+                if i + 1 < len(cands) and router.trial_in_background(cfg.name, call.model):
+                    call.skipped.append(SkipRecord(cfg.name, cfg.safe_url, _ON_TRIAL))
+                    on_trial.append((cfg, cand.reasons))
+                    continue
                 # Fleet mode re-checks the slot fleet-wide and may send the call on to a later
                 # candidate that queues fewer calls per slot (spill-over on fresh counts);
                 # one passed over this way is tried again last, so a call never fails for
@@ -1167,6 +1180,10 @@ class HybridChatOllama(BaseChatModel):
                     continue
                 tried = True
                 yield cfg, reasons
+            for cfg, reasons in on_trial:  # every other candidate failed: try it after all
+                if router.acquire_joining_trial(cfg.name):
+                    tried = True
+                    yield cfg, reasons
             if not tried:
                 return
 

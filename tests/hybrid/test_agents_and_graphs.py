@@ -51,6 +51,10 @@ def test_create_agent_survives_gpu_stop_and_restart(
 
     gpu.start()
     clock.advance(model.breaker.cooldown + 1)
+    # The gpu's trial call runs in the background (the call that triggers it goes to the
+    # cpu at no cost); once it succeeded the gpu serves again.
+    assert model.invoke("trigger").response_metadata["backend"] == "cpu"
+    assert model.router.trial_futures["gpu"].result(timeout=30) is True
     out = agent.invoke({"messages": [HumanMessage("What is the weather in Rome?")]})
     assert _ai_backends(out["messages"]) == ["gpu", "gpu"]
 

@@ -46,10 +46,13 @@ def test_hung_backend_is_paid_for_once_then_skipped_until_trial(
     gpu.clear_faults()
     clock.advance(29)
     assert model.invoke("c").response_metadata["backend"] == "cpu"
-    clock.advance(2)  # cooldown over: one trial call goes to the GPU and succeeds
-    assert model.invoke("d").response_metadata["backend"] == "gpu"
+    clock.advance(2)  # cooldown over: one trial call goes to the GPU (in the background,
+    # so this call pays nothing for it) and succeeds
+    assert model.invoke("d").response_metadata["backend"] == "cpu"
+    assert model.router.trial_futures["gpu"].result(timeout=30) is True
     assert model.stats()["gpu"]["circuit"] == "closed"
     assert len(gpu.requests_to("/api/chat")) == 2
+    assert model.invoke("e").response_metadata["backend"] == "gpu"
 
 
 def test_failed_trial_reopens_with_backoff(
@@ -62,15 +65,18 @@ def test_failed_trial_reopens_with_backoff(
     gpu.inject(Fault.REFUSE)
     assert model.invoke("a").response_metadata["backend"] == "cpu"
     clock.advance(10)
-    trial = model.invoke("b")  # trial call: refused again
-    assert [a["backend"] for a in trial.response_metadata["contextharbor"]["attempts"]] == ["gpu"]
+    trial = model.invoke("b")  # the trial runs in the background: refused again
+    assert trial.response_metadata["contextharbor"]["attempts"] == []
+    assert model.router.trial_futures["gpu"].result(timeout=30) is False
     s = model.stats()["gpu"]
     assert s["circuit"] == "open" and s["retry_in_s"] == pytest.approx(30)
     clock.advance(29)
     assert model.invoke("c").response_metadata["contextharbor"]["attempts"] == []
     gpu.clear_faults()
     clock.advance(1)
-    assert model.invoke("d").response_metadata["backend"] == "gpu"
+    assert model.invoke("d").response_metadata["backend"] == "cpu"
+    assert model.router.trial_futures["gpu"].result(timeout=30) is True
+    assert model.invoke("e").response_metadata["backend"] == "gpu"
 
 
 def test_all_backends_failed_lists_every_attempt_and_chains(

@@ -319,7 +319,7 @@ def test_a_failed_inner_build_releases_its_slot_and_trial(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     gpu, _ = pair
-    model = make_model()
+    model = make_model(background_trials=False)  # the trial is a user's call here
     gpu.inject(Fault.REFUSE)
     model.invoke("open the GPU circuit")
     gpu.clear_faults()

@@ -139,8 +139,11 @@ def test_a_successful_probe_makes_the_next_call_the_trial(build: Build, clock: F
     plan = model.select_backend()
     assert plan.primary == "gpu"
     assert any("trial call" in r for r in plan.candidates[0].reasons)
-    assert model.invoke("b").response_metadata["backend"] == "gpu"
+    # The trial runs in the background (it costs this call nothing); its success closes it.
+    assert model.invoke("b").response_metadata["backend"] == "cpu"
+    assert model.router.trial_futures["gpu"].result(timeout=30) is True
     assert model.stats()["gpu"]["circuit"] == "closed"
+    assert model.invoke("c").response_metadata["backend"] == "gpu"
 
 
 def test_a_probe_that_answers_while_chat_hangs_gives_one_early_trial_only(
@@ -149,8 +152,9 @@ def test_a_probe_that_answers_while_chat_hangs_gives_one_early_trial_only(
     model, gpu, _ = build([SMALL], [SMALL], timeouts=Timeouts(connect=0.5, first_token=0.2))
     gpu.inject(Fault.HANG_BEFORE_FIRST_CHUNK)  # /api/tags keeps answering, chat hangs
     assert model.invoke("a").response_metadata["backend"] == "cpu"
-    model.refresh()  # ok: the early trial is granted...
-    assert model.invoke("b").response_metadata["backend"] == "cpu"  # ...and fails
+    model.refresh()  # ok: the early trial is granted (in the background)...
+    assert model.invoke("b").response_metadata["backend"] == "cpu"
+    assert model.router.trial_futures["gpu"].result(timeout=30) is False  # ...and fails
     assert model.stats()["gpu"]["circuit"] == "open"
     clock.advance(1)
     model.refresh()  # answers again, but nothing new was learned: the backoff stands
@@ -174,7 +178,10 @@ def test_calls_recover_as_soon_as_both_servers_are_back(build: Build, clock: Fak
     gpu.clear_faults()
     cpu.clear_faults()
     clock.advance(1)  # 13.5 s of cooldown left; the call re-probes and finds them up
-    assert model.invoke("d").response_metadata["backend"] == "gpu"
+    # The gpu's trial runs in the background; the cpu, last candidate, takes this call.
+    assert model.invoke("d").response_metadata["backend"] == "cpu"
+    assert model.router.trial_futures["gpu"].result(timeout=30) is True
+    assert model.invoke("d2").response_metadata["backend"] == "gpu"
 
     gpu.inject(Fault.REFUSE)
     cpu.inject(Fault.REFUSE)
@@ -183,7 +190,8 @@ def test_calls_recover_as_soon_as_both_servers_are_back(build: Build, clock: Fak
     gpu.clear_faults()
     cpu.clear_faults()
     clock.advance(1)
-    assert asyncio.run(model.ainvoke("f")).response_metadata["backend"] == "gpu"
+    assert asyncio.run(model.ainvoke("f")).response_metadata["backend"] == "cpu"
+    assert model.router.trial_futures["gpu"].result(timeout=30) is True
 
 
 def test_tags_listing_a_model_clears_a_remembered_404(build: Build) -> None:
@@ -311,3 +319,57 @@ def test_when_the_warm_deadline_applies(build: Build, clock: FakeClock) -> None:
     assert r.first_token_deadline("gpu", SMALL)[0] is None  # not answered recently
     off, _, _ = build([SMALL], [SMALL], warm_first_token_timeout=None)
     assert off.router.first_token_deadline("gpu", SMALL) == (None, "")
+
+
+# ---------------------------------------------------------------- trials off the user's call
+def test_a_trial_call_costs_the_user_nothing(build: Build, clock: FakeClock) -> None:
+    model, gpu, _ = build(
+        [SMALL], [SMALL], gpu={"loaded": [SMALL]}, timeouts=LONG, warm_first_token_timeout=0.2
+    )
+    gpu.inject(Fault.HANG_BEFORE_FIRST_CHUNK)
+    assert model.invoke("a").response_metadata["backend"] == "cpu"  # pays the warm deadline
+    assert model.stats()["gpu"]["circuit"] == "open"
+    clock.advance(16)  # cooldown over: the next call would have been the trial
+    msg = model.invoke("b")
+    meta = msg.response_metadata["contextharbor"]
+    assert msg.response_metadata["backend"] == "cpu" and meta["attempts"] == []
+    assert any(s["reason"].startswith("on trial: a background") for s in meta["skipped"])
+    assert model.router.trial_futures["gpu"].result(timeout=30) is False  # still hung
+    assert model.stats()["gpu"]["circuit"] == "open"  # re-opened, with backoff
+    assert model.stats()["gpu"]["retry_in_s"] == pytest.approx(30)
+    gpu.clear_faults()
+    clock.advance(31)
+    assert model.invoke("c").response_metadata["backend"] == "cpu"  # trial in background
+    assert model.router.trial_futures["gpu"].result(timeout=30) is True
+    assert model.stats()["gpu"]["circuit"] == "closed"
+    assert model.invoke("d").response_metadata["backend"] == "gpu"
+
+
+def test_the_only_backend_left_still_takes_its_trial_call(build: Build, clock: FakeClock) -> None:
+    model, gpu, cpu = build([SMALL], [SMALL])
+    model.select_backend()
+    gpu.inject(Fault.REFUSE)
+    cpu.inject(Fault.REFUSE)
+    with pytest.raises(Exception, match="connect"):
+        model.invoke("a")
+    gpu.clear_faults()
+    clock.advance(16)  # both cooldowns over; gpu is back, cpu is not
+    assert model.invoke("b").response_metadata["backend"] == "gpu"
+    cpu.clear_faults()
+
+
+def test_a_call_whose_other_candidates_fail_joins_the_server_on_trial(
+    build: Build, clock: FakeClock
+) -> None:
+    model, gpu, cpu = build([SMALL], [SMALL])
+    model.select_backend()
+    gpu.inject(Fault.REFUSE)
+    assert model.invoke("a").response_metadata["backend"] == "cpu"
+    gpu.clear_faults()
+    cpu.inject(Fault.REFUSE)
+    clock.advance(16)  # the gpu's trial is due and runs in the background; the cpu is down
+    msg = model.invoke("b")
+    assert msg.response_metadata["backend"] == "gpu"
+    (attempt,) = msg.response_metadata["contextharbor"]["attempts"]
+    assert attempt["backend"] == "cpu"
+    cpu.clear_faults()
