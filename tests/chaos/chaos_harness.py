@@ -53,6 +53,7 @@ from langchain_contextharbor.errors import (
     AllBackendsFailedError,
     ConfigurationError,
     ContextHarborError,
+    DeadlineExceededError,
     StreamInterruptedError,
 )
 from langchain_contextharbor.testing import OllamaStandIn, StandInModel
@@ -64,12 +65,13 @@ EMBED_DIGEST = "c3" * 32  # the same build on both servers (standin_child.py)
 NAMES = ("gpu", "cpu")
 CHILD = Path(__file__).with_name("standin_child.py")
 
-#: Short client deadlines so every hang resolves in well under a second.
-TIMEOUTS = Timeouts(connect=0.25, first_token=0.6, idle=0.4, probe=0.3)
+#: Short client deadlines so every hang resolves in well under a second, and a total
+#: deadline per call: longer than one attempt can take (1.25 s), shorter than two.
+TIMEOUTS = Timeouts(connect=0.25, first_token=0.6, idle=0.4, probe=0.3, total=2.0)
 #: Hung stand-in handlers give up after this (they are released at phase end anyway).
 HANG_CAP = 2.0
 #: Added to every call's budget for a loaded 2-core machine (scheduling, GC, imports).
-SLACK_S = 2.0
+SLACK_S = 1.5
 
 
 class Answer(BaseModel):
@@ -428,6 +430,9 @@ class Checker:
         self.expected_successes = 0
         self.expected_failures = 0
         self.expected_abandoned = 0
+        self.deadline_errors = 0
+        """Calls that ended in DeadlineExceededError: each recorded one or two failed
+        attempts (the one the deadline cut, maybe one before it), which it does not list."""
         self._lock = threading.Lock()
 
     def _bad(self, o: Outcome, what: str) -> None:
@@ -486,6 +491,17 @@ class Checker:
             if not want.startswith(o.partial):
                 self._bad(o, f"partial text {o.partial!r} is not a prefix of {want!r}")
             return
+        if isinstance(exc, DeadlineExceededError):
+            if o.kind != "embed":
+                with self._lock:
+                    self.deadline_errors += 1
+            if o.partial and (o.backend not in NAMES or len(set(o.backends_seen)) > 1):
+                self._bad(o, f"deadline hit on a stream from backends {o.backends_seen}")
+            elif o.partial:
+                want = self.oracle.expected("text", str(o.backend), o.prompt)
+                if not want.startswith(o.partial):
+                    self._bad(o, f"partial text {o.partial!r} is not a prefix of {want!r}")
+            return
         if isinstance(exc, AllBackendsFailedError):
             if o.kind != "embed":
                 with self._lock:
@@ -527,10 +543,13 @@ class Checker:
             self.violations.append(
                 f"stats: {ok} successes counted, {self.expected_successes} answers delivered"
             )
-        if failed != self.expected_failures:
-            self.violations.append(
-                f"stats: {failed} failures counted, {self.expected_failures} failed attempts seen"
-            )
+        low = self.expected_failures + self.deadline_errors
+        high = self.expected_failures + len(NAMES) * self.deadline_errors
+        if not low <= failed <= high:
+            seen = f"{self.expected_failures} failed attempts seen"
+            if self.deadline_errors:
+                seen += f" + 1 to {len(NAMES)} for each of {self.deadline_errors} deadline errors"
+            self.violations.append(f"stats: {failed} failures counted, {seen}")
         if report.abandoned_counted:
             if abandoned != self.expected_abandoned:
                 self.violations.append(
@@ -823,6 +842,8 @@ class ChaosRun:
 
     def budget(self, model: HybridChatOllama) -> float:
         t = TIMEOUTS
+        if t.total is not None:
+            return t.total + SLACK_S
         per_attempt = t.connect + t.first_token + t.idle
         attempts = len(NAMES) * (model.max_retries + 1)
         return attempts * per_attempt + SLACK_S
@@ -884,10 +905,13 @@ class ChaosRun:
         emb.close()
         gc.collect()
         threads1 = _settle(threads0, threading.active_count)
-        fds_closed = _settle(fds0, _fd_count, 1.0)
-        # close() stops the probe threads and closes the probe clients; the inner
-        # ChatOllama clients keep their pooled keep-alive sockets until the model is
-        # dropped (measured: +2 per backend used), so descriptors are compared after that.
+        fds_closed = _settle(fds0, _fd_count)
+        if fds_closed > fds0:
+            checker.violations.append(
+                f"open file descriptors {fds0} -> {fds_closed} after close() "
+                "(the model still referenced)"
+            )
+        # And once the caller drops them, nothing they held may stay open either.
         del model, emb
         gc.collect()
         fds1 = _settle(fds0, _fd_count)
