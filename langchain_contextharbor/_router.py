@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from langchain_contextharbor._stats import BackendStats
+from langchain_contextharbor._transport import shared_ssl_context
 from langchain_contextharbor.backends import BackendConfig
 from langchain_contextharbor.breaker import BreakerPolicy, CircuitBreaker
 from langchain_contextharbor.classify import Classification, FailoverCategory
@@ -944,7 +945,7 @@ class Router:
         if b.client is None:
             cfg = b.config
             kw = {k: v for k, v in cfg.client_kwargs.items() if k != "async_transport"}
-            kw.setdefault("verify", cfg.verify)
+            kw["verify"] = shared_ssl_context(kw.get("verify", cfg.verify), kw.pop("cert", None))
             # Credentials travel in headers, never in the URL: httpx and httpcore log
             # request URLs (INFO/DEBUG), and their error texts quote them.
             b.client = httpx.Client(

@@ -17,6 +17,8 @@ every thread and task that calls the same backend.
 
 from __future__ import annotations
 
+import ssl
+import threading
 import time
 from contextvars import ContextVar
 from typing import Any
@@ -25,7 +27,45 @@ import httpx
 
 from langchain_contextharbor.backends import Timeouts
 
-__all__ = ["CALL_DEADLINE", "FIRST_TOKEN", "AsyncPhaseTimeoutTransport", "PhaseTimeoutTransport"]
+__all__ = [
+    "CALL_DEADLINE",
+    "FIRST_TOKEN",
+    "AsyncPhaseTimeoutTransport",
+    "PhaseTimeoutTransport",
+    "shared_ssl_context",
+]
+
+_SSL: dict[tuple[Any, ...], ssl.SSLContext] = {}
+_SSL_LOCK = threading.Lock()
+
+
+def shared_ssl_context(verify: Any = True, cert: Any = None) -> Any:
+    """One SSL context per ``(verify, cert)`` for every client of the process.
+
+    Why: each httpx client or transport otherwise builds its own context and loads the CA
+    bundle into it (35-95 ms and a few hundred kB each, measured on this project's CI
+    machine), and a HybridChatOllama has up to five per backend (probe client, sync and
+    async transports of each inner model). A context is safe to share between clients.
+    Anything unhashable (or a context already) is handed back unchanged."""
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    try:
+        key = (verify, cert)
+        hash(key)
+    except TypeError:
+        return verify
+    with _SSL_LOCK:
+        ctx = _SSL.get(key)
+        if ctx is None:
+            ctx = _SSL[key] = httpx.create_ssl_context(verify=verify, cert=cert)
+        return ctx
+
+
+def _transport_kw(kw: dict[str, Any]) -> dict[str, Any]:
+    kw = dict(kw)
+    kw["verify"] = shared_ssl_context(kw.get("verify", True), kw.pop("cert", None))
+    return kw
+
 
 FIRST_TOKEN: ContextVar[float | None] = ContextVar("contextharbor_first_token", default=None)
 """A shorter first-token deadline (seconds) for the request sent from this context, or None."""
@@ -59,7 +99,7 @@ def _idle(t: Timeouts) -> float:
 class PhaseTimeoutTransport(httpx.BaseTransport):
     def __init__(self, timeouts: Timeouts, inner: httpx.BaseTransport | None = None, **kw: Any):
         self._t = timeouts
-        self._inner = inner if inner is not None else httpx.HTTPTransport(**kw)
+        self._inner = inner if inner is not None else httpx.HTTPTransport(**_transport_kw(kw))
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         t = _timeouts(self._t)
@@ -77,7 +117,7 @@ class AsyncPhaseTimeoutTransport(httpx.AsyncBaseTransport):
         self, timeouts: Timeouts, inner: httpx.AsyncBaseTransport | None = None, **kw: Any
     ):
         self._t = timeouts
-        self._inner = inner if inner is not None else httpx.AsyncHTTPTransport(**kw)
+        self._inner = inner if inner is not None else httpx.AsyncHTTPTransport(**_transport_kw(kw))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         t = _timeouts(self._t)
