@@ -98,6 +98,15 @@ def measure(calls: int, runs: int) -> dict[str, Any]:
             ttft.update({k: [] for k in ("ChatOllama.stream", "HybridChatOllama.stream")})
             samples = interleave(paths, calls, block=10)
             run = {k: summary_ms(v) for k, v in samples.items()}
+            for k, v in samples.items():
+                base = samples[base_of(k)]
+                # Paired blocks: each block of this path against the baseline's block run
+                # just before or after it, so drift between blocks cancels out.
+                ratios = [
+                    statistics.median(v[i : i + 10]) / statistics.median(base[i : i + 10])
+                    for i in range(0, len(v), 10)
+                ]
+                run[k]["paired_ratio"] = round(statistics.median(ratios), 4)
             for k, v in ttft.items():
                 run[k]["ttft_median_ms"] = round(statistics.median(v[-calls:]) * 1000, 3)
                 run[k]["ttft_p95_ms"] = round(sorted(v[-calls:])[int(0.95 * calls)] * 1000, 3)
@@ -107,19 +116,25 @@ def measure(calls: int, runs: int) -> dict[str, Any]:
     return {"per_run": per_run, "peer_skipped": why}
 
 
+def base_of(path: str) -> str:
+    """The plain ChatOllama path a path is compared with."""
+    if path.startswith(("LiteLLM", "ChatLiteLLM", "with_")):
+        return "ChatOllama.invoke"
+    return BASE + "." + path.split(".", 1)[1]
+
+
 def summarize(data: dict[str, Any]) -> dict[str, Any]:
     runs = data["per_run"]
     out: dict[str, Any] = {}
     for path in runs[0]:
-        base = BASE + "." + path.split(".", 1)[1]
-        if path.startswith("LiteLLM") or path.startswith("ChatLiteLLM") or path.startswith("with_"):
-            base = "ChatOllama.invoke"
+        base = base_of(path)
         row: dict[str, Any] = {
             "median_ms": spread([r[path]["median_ms"] for r in runs]),
             "p95_ms": spread([r[path]["p95_ms"] for r in runs]),
         }
         if path != base:
-            row["ratio_median"] = spread(
+            row["ratio_median"] = spread([r[path]["paired_ratio"] for r in runs])
+            row["ratio_of_run_medians"] = spread(
                 [r[path]["median_ms"] / r[base]["median_ms"] for r in runs]
             )
             row["ratio_p95"] = spread([r[path]["p95_ms"] / r[base]["p95_ms"] for r in runs])
@@ -184,8 +199,9 @@ def bench_router_cpu(calls: int) -> dict[str, Any]:
 def table(summary: dict[str, Any], cpu: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [
         f"Measured {meta['machine']['date_utc']} UTC, {meta['calls']} calls per path and run, "
-        f"{meta['runs']} runs; ratios are against plain ChatOllama in the same run "
-        "(median, and the range over runs).",
+        f"{meta['runs']} runs. Ratio (median): the median over paired blocks of 10 calls of "
+        "this path's block median over plain ChatOllama's adjacent block, then the median and "
+        "the range over runs; p95 ratios compare each run's p95s.",
         "",
         "| path | median | p95 | ratio (median) | ratio (p95) | stream: first token |",
         "|---|---|---|---|---|---|",
