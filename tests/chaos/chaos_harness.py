@@ -65,9 +65,10 @@ EMBED_DIGEST = "c3" * 32  # the same build on both servers (standin_child.py)
 NAMES = ("gpu", "cpu")
 CHILD = Path(__file__).with_name("standin_child.py")
 
-#: Short client deadlines so every hang resolves in well under a second, and a total
-#: deadline per call: longer than one attempt can take (1.25 s), shorter than two.
-TIMEOUTS = Timeouts(connect=0.25, first_token=0.6, idle=0.4, probe=0.3, total=2.0)
+#: Short client deadlines so every hang resolves in about a second (long enough that a
+#: healthy call on a loaded 2-core machine never trips them), and a total deadline per call:
+#: longer than one attempt can take (1.9 s), shorter than two.
+TIMEOUTS = Timeouts(connect=0.3, first_token=1.0, idle=0.6, probe=0.3, total=3.0)
 #: Hung stand-in handlers give up after this (they are released at phase end anyway).
 HANG_CAP = 2.0
 #: Added to every call's budget for a loaded 2-core machine (scheduling, GC, imports).
