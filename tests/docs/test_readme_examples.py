@@ -218,3 +218,17 @@ def test_readme_diagrams_name_things_that_exist() -> None:
         assert hasattr(pkg, func) or hasattr(HybridChatOllama, func), func
     for cls in re.findall(r"\b([A-Z]\w+(?:Ollama|Embeddings|Breaker|Error))\b", diagrams):
         assert cls in pkg.__all__ or cls == "ChatOllama", cls  # ChatOllama: langchain-ollama
+
+
+def test_readme_figures_are_the_ones_in_docs_benchmarks() -> None:
+    region = TEXT[
+        TEXT.index("<!-- figures: docs/benchmarks.md -->") : TEXT.index("<!-- /figures -->")
+    ]
+    bench = (ROOT / "docs" / "benchmarks.md").read_text()
+    figures = re.findall(r"\d[\d,]*(?:\.\d+)?(?: ms| s|\u00d7)", region)  # \u00d7: times sign
+    assert len(figures) >= 10, figures
+    missing = [f for f in figures if f not in bench]
+    assert not missing, f"README figures not in docs/benchmarks.md: {missing}"
+    for script in re.findall(r"`(bench_\w+\.py)`", region):
+        assert (ROOT / "benchmarks" / script).exists(), script
+        assert f"benchmarks/{script}" in bench, script
