@@ -945,7 +945,11 @@ class Router:
         if b.client is None:
             cfg = b.config
             kw = {k: v for k, v in cfg.client_kwargs.items() if k != "async_transport"}
-            kw["verify"] = shared_ssl_context(kw.get("verify", cfg.verify), kw.pop("cert", None))
+            kw["verify"] = shared_ssl_context(
+                kw.get("verify", cfg.verify),
+                kw.pop("cert", None),
+                tls=not cfg.plain_url.startswith("http://"),
+            )
             # Credentials travel in headers, never in the URL: httpx and httpcore log
             # request URLs (INFO/DEBUG), and their error texts quote them.
             b.client = httpx.Client(
