@@ -51,3 +51,12 @@ def test_cli_doc_check_json_example_has_exactly_the_keys_the_code_prints() -> No
     documented = set(re.findall(r"^\| `(\w+)` \|", key_table, re.M))
     # url, is_gpu, version and kind are explained in the prose above the example.
     assert keys - {"url", "is_gpu", "version", "kind"} <= documented, keys - documented
+
+
+def test_local_links_and_images_in_the_docs_exist() -> None:
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if target.startswith(("http://", "https://", "#", "mailto:")):
+                continue
+            path = (doc.parent / target.split("#", 1)[0]).resolve()
+            assert path.exists(), f"{doc.name}: link to missing {target}"
