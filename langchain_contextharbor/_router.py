@@ -147,14 +147,18 @@ _DECAY = 0.3
 """Weight of a new sample in the learned speed averages (about the last five calls)."""
 
 
-def learn_speed(old: SpeedEstimate | None, info: Mapping[str, Any]) -> SpeedEstimate | None:
+def learn_speed(
+    old: SpeedEstimate | None, info: Mapping[str, Any], *, queued: bool = False
+) -> SpeedEstimate | None:
     """Fold one final chunk's Ollama timings (integer nanoseconds) into ``old``.
 
     Pure. Returns ``old`` unchanged when the chunk carries no usable generation timing.
     Generation speed and answer length are decaying averages; the warm time to first token
     falls at once to a quicker sample and rises slowly (a request that waited for a slot
     must not make the server look slow); only a ``load_duration`` above a quarter second
-    counts as a cold load."""
+    counts as a cold load. A call that waited for a slot (``queued``) teaches only the
+    generation speed and answer length: servers count the wait into the other timings
+    (Ollama into ``load_duration``, some stand-ins into ``prompt_eval_duration``)."""
     ec, ed = info.get("eval_count"), info.get("eval_duration")
     if not (isinstance(ec, int) and ec > 0 and isinstance(ed, (int, float)) and ed > 0):
         return old
@@ -164,9 +168,11 @@ def learn_speed(old: SpeedEstimate | None, info: Mapping[str, Any]) -> SpeedEsti
     ld = info.get("load_duration")
     load = ld / 1e9 if isinstance(ld, (int, float)) and ld / 1e9 > 0.25 else None
     if old is None or old.samples <= 0:
-        return SpeedEstimate(tps, first, float(ec), load, 1)
+        return SpeedEstimate(tps, first, float(ec), None if queued else load, 1)
     a = _DECAY
-    if first < old.first_token_s:
+    if queued:
+        new_first, load = old.first_token_s, None
+    elif first < old.first_token_s:
         new_first = first
     else:
         new_first = old.first_token_s + 0.1 * (first - old.first_token_s)
@@ -616,6 +622,7 @@ class Router:
         *,
         model: str | None = None,
         info: Mapping[str, Any] | None = None,
+        queued: bool = False,
     ) -> None:
         """A call succeeded; ``info`` (the final chunk's generation_info, with Ollama's
         timings) teaches the router this model's speed on this backend."""
@@ -635,16 +642,16 @@ class Router:
             if ttft is not None:
                 b.stats.ttft.add(ttft)
             if info and model:
-                self._learn(name, model, info)
+                self._learn(name, model, info, queued)
         if closed and self._shared is not None:
             self._shared.publish_breaker(name, SharedBreaker("closed"), self.clock())
 
-    def _learn(self, name: str, model: str, info: Mapping[str, Any]) -> None:
+    def _learn(self, name: str, model: str, info: Mapping[str, Any], queued: bool) -> None:
         """Update the learned speed (under the lock). Plans are re-made only when the
         estimate moved by more than a tenth, so steady calls keep hitting the plan cache."""
         key = self._keys.get(model) or normalize_model_name(model)
         old = self.speeds.get((name, key))
-        new = learn_speed(old, info)
+        new = learn_speed(old, info, queued=queued)
         if new is None or new is old:
             return
         self.speeds[(name, key)] = new

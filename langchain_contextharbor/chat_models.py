@@ -343,6 +343,7 @@ class _Attempt:
         "held",
         "last",
         "model",
+        "queued",
         "reasons",
         "settled",
         "started",
@@ -374,9 +375,10 @@ class _Attempt:
         total = cfg.timeouts.total
         self.deadline = None if total is None else call.started + total
         """``time.monotonic()`` by which this call must end (``Timeouts.total``)."""
-        self.first_token, self.deadline_note = model._h.router.first_token_deadline(
-            cfg.name, call.model
-        )
+        router = model._h.router
+        self.first_token, self.deadline_note = router.first_token_deadline(cfg.name, call.model)
+        self.queued = router.get(cfg.name).in_flight > cfg.max_parallel
+        """Started behind other calls of this router on every slot (it waited)."""
         """A short first-token deadline when no model load is coming, else None."""
 
     def check_deadline(self) -> None:
@@ -436,6 +438,7 @@ class _Attempt:
             self.ttft,
             model=self.call.model,
             info=last.generation_info if last is not None else None,
+            queued=self.queued,
         )
 
     def abandoned(self, exc: BaseException) -> _Abandoned | None:
