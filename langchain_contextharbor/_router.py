@@ -286,6 +286,9 @@ class Router:
         self._plan_cache: dict[tuple[Any, ...], tuple[float, RoutePlan]] = {}
         self.speeds: dict[tuple[str, str], SpeedEstimate] = {}
         """(backend name, normalized model) -> learned speed. Plain data (fleet-shareable)."""
+        self._learned_at: dict[tuple[str, str], float] = {}
+        self._unstuck_version = -1
+        """Router version at which some backend was known usable (no recheck needed)."""
         self.answer_tokens: dict[str, float] = {}
         """normalized model -> decaying average answer length, over every backend."""
 
@@ -432,10 +435,16 @@ class Router:
             futs, left = self._first_probes()
             if futs:
                 return futs, left, True
-        if self.background_probes and self.first_probe_wait > 0:
+        if self._unstuck_version != self._version and self.background_probes:
+            # "Some backend is usable" only changes with the router's state (a version bump),
+            # never with time alone: check once per version, not on every call.
             now = self.clock()
+            version = self._version
             if self._stuck(now):
-                return self._recheck(now), self.first_probe_wait, False
+                if self.first_probe_wait > 0:
+                    return self._recheck(now), self.first_probe_wait, False
+            else:
+                self._unstuck_version = version
         return [], 0.0, False
 
     def wait_for_evidence(self) -> None:
@@ -651,6 +660,13 @@ class Router:
         estimate moved by more than a tenth, so steady calls keep hitting the plan cache."""
         key = self._keys.get(model) or normalize_model_name(model)
         old = self.speeds.get((name, key))
+        if old is not None and old.samples >= 8:
+            # Enough to plan on: at most ten samples a second from here (the hot path of a
+            # steady stream of calls must not pay for learning on every call).
+            t = time.perf_counter()
+            if t - self._learned_at.get((name, key), 0.0) < 0.1:
+                return
+            self._learned_at[(name, key)] = t
         new = learn_speed(old, info, queued=queued)
         if new is None or new is old:
             return
@@ -760,22 +776,27 @@ class Router:
         b = self._by_name[name]
         now = self.clock()
         window = self.warm_window
-        if b.answered_at is None or now - b.answered_at > window:
+        at = b.answered_at
+        if at is None or now - at > window:
             return None, "cold deadline: the server has not answered recently"
         key = self._keys.get(model) or normalize_model_name(model)
         p = b.probe
-        seen = b.warm.get(key)
-        loaded = bool(p and p.ok and p.loaded and key in p.loaded)
-        if not loaded and (seen is None or now - seen > window):
-            return None, "cold deadline: the model may have to load"
+        loaded = p is not None and p.loaded is not None and key in p.loaded
+        if not loaded:
+            seen = b.warm.get(key)
+            if seen is None or now - seen > window:
+                return None, "cold deadline: the model may have to load"
         if b.in_flight > b.config.max_parallel:
             return None, "cold deadline: queued behind other calls"
         sp = self.speeds.get((name, key))
-        base = sp.first_token_s if sp is not None else 0.0
+        deadline = (
+            floor if sp is None else max(floor, self.warm_first_token_factor * sp.first_token_s)
+        )
         limit = b.config.timeouts.first_token
-        deadline = min(limit, max(floor, self.warm_first_token_factor * base))
-        why = "loaded (/api/ps)" if loaded else f"answered {now - seen:.0f}s ago" if seen else ""
-        return deadline, f"warm first-token deadline {deadline:.1f}s (model {why})"
+        if deadline > limit:
+            deadline = limit
+        # Constant texts: this runs on every call; the caller formats them only on failure.
+        return deadline, "model loaded (/api/ps)" if loaded else "model answered here recently"
 
     def record_failure(
         self,

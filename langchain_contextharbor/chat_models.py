@@ -1074,7 +1074,10 @@ class HybridChatOllama(BaseChatModel):
         if att.first_token is not None and verdict.category is FailoverCategory.TIMEOUT:
             if call.attempts and not att.delivered:  # say which deadline ran out
                 last = call.attempts[-1]
-                note = f"{last.message} ({att.deadline_note})"
+                note = (
+                    f"{last.message} (warm first-token deadline {att.first_token:.1f}s: "
+                    f"{att.deadline_note})"
+                )
                 call.attempts[-1] = dataclasses.replace(last, message=note)
         text = cfg.scrub(str(exc))
         if isinstance(exc, DeadlineExceededError):
