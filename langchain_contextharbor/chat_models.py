@@ -934,8 +934,9 @@ class HybridChatOllama(BaseChatModel):
         """The ordered candidates for a call, with the reason for each position.
 
         ``request`` takes what a call would: ``num_ctx=``, ``options={"num_ctx": ...}``.
-        Pure over the router's current knowledge; it schedules a stale probe but never
-        waits for one (call :meth:`refresh` first to plan on fresh data).
+        Pure over the router's current knowledge; it schedules a stale probe and waits
+        only for the first probes of a fresh instance (at most ``first_probe_wait``), as a
+        call would (call :meth:`refresh` first to plan on fresh data).
         """
         if "num_ctx" in request:
             request = {
