@@ -907,7 +907,9 @@ class Router:
             with self._lock:
                 if self._executor is None:
                     self._executor = concurrent.futures.ThreadPoolExecutor(
-                        max_workers=max(2, len(self._backends)),
+                        # A probe and a background trial (which may wait a whole
+                        # first-token deadline) per backend; threads start only when needed.
+                        max_workers=max(2, 2 * len(self._backends)),
                         thread_name_prefix="contextharbor-probe",
                     )
         return self._executor
