@@ -58,5 +58,17 @@ def test_local_links_and_images_in_the_docs_exist() -> None:
         for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
             if target.startswith(("http://", "https://", "#", "mailto:")):
                 continue
-            path = (doc.parent / target.split("#", 1)[0]).resolve()
+            file, _, anchor = target.partition("#")
+            path = (doc.parent / file).resolve()
             assert path.exists(), f"{doc.name}: link to missing {target}"
+            if anchor and path.suffix == ".md":
+                assert anchor in _anchors(path), f"{doc.name}: no heading for {target}"
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens."""
+    out = set()
+    for heading in re.findall(r"^#+ (.+)$", path.read_text(), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        out.add(slug)
+    return out
