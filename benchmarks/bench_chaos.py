@@ -54,6 +54,8 @@ def main() -> int:
         f"| schedule phases | {actions} |",
         f"| complete answers, each identical to the serving backend's own | {report.ok} "
         f"(served: {served}; {report.fallbacks} after an invisible failover) |",
+        f"| streams the caller abandoned after their first chunk (a prefix of the serving "
+        f"backend's answer) | {report.abandoned} |",
         f"| documented typed errors | {errors} |",
         f"| invariant violations | **{len(report.violations)}** |",
         f"| slowest call / its deadline budget | {report.max_over_budget_ratio:.2f} |",

@@ -386,6 +386,7 @@ class Report:
     seed: int
     calls: int = 0
     ok: int = 0
+    abandoned: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     ops: Counter[str] = field(default_factory=Counter)
     served: Counter[str] = field(default_factory=Counter)
@@ -405,6 +406,7 @@ class Report:
             "seed": self.seed,
             "calls": self.calls,
             "ok": self.ok,
+            "abandoned_by_caller": self.abandoned,
             "typed_errors": dict(self.errors),
             "ops": dict(self.ops),
             "served": dict(self.served),
@@ -965,7 +967,9 @@ class ChaosRun:
         report.calls += 1
         report.ops[o.op] += 1
         self._elapsed.append(o.elapsed)
-        if o.error is None:
+        if o.error is None and o.abandoned:
+            report.abandoned += 1
+        elif o.error is None:
             report.ok += 1
             if o.backend:
                 report.served[o.backend] += 1
