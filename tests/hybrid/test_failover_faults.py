@@ -16,10 +16,26 @@ import ollama
 import pytest
 from langchain_core.messages import AIMessageChunk
 
-from langchain_contextharbor import HybridChatOllama, StreamInterruptedError, Timeouts
+from langchain_contextharbor import (
+    BackendConfig,
+    HybridChatOllama,
+    StreamInterruptedError,
+    Timeouts,
+)
 from langchain_contextharbor.testing import Fault, OllamaStandIn
 
+# Short deadlines only where a deadline is how the fault is provoked (a hang, a slow first
+# token): everywhere else, and always on the CPU that takes over, deadlines a loaded CI
+# machine cannot run out of, so a 404 or a cut connection is never read as a timeout.
 FAST = Timeouts(connect=0.5, first_token=0.6, idle=0.4, probe=0.5)
+ROOMY = Timeouts(connect=10.0, first_token=30.0, idle=30.0, probe=10.0)
+TIMED_FAULTS = {
+    Fault.ACCEPT_HANG,
+    Fault.HANG_BEFORE_FIRST_CHUNK,
+    Fault.HANG_AFTER_HEADERS,
+    Fault.SLOW_FIRST_TOKEN,
+    Fault.HANG_MID_STREAM,
+}
 PROMPT = "tell me something"
 CPU_ANSWER = "Hello from cpu (llama3.2:1b). You said: tell me something"
 
@@ -57,6 +73,22 @@ def _inject(srv: OllamaStandIn, fault: Fault, kw: dict[str, Any]) -> None:
         srv.inject(fault, count=1, **kw)
 
 
+def _model(
+    make_model: Callable[..., HybridChatOllama],
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    fault: Fault | None,
+) -> HybridChatOllama:
+    """A model whose GPU has FAST deadlines only when ``fault`` is provoked by one."""
+    gpu, cpu = pair
+    gpu_t = FAST if fault in TIMED_FAULTS else ROOMY
+    return make_model(
+        backends=[
+            BackendConfig(name="gpu", base_url=gpu.url, kind="gpu", timeouts=gpu_t),
+            BackendConfig(name="cpu", base_url=cpu.url, kind="cpu", timeouts=ROOMY),
+        ]
+    )
+
+
 def _ids(cases: list[Any]) -> list[str]:
     return [c[0].value for c in cases]
 
@@ -80,7 +112,7 @@ async def test_fault_before_first_chunk_falls_back_invisibly(
     mode: str,
 ) -> None:
     gpu, _cpu = pair
-    model = make_model(timeouts=FAST)
+    model = _model(make_model, pair, fault)
     _inject(gpu, fault, kw)
     if api == "invoke":
         msg = model.invoke(PROMPT) if mode == "sync" else await model.ainvoke(PROMPT)
@@ -105,7 +137,7 @@ async def test_slow_first_token_within_deadline_is_not_a_failure(
     mode: str,
 ) -> None:
     gpu, _ = pair
-    model = make_model(timeouts=Timeouts(connect=0.5, first_token=3.0, idle=0.4))
+    model = make_model(timeouts=Timeouts(connect=10.0, first_token=10.0, idle=30.0))
     gpu.inject(Fault.SLOW_FIRST_TOKEN, count=1, delay=0.3)
     msg = model.invoke(PROMPT) if mode == "sync" else await model.ainvoke(PROMPT)
     assert msg.response_metadata["backend"] == "gpu"
@@ -122,7 +154,7 @@ async def test_fault_after_first_chunk_invoke_still_falls_back(
     mode: str,
 ) -> None:
     gpu, _ = pair
-    model = make_model(timeouts=FAST)
+    model = _model(make_model, pair, fault)
     gpu.inject(fault, count=1, after_chunks=2)
     msg = model.invoke(PROMPT) if mode == "sync" else await model.ainvoke(PROMPT)
     assert msg.content == CPU_ANSWER
@@ -140,7 +172,7 @@ async def test_fault_after_first_chunk_stream_raises_typed_error_without_duplica
     mode: str,
 ) -> None:
     gpu, cpu = pair
-    model = make_model(timeouts=FAST)
+    model = _model(make_model, pair, fault)
     gpu.inject(fault, count=1, after_chunks=2)
     got: list[str] = []
     with pytest.raises(StreamInterruptedError) as info:
@@ -168,7 +200,7 @@ async def test_bad_request_is_not_failed_over(
     mode: str,
 ) -> None:
     gpu, cpu = pair
-    model = make_model(timeouts=FAST)
+    model = _model(make_model, pair, None)
     gpu.inject(Fault.HTTP_ERROR, count=1, status=400, message="invalid think value")
     with pytest.raises(ollama.ResponseError) as info:
         if mode == "sync":
