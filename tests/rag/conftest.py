@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # for `import ragkit` under any import mode
 
-from ragkit import EMBED, FAST, backends_for, make_pair
+from ragkit import EMBED, ROOMY, backends_for, make_pair
 
 from langchain_contextharbor import HybridOllamaEmbeddings
 from langchain_contextharbor.testing import OllamaStandIn
@@ -38,7 +38,7 @@ def make_embeddings(clock: FakeClock) -> Iterator[Callable[..., HybridOllamaEmbe
     def make(gpu: OllamaStandIn, cpu: OllamaStandIn, **kw: Any) -> HybridOllamaEmbeddings:
         params: dict[str, Any] = {
             "model": EMBED,
-            "backends": backends_for(gpu, cpu, kw.pop("timeouts", FAST)),
+            "backends": backends_for(gpu, cpu, kw.pop("timeouts", ROOMY)),
             "clock": clock,
             "background_probes": False,
         }

@@ -10,7 +10,11 @@ CHAT = "llama3.2:1b"
 EMBED = "nomic-embed-text"
 DIGEST_A = "a1" * 32
 DIGEST_B = "b2" * 32
-FAST = Timeouts(connect=0.5, first_token=2.0, idle=1.0, probe=0.5)
+# Deadlines a loaded CI machine cannot run out of: a probe that timed out (0.5 s was enough on
+# a busy 2-core machine) skips that server's digest check and moves the call elsewhere, so a
+# test expecting the GPU to answer (or to give its own error) would see the CPU instead. A
+# test that provokes a timeout sets a short deadline on the hung server only.
+ROOMY = Timeouts(connect=10.0, first_token=30.0, idle=30.0, probe=10.0)
 
 
 def make_pair(
@@ -25,7 +29,7 @@ def make_pair(
 
 
 def backends_for(
-    gpu: OllamaStandIn, cpu: OllamaStandIn, timeouts: Timeouts = FAST
+    gpu: OllamaStandIn, cpu: OllamaStandIn, timeouts: Timeouts = ROOMY
 ) -> list[BackendConfig]:
     return [
         BackendConfig(name="gpu", base_url=gpu.url, kind="gpu", timeouts=timeouts),

@@ -130,11 +130,16 @@ async def test_async_failover_when_the_gpu_refuses(
 def test_a_hung_gpu_times_out_and_the_cpu_answers(
     pair: tuple[OllamaStandIn, OllamaStandIn], make_embeddings: MakeEmb
 ) -> None:
-    from langchain_contextharbor import Timeouts
+    from langchain_contextharbor import BackendConfig, Timeouts
 
     gpu, cpu = pair
     gpu.inject(Fault.HANG_BEFORE_FIRST_CHUNK, paths=["/api/embed"])
-    emb = make_embeddings(gpu, cpu, timeouts=Timeouts(connect=0.5, first_token=0.3, probe=0.5))
+    # A short first-token deadline on the hung GPU only: the probes and the CPU that answers
+    # keep deadlines a loaded machine cannot run out of.
+    short = Timeouts(connect=10.0, first_token=0.3, probe=10.0)
+    roomy = backends_for(gpu, cpu)[1]
+    hung = BackendConfig(name="gpu", base_url=gpu.url, kind="gpu", timeouts=short)
+    emb = make_embeddings(gpu, cpu, backends=[hung, roomy])
     assert emb.embed_query("hello") == reference(cpu, ["hello"])[0]
     assert emb.shared_router.stats()["gpu"]["failures"]["timeout"] == 1
 
