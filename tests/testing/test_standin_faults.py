@@ -23,7 +23,11 @@ from langchain_contextharbor.testing import BUSY_MESSAGE, Fault, OllamaStandIn
 from langchain_contextharbor.testing.pytest_plugin import StandInFactory
 
 MODEL = "llama3.2:1b"
-TIMEOUT = 0.3
+# A read timeout short enough to end a hang quickly: used only where a hang is how the test
+# provokes the timeout. Every call that must succeed (or meet another fault) gets ROOMY, which a
+# loaded CI machine cannot run out of; a hang (capped at 60 s) is far beyond both.
+SHORT = 0.3
+ROOMY = 10.0
 
 
 @pytest.fixture
@@ -31,7 +35,7 @@ def srv(ollama_standin_factory: StandInFactory) -> OllamaStandIn:
     return ollama_standin_factory(name="gpu", models=[MODEL], loaded=[MODEL])
 
 
-def chat_model(srv: OllamaStandIn, timeout: float = TIMEOUT) -> ChatOllama:
+def chat_model(srv: OllamaStandIn, timeout: float = ROOMY) -> ChatOllama:
     return ChatOllama(model=MODEL, base_url=srv.url, client_kwargs={"timeout": timeout})
 
 
@@ -78,8 +82,8 @@ async def test_hang_before_any_chunk_times_out(srv: OllamaStandIn, mode: str, fa
     got: list[AIMessageChunk] = []
     t0 = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
-        await stream(chat_model(srv), mode, got)
-    assert got == [] and time.monotonic() - t0 < 5
+        await stream(chat_model(srv, SHORT), mode, got)
+    assert got == [] and time.monotonic() - t0 < 20  # the read timeout, not the 60 s hang cap
     assert srv.requests_to("/api/chat")[-1].fault is fault
     assert "from gpu" in (await invoke(chat_model(srv), mode)).content  # count=1 is spent
 
@@ -88,8 +92,8 @@ async def test_hang_before_any_chunk_times_out(srv: OllamaStandIn, mode: str, fa
 async def test_hang_mid_stream(srv: OllamaStandIn, mode: str) -> None:
     srv.inject(Fault.HANG_MID_STREAM, count=1, after_chunks=2)
     got: list[AIMessageChunk] = []
-    with pytest.raises(httpx.ReadTimeout):
-        await stream(chat_model(srv), mode, got)
+    with pytest.raises(httpx.ReadTimeout):  # 1 s: the two chunks before the hang must arrive
+        await stream(chat_model(srv, 1.0), mode, got)
     assert [c.content for c in got] == ["Hello", " from"]
 
 
@@ -169,13 +173,13 @@ async def test_slow_first_token(srv: OllamaStandIn, mode: str) -> None:
     srv.inject(Fault.SLOW_FIRST_TOKEN, count=1, delay=0.2)
     t0 = time.monotonic()
     got: list[AIMessageChunk] = []
-    await stream(chat_model(srv, timeout=5), mode, got)
+    await stream(chat_model(srv), mode, got)
     assert time.monotonic() - t0 >= 0.2
     assert "".join(str(c.content) for c in got).startswith("Hello from gpu")
     # ... and beyond a short read timeout it is a timeout
     srv.inject(Fault.SLOW_FIRST_TOKEN, count=1, delay=1.0)
     with pytest.raises(httpx.ReadTimeout):
-        await stream(chat_model(srv), mode, [])
+        await stream(chat_model(srv, SHORT), mode, [])
 
 
 def test_non_streaming_requests_meet_faults(srv: OllamaStandIn) -> None:
@@ -192,20 +196,20 @@ def test_non_streaming_requests_meet_faults(srv: OllamaStandIn) -> None:
         model.invoke("x", stream=False)
     srv.inject(Fault.HANG_BEFORE_FIRST_CHUNK, count=1)
     with pytest.raises(httpx.ReadTimeout):
-        model.invoke("x", stream=False)
+        chat_model(srv, SHORT).invoke("x", stream=False)
 
 
 def test_probes_keep_answering_while_chat_hangs(srv: OllamaStandIn) -> None:
     srv.inject(Fault.HANG_BEFORE_FIRST_CHUNK)
     with pytest.raises(httpx.ReadTimeout):
-        chat_model(srv).invoke("x")
-    client = ollama.Client(host=srv.url, timeout=2)
-    assert httpx.get(srv.url, timeout=2).text == "Ollama is running"
+        chat_model(srv, SHORT).invoke("x")
+    client = ollama.Client(host=srv.url, timeout=ROOMY)
+    assert httpx.get(srv.url, timeout=ROOMY).text == "Ollama is running"
     assert [m.model for m in client.ps().models] == [MODEL]
     assert client.show(MODEL).modelinfo
     # a fault without count stays until cleared
     with pytest.raises(httpx.ReadTimeout):
-        chat_model(srv).invoke("x")
+        chat_model(srv, SHORT).invoke("x")
     srv.clear_faults()
     assert "from gpu" in str(chat_model(srv).invoke("x").content)
 
@@ -215,11 +219,11 @@ def test_paths_widen_and_narrow(srv: OllamaStandIn) -> None:
     assert httpx.get(srv.url + "/api/tags").status_code == 503
     srv.inject(Fault.HANG_BEFORE_FIRST_CHUNK, count=1, paths=["/api/ps"])
     with pytest.raises(httpx.ReadTimeout):
-        httpx.get(srv.url + "/api/ps", timeout=TIMEOUT)
+        httpx.get(srv.url + "/api/ps", timeout=SHORT)
     assert "from gpu" in str(chat_model(srv).invoke("x").content)  # chat untouched
     srv.inject(Fault.ACCEPT_HANG, count=1)  # default: every path
     with pytest.raises(httpx.ReadTimeout):
-        httpx.get(srv.url + "/", timeout=TIMEOUT)
+        httpx.get(srv.url + "/", timeout=SHORT)
     assert srv.faults == []
 
 
@@ -245,12 +249,12 @@ def test_clear_faults_resumes_a_hung_stream(srv: OllamaStandIn) -> None:
 
     worker = threading.Thread(target=consume, daemon=True)
     worker.start()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # a safety net: the loop ends as soon as it sees it
     while len(got) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert got == ["Hello", " from"] and not done.is_set()
     srv.clear_faults()
-    assert done.wait(5)
+    assert done.wait(30)
     assert "".join(got) == "Hello from gpu (llama3.2:1b). You said: hello there"
 
 
@@ -271,14 +275,16 @@ def test_stop_never_hangs_on_hung_handlers(srv: OllamaStandIn) -> None:
     ]
     for w in workers:
         w.start()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # a safety net: the loop ends as soon as it sees it
     while len(srv.requests) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     t0 = time.monotonic()
-    srv.stop()
-    assert time.monotonic() - t0 < 3
+    # stop() waits up to 30 s for handler threads; released hung handlers end at once, while
+    # handlers left hanging (60 s cap) would keep it waiting the whole 30 s.
+    srv.stop(timeout=30)
+    assert time.monotonic() - t0 < 20
     for w in workers:
-        w.join(5)
+        w.join(30)
     assert len(errors) == 2
     assert all(isinstance(e, httpx.TransportError) for e in errors), errors
     srv.clear_faults()
@@ -291,14 +297,14 @@ def test_hang_cap_bounds_every_hang(ollama_standin_factory: StandInFactory) -> N
     srv.inject(Fault.HANG_BEFORE_FIRST_CHUNK, count=1)
     t0 = time.monotonic()
     with pytest.raises(httpx.RemoteProtocolError):  # dropped when the cap expires
-        chat_model(srv, timeout=5).invoke("x")
-    assert time.monotonic() - t0 < 2
+        chat_model(srv).invoke("x")  # (a hang past the cap would end in a 10 s ReadTimeout)
+    assert time.monotonic() - t0 < 9
 
 
 def test_finite_hang_resumes(srv: OllamaStandIn) -> None:
     srv.inject(Fault.HANG_MID_STREAM, count=1, after_chunks=1, delay=0.2)
     t0 = time.monotonic()
-    out = chat_model(srv, timeout=5).invoke("x")
+    out = chat_model(srv).invoke("x")
     assert time.monotonic() - t0 >= 0.2 and "from gpu" in str(out.content)
 
 
@@ -309,10 +315,10 @@ def test_clear_faults_releases_accept_hang(srv: OllamaStandIn) -> None:
         target=lambda: result.append(httpx.get(srv.url + "/api/version", timeout=10).status_code)
     )
     worker.start()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # a safety net: the loop ends as soon as it sees it
     while not srv.requests and time.monotonic() < deadline:
         time.sleep(0.01)
     assert srv.requests[-1].status is None  # accepted, unanswered
     srv.clear_faults()
-    worker.join(5)
+    worker.join(30)
     assert result == [200]

@@ -389,7 +389,8 @@ def test_load_delay_lists_model_while_loading(ollama_standin_factory: StandInFac
     assert time.monotonic() - t0 >= 0.3
     assert (r.load_duration or 0) >= 300_000_000
     r2 = client.chat(model="llama3.2:1b", messages=[{"role": "user", "content": "x"}])
-    assert (r2.load_duration or 0) < 100_000_000
+    # no reload: less than the 0.3 s a load costs (not a stopwatch bound: a reload pays it all)
+    assert (r2.load_duration or 0) < 300_000_000
     assert [m.model for m in client.ps().models] == ["llama3.2:1b"]
 
 
