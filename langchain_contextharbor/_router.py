@@ -284,6 +284,9 @@ class Router:
         self._keys: dict[str, str] = {}
         """Bumped on every change of what plans depend on (plans are cached per version)."""
         self._plan_cache: dict[tuple[Any, ...], tuple[float, RoutePlan]] = {}
+        self._last_plan: tuple[Any, ...] | None = None
+        """The last plan with its key (model, num_ctx, policy, sizes, version, loads) and
+        expiry: a repeated call checks it without building and hashing the cache key."""
         self.speeds: dict[tuple[str, str], SpeedEstimate] = {}
         """(backend name, normalized model) -> learned speed. Plain data (fleet-shareable)."""
         self._learned_at: dict[tuple[str, str], float] = {}
@@ -337,19 +340,32 @@ class Router:
         with self._lock:
             # The key and the snapshots are read under one lock, so a plan is never stored
             # under a state (version, in-flight counts) other than the one it was made from.
-            ck: tuple[Any, ...] = (
-                model,
-                num_ctx,
-                policy,
-                tuple(sizes.items()),
-                self._version,
-                tuple(b.load for b in self._backends),
-            )
+            version = self._version
+            if self._shared is None:
+                loads = tuple([b.in_flight for b in self._backends])
+            else:
+                loads = tuple([b.load for b in self._backends])
+            last = self._last_plan
+            if (
+                last is not None
+                and last[0] == model
+                and last[1] == num_ctx
+                and last[2] is policy
+                and last[4] == version
+                and last[5] == loads
+                and now < last[6]
+                and last[3] == sizes
+            ):
+                # Hot path: the same request as the last plan, on the same state (no tuple
+                # of the size table to build and hash, no dataclass hash of the policy).
+                return last[7]  # type: ignore[no-any-return]
+            ck: tuple[Any, ...] = (model, num_ctx, policy, tuple(sizes.items()), version, loads)
             try:
                 hit = self._plan_cache.get(ck)
             except TypeError:  # an unhashable value in the size table: estimate raises below
                 ck, hit = (), None
             if hit is not None and now < hit[0]:
+                self._last_plan = (model, num_ctx, policy, dict(sizes), *ck[4:], *hit)
                 return hit[1]
             snaps, tags_size, arch, valid_until = self._snapshots(key, num_ctx, now)
         # A size the user put in the table beats the server's; a built-in default does not.
@@ -381,6 +397,7 @@ class Router:
                 if len(self._plan_cache) > 512:
                     self._plan_cache.clear()
                 self._plan_cache[ck] = (valid_until, plan)
+                self._last_plan = (model, num_ctx, policy, dict(sizes), *ck[4:], valid_until, plan)
         return plan
 
     def _first_probes(self) -> tuple[list[concurrent.futures.Future[ProbeResult]], float]:
@@ -457,6 +474,14 @@ class Router:
             concurrent.futures.wait(futs, timeout=left)
             if first:
                 self._after_first_wait(futs)
+
+    def evidence_due(self) -> bool:
+        """Whether :meth:`await_evidence` may have probes to wait for (False on the hot
+        path: primed, and some backend known usable at this version), so async calls skip
+        creating and awaiting its coroutine."""
+        return not self._primed or (
+            self._unstuck_version != self._version and self.background_probes
+        )
 
     async def await_evidence(self) -> None:
         """The async twin of :meth:`wait_for_evidence`: awaits, never blocks the loop."""
@@ -759,6 +784,14 @@ class Router:
             self._shared.publish_breaker(name, shared, now)
         logger.info("background trial of %s: %s", name, "ok" if ok else "failed")
         return ok
+
+    def attempt_limits(self, name: str, model: str) -> tuple[float | None, str, bool]:
+        """:meth:`first_token_deadline` for an attempt starting now on ``name``, and whether
+        it starts behind other calls of this router on every slot (it will wait). One call
+        per attempt on the hot path."""
+        b = self._by_name[name]
+        deadline, note = self.first_token_deadline(name, model)
+        return deadline, note, b.in_flight > b.config.max_parallel
 
     def first_token_deadline(self, name: str, model: str) -> tuple[float | None, str]:
         """A short first-token deadline for a call on ``name`` when no load is coming, else

@@ -343,6 +343,7 @@ class _Attempt:
         "held",
         "last",
         "model",
+        "passing",
         "queued",
         "reasons",
         "settled",
@@ -357,6 +358,7 @@ class _Attempt:
         cfg: BackendConfig,
         reasons: Sequence[str],
         gate: bool,
+        router: Router,
     ) -> None:
         self.model = model
         self.call = call
@@ -370,16 +372,18 @@ class _Attempt:
         self.delivered = 0
         self.chars = 0
         self.committed = False
+        self.passing = False
+        """Every further chunk goes straight on (committed, or not gated and stamped)."""
         self.settled = False
         """Success or failure recorded; a slot released unsettled was abandoned."""
         total = cfg.timeouts.total
         self.deadline = None if total is None else call.started + total
         """``time.monotonic()`` by which this call must end (``Timeouts.total``)."""
-        router = model._h.router
-        self.first_token, self.deadline_note = router.first_token_deadline(cfg.name, call.model)
-        self.queued = router.get(cfg.name).in_flight > cfg.max_parallel
-        """Started behind other calls of this router on every slot (it waited)."""
-        """A short first-token deadline when no model load is coming, else None."""
+        self.first_token, self.deadline_note, self.queued = router.attempt_limits(
+            cfg.name, call.model
+        )
+        """A short first-token deadline when no model load is coming, else None; and
+        whether it started behind other calls of this router on every slot (it waited)."""
 
     def check_deadline(self) -> None:
         """Raise DeadlineExceededError when the call's total time is spent."""
@@ -395,20 +399,19 @@ class _Attempt:
         self.last = chunk
         if self.deadline is not None:
             self.check_deadline()
-        if self.committed or not self.gate:
-            if self.delivered == 0:
-                self.ttft = time.perf_counter() - self.started
-                self.held = [chunk]
-                self._stamp()
-                self.held = []
+        if self.passing:  # the common case: one chunk in, the same chunk out
             self.delivered += 1
             content = chunk.message.content
-            self.chars += len(content) if isinstance(content, str) else 0
+            if type(content) is str:
+                self.chars += len(content)
             return (chunk,)
         held = self.held
         held.append(chunk)
-        if _substantive(chunk):
-            self.committed = True
+        if not self.gate or _substantive(chunk):
+            # Streaming: the first substantive chunk commits. Invoke: every chunk goes on
+            # at once (for on_llm_new_token), the first one stamped, nothing committed.
+            self.committed = self.gate
+            self.passing = True
             self.ttft = time.perf_counter() - self.started
             self._stamp()
             self.held = []
@@ -848,6 +851,15 @@ class HybridChatOllama(BaseChatModel):
         """One ChatOllama per backend name (built on access)."""
         return {c.name: self.backend_model(c.name) for c in self._h.configs}
 
+    def _async_inner_built(self, name: str) -> ChatOllama | None:
+        """The inner model of ``name`` for the running loop when it exists (the hot path:
+        no coroutine to create and await), else None."""
+        loop = asyncio.get_running_loop()
+        entry = self._h.async_inner.get((name, id(loop)))
+        if entry is not None and entry[0]() is loop:
+            return entry[1]
+        return None
+
     async def _async_backend_model(self, name: str) -> ChatOllama:
         # ollama.AsyncClient binds its connection pool to the loop of its first request;
         # keep one inner model per running loop so a second asyncio.run() still works.
@@ -1247,7 +1259,7 @@ class HybridChatOllama(BaseChatModel):
                         metadata=run_manager.metadata,
                     ).on_custom_event(ABANDONED_EVENT, item.data, run_id=run_manager.run_id)
                 continue
-            chunk = cast(ChatGenerationChunk, item)
+            chunk: ChatGenerationChunk = item  # type: ignore[assignment]
             if notify:
                 assert run_manager is not None
                 if chunk.message.id is None:
@@ -1288,7 +1300,7 @@ class HybridChatOllama(BaseChatModel):
         stop = self._effective_stop(stop)
         router = self._h.router
         for cfg, reasons in self._candidates(call):
-            att = _Attempt(self, call, cfg, reasons, gate)
+            att = _Attempt(self, call, cfg, reasons, gate, router)
             try:  # from here on the slot acquired by _candidates is always released
                 inner = self.backend_model(cfg.name)
                 stream = cast(
@@ -1346,7 +1358,7 @@ class HybridChatOllama(BaseChatModel):
                         metadata=run_manager.metadata,
                     ).on_custom_event(ABANDONED_EVENT, item.data, run_id=run_manager.run_id)
                 continue
-            chunk = cast(ChatGenerationChunk, item)
+            chunk: ChatGenerationChunk = item  # type: ignore[assignment]
             if notify:
                 assert run_manager is not None
                 if chunk.message.id is None:
@@ -1356,15 +1368,19 @@ class HybridChatOllama(BaseChatModel):
         assert final is not None
         return _to_result(final, run_id)
 
-    async def _astream(
+    def _astream(
         self,
         messages: list[BaseMessage],
         stop: list[str] | None = None,
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        async for chunk in self._arouted_stream(messages, stop, gate=True, **kwargs):
-            yield cast(ChatGenerationChunk, chunk)
+        # The routed stream itself, not a generator re-yielding it (one hop less per chunk);
+        # with gate=True it never yields an _Abandoned marker.
+        return cast(
+            AsyncIterator[ChatGenerationChunk],
+            self._arouted_stream(messages, stop, gate=True, **kwargs),
+        )
 
     async def _arouted_stream(
         self,
@@ -1375,14 +1391,17 @@ class HybridChatOllama(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk | _Abandoned]:
         """The async twin of :meth:`_routed_stream`; the decisions are shared."""
-        await self._h.router.await_evidence()  # so _start's plan never blocks the loop
+        router = self._h.router
+        if router.evidence_due():
+            await router.await_evidence()  # so _start's plan never blocks the loop
         call = self._start(kwargs)
         stop = self._effective_stop(stop)
-        router = self._h.router
         for cfg, reasons in self._candidates(call):
-            att = _Attempt(self, call, cfg, reasons, gate)
+            att = _Attempt(self, call, cfg, reasons, gate, router)
             try:
-                inner = await self._async_backend_model(cfg.name)
+                inner = self._async_inner_built(cfg.name)
+                if inner is None:
+                    inner = await self._async_backend_model(cfg.name)
                 stream = cast(
                     AsyncGenerator[ChatGenerationChunk, None],
                     inner._aiterate_over_stream(messages, stop, **kwargs),
