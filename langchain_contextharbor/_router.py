@@ -667,35 +667,38 @@ class Router:
             if not br.is_clean:
                 self._version += 1
                 br.record_success()
-            b.stats.successes += 1
+            stats = b.stats
+            stats.successes += 1
             now = self.clock()
             b.answered_at = now
-            if model:
-                b.warm[self._keys.get(model) or normalize_model_name(model)] = now
-            b.stats.latency.add(latency)
+            stats.latency.add(latency)
             if ttft is not None:
-                b.stats.ttft.add(ttft)
-            if info and model:
-                self._learn(name, model, info, queued)
+                stats.ttft.add(ttft)
+            if model:
+                key = self._keys.get(model) or normalize_model_name(model)
+                b.warm[key] = now
+                if info:
+                    self._learn(name, key, info, queued)
         if closed and self._shared is not None:
             self._shared.publish_breaker(name, SharedBreaker("closed"), self.clock())
 
-    def _learn(self, name: str, model: str, info: Mapping[str, Any], queued: bool) -> None:
-        """Update the learned speed (under the lock). Plans are re-made only when the
-        estimate moved by more than a tenth, so steady calls keep hitting the plan cache."""
-        key = self._keys.get(model) or normalize_model_name(model)
-        old = self.speeds.get((name, key))
+    def _learn(self, name: str, key: str, info: Mapping[str, Any], queued: bool) -> None:
+        """Update the learned speed of normalized model ``key`` (under the lock). Plans are
+        re-made only when the estimate moved by more than a tenth, so steady calls keep
+        hitting the plan cache."""
+        sk = (name, key)
+        old = self.speeds.get(sk)
         if old is not None and old.samples >= 8:
             # Enough to plan on: at most ten samples a second from here (the hot path of a
             # steady stream of calls must not pay for learning on every call).
             t = time.perf_counter()
-            if t - self._learned_at.get((name, key), 0.0) < 0.1:
+            if t - self._learned_at.get(sk, 0.0) < 0.1:
                 return
-            self._learned_at[(name, key)] = t
+            self._learned_at[sk] = t
         new = learn_speed(old, info, queued=queued)
         if new is None or new is old:
             return
-        self.speeds[(name, key)] = new
+        self.speeds[sk] = new
         prev = self.answer_tokens.get(key)
         ec = float(info["eval_count"])
         self.answer_tokens[key] = ec if prev is None else prev + _DECAY * (ec - prev)

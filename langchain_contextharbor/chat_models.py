@@ -471,6 +471,7 @@ class _HotState:
         "async_inner",
         "build_lock",
         "configs",
+        "ident",
         "owner",
         "policy_cache",
         "router",
@@ -489,6 +490,9 @@ class _HotState:
         ] = {}
         self.build_lock = threading.Lock()
         self.policy_cache: tuple[tuple[Any, ...], RoutePolicy] | None = None
+        self.ident: dict[str, Any] | None = None
+        """``_identifying_params`` (langchain-core asks on every call); reset with the
+        inner models when ``model`` or a passed-through parameter is set."""
 
 
 class HybridChatOllama(BaseChatModel):
@@ -787,6 +791,7 @@ class HybridChatOllama(BaseChatModel):
             h = private.get("_hot")
             if isinstance(h, _HotState):
                 with h.build_lock:
+                    h.ident = None
                     h.sync_inner.clear()
                     h.async_inner.clear()
 
@@ -898,11 +903,15 @@ class HybridChatOllama(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "backends": [f"{c.name}={c.safe_url}" for c in self._h.configs],
-            **self._inner_params(),
-        }
+        h = self._h
+        ident = h.ident
+        if ident is None:
+            ident = h.ident = {
+                "model": self.model,
+                "backends": [f"{c.name}={c.safe_url}" for c in h.configs],
+                **self._inner_params(),
+            }
+        return {**ident, "backends": list(ident["backends"])}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
@@ -1181,11 +1190,14 @@ class HybridChatOllama(BaseChatModel):
                 call.skipped = list(call.plan.skipped)
             tried = False
             cands = call.plan.candidates
+            names = call.plan.backend_names
+            last = len(cands) - 1
+            spillover = self.spillover
             deferred: list[tuple[BackendConfig, Sequence[str]]] = []
             on_trial: list[tuple[BackendConfig, Sequence[str]]] = []
             for i, cand in enumerate(cands):
                 cfg = router.get(cand.backend).config
-                if i + 1 < len(cands) and router.trial_in_background(cfg.name, call.model):
+                if i < last and router.trial_in_background(cfg.name, call.model):
                     call.skipped.append(SkipRecord(cfg.name, cfg.safe_url, _ON_TRIAL))
                     on_trial.append((cfg, cand.reasons))
                     continue
@@ -1193,7 +1205,7 @@ class HybridChatOllama(BaseChatModel):
                 # candidate that queues fewer calls per slot (spill-over on fresh counts);
                 # one passed over this way is tried again last, so a call never fails for
                 # want of a slot.
-                spill = [c.backend for c in cands[i + 1 :]] if self.spillover else ()
+                spill = names[i + 1 :] if spillover else ()
                 if not router.acquire(cfg.name, spill):
                     if spill:
                         deferred.append((cfg, cand.reasons))

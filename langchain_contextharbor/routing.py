@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from langchain_contextharbor.errors import SkipRecord
@@ -206,7 +207,13 @@ class RoutePlan:
 
     @property
     def backends(self) -> list[str]:
-        return [c.backend for c in self.candidates]
+        return list(self.backend_names)
+
+    @cached_property
+    def backend_names(self) -> tuple[str, ...]:
+        """The candidates' backend names in order (computed once per plan: plans are
+        cached, and every call and attempt asks)."""
+        return tuple(c.backend for c in self.candidates)
 
     @property
     def primary(self) -> str | None:
