@@ -19,10 +19,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from langchain_contextharbor.testing import OllamaStandIn
+from langchain_contextharbor.testing import ChatTurn, EngineEvent, OllamaStandIn, ScriptedEngine
 from langchain_contextharbor.testing.pytest_plugin import StandInFactory
 from langchain_contextharbor.testing.redis_server import RedisServer
 
@@ -45,6 +47,30 @@ def wait_files(d: Path, prefix: str, n: int, procs: list[subprocess.Popen[bytes]
         time.sleep(0.005)
 
 
+@dataclass
+class CountingEngine(ScriptedEngine):
+    """Scripted answers, counting the chats generating right now.
+
+    The stand-in closes the engine's generator before it writes the final ``done`` line, so a
+    chat stops counting before its client can see the answer end (and release its fleet
+    count). The server's own ``in_flight`` also holds the tail of an answer already complete
+    for the client, which on a loaded machine let the next call queue behind it and be
+    counted as a third concurrent call.
+    """
+
+    active: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def chat(self, turn: ChatTurn) -> Iterator[EngineEvent]:
+        with self.lock:
+            self.active += 1
+        try:
+            yield from super().chat(turn)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
 class Peak:
     """Samples each stand-in's load (generating + queued) while a phase runs."""
 
@@ -57,7 +83,13 @@ class Peak:
     def _run(self) -> None:
         while not self._stop.is_set():
             for k, s in self.servers.items():
-                self.peak[k] = max(self.peak[k], s.in_flight + s.queued)
+                engine = s.engine
+                assert isinstance(engine, CountingEngine)
+                # Read under the stand-in's slot lock: the queue cannot change meanwhile, so
+                # no call is counted both queued and generating.
+                with s._slots:
+                    load = engine.active + s._waiting
+                self.peak[k] = max(self.peak[k], load)
             time.sleep(0.0005)
 
     def __enter__(self) -> Peak:
@@ -75,10 +107,13 @@ def test_four_workers_share_load_and_a_dead_gpu_costs_one_attempt(
     model = "llama3.2:1b"
     kw: dict[str, Any] = {"models": [model], "num_parallel": 1, "token_delay": 0.004}
     s = {
-        "fleet_gpu": ollama_standin_factory(name="fleet_gpu", gpu_fraction=1.0, **kw),
-        "fleet_cpu": ollama_standin_factory(name="fleet_cpu", gpu_fraction=0.0, **kw),
-        "local_gpu": ollama_standin_factory(name="local_gpu", gpu_fraction=1.0, **kw),
-        "local_cpu": ollama_standin_factory(name="local_cpu", gpu_fraction=0.0, **kw),
+        name: ollama_standin_factory(
+            name=name,
+            gpu_fraction=1.0 if name.endswith("gpu") else 0.0,
+            engine=CountingEngine(),
+            **kw,
+        )
+        for name in ("fleet_gpu", "fleet_cpu", "local_gpu", "local_cpu")
     }
     phases = [
         {"name": "load-fleet", "mode": "fleet", "calls": CALLS},
