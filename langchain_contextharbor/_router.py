@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
+import json
 import logging
 import threading
 import time
@@ -47,6 +49,7 @@ from langchain_contextharbor.routing import (
 )
 from langchain_contextharbor.sizing import (
     DEFAULT_MODEL_SIZES,
+    DEFAULT_NUM_CTX,
     ArchInfo,
     estimate_model_bytes,
     estimate_request_bytes,
@@ -103,6 +106,9 @@ class BackendRuntime:
     """A breaker change to hand to the fleet once the router's lock is released."""
     fleet: SharedBackend | None = None
     """The fleet's view of this backend (fleet mode, shared store reachable), else None."""
+    calibrations: int = 0
+    """Speed calibration requests sent here (not user calls: not in ``stats.requests``)."""
+    calibration_failures: int = 0
 
     @property
     def load(self) -> int:
@@ -148,7 +154,11 @@ _DECAY = 0.3
 
 
 def learn_speed(
-    old: SpeedEstimate | None, info: Mapping[str, Any], *, queued: bool = False
+    old: SpeedEstimate | None,
+    info: Mapping[str, Any],
+    *,
+    queued: bool = False,
+    answer_tokens: float | None = None,
 ) -> SpeedEstimate | None:
     """Fold one final chunk's Ollama timings (integer nanoseconds) into ``old``.
 
@@ -158,7 +168,9 @@ def learn_speed(
     must not make the server look slow); only a ``load_duration`` above a quarter second
     counts as a cold load. A call that waited for a slot (``queued``) teaches only the
     generation speed and answer length: servers count the wait into the other timings
-    (Ollama into ``load_duration``, some stand-ins into ``prompt_eval_duration``)."""
+    (Ollama into ``load_duration``, some stand-ins into ``prompt_eval_duration``). A
+    calibration request's answer is cut short on purpose: pass ``answer_tokens`` (the
+    answer length known from real calls) and its length teaches nothing."""
     ec, ed = info.get("eval_count"), info.get("eval_duration")
     if not (isinstance(ec, int) and ec > 0 and isinstance(ed, (int, float)) and ed > 0):
         return old
@@ -168,8 +180,10 @@ def learn_speed(
     ld = info.get("load_duration")
     load = ld / 1e9 if isinstance(ld, (int, float)) and ld / 1e9 > 0.25 else None
     if old is None or old.samples <= 0:
-        return SpeedEstimate(tps, first, float(ec), None if queued else load, 1)
+        length = float(ec) if answer_tokens is None else answer_tokens
+        return SpeedEstimate(tps, first, length, None if queued else load, 1)
     a = _DECAY
+    length = old.output_tokens + a * (ec - old.output_tokens)
     if queued:
         new_first, load = old.first_token_s, None
     elif first < old.first_token_s:
@@ -185,10 +199,20 @@ def learn_speed(
     return SpeedEstimate(
         old.tokens_per_s + a * (tps - old.tokens_per_s),
         new_first,
-        old.output_tokens + a * (ec - old.output_tokens),
+        old.output_tokens if answer_tokens is not None else length,
         new_load,
         old.samples + 1,
     )
+
+
+CALIBRATION_TOKENS = 16
+"""Tokens a speed calibration asks for (``num_predict``): enough for a generation speed."""
+CALIBRATION_PROMPT = "Count from one to twenty in words, separated by commas."
+"""A fixed, short prompt whose answer is longer than :data:`CALIBRATION_TOKENS`."""
+
+
+class _Missing(Exception):
+    """A calibration request got a 404: the model is not on that server."""
 
 
 def _service_s(sp: SpeedEstimate | None) -> float:
@@ -241,6 +265,8 @@ class Router:
         warm_first_token_factor: float = 5.0,
         warm_window: float = 120.0,
         background_trials: bool = True,
+        calibrate_speeds: bool = True,
+        calibration_cooldown: float = 300.0,
         nvml: Any = None,
         host_memory: Callable[[], int | None] | None = None,
         shared_state: SharedState | None = None,
@@ -254,6 +280,12 @@ class Router:
         self.background_trials = background_trials
         self.trial_futures: dict[str, concurrent.futures.Future[bool]] = {}
         """backend name -> its background trial call (see :meth:`trial_in_background`)."""
+        self.calibrate_speeds = calibrate_speeds
+        self.calibration_cooldown = calibration_cooldown
+        self.calibration_futures: dict[str, concurrent.futures.Future[bool]] = {}
+        """backend name -> its speed calibration request (see :meth:`calibrate`)."""
+        self._calibrated_at: dict[tuple[str, str], float] = {}
+        """(backend, normalized model) -> clock time its last calibration started."""
         self._primed = not background_probes or first_probe_wait <= 0
         """True once no plan needs to wait for a first probe any more."""
         self._prime_deadline: float | None = None
@@ -390,6 +422,10 @@ class Router:
             self.answer_tokens.get(key),
         )
         plan = plan_route(req, snaps, policy)
+        if plan.unmeasured and self.calibrate_speeds:  # a cache miss only, never the hot path
+            self.calibrate(
+                plan.unmeasured, model, num_ctx=num_ctx, answer_tokens=policy.prior.output_tokens
+            )
         if self._shared is not None:
             self._note_costs(req, snaps, policy)
         if ck:
@@ -796,6 +832,169 @@ class Router:
         deadline, note = self.first_token_deadline(name, model)
         return deadline, note, b.in_flight > b.config.max_parallel
 
+    # ------------------------------------------------------------------ speed calibration
+    def calibrate(
+        self,
+        names: Iterable[str],
+        model: str,
+        *,
+        num_ctx: int | None = None,
+        answer_tokens: float = 200.0,
+    ) -> list[str]:
+        """Measure the speed of ``model`` on each backend of ``names`` that has no measure
+        yet, with one small chat request in the background; returns where one started.
+
+        Why: before any measurement, plans order backends by the speed prior (a GPU ten
+        times faster than a CPU). When the prior keeps calls off a backend, no real call
+        ever measures it, so the prior would decide for ever, and two servers that are in
+        fact alike would never share a burst. The planner names such backends
+        (``RoutePlan.unmeasured``); a request of :data:`CALIBRATION_TOKENS` tokens there
+        returns Ollama's timings, which feed the same learned averages as real calls (the
+        short answer's length teaches nothing), and the plans are re-made.
+
+        Bounded: once per (backend, model) per ``calibration_cooldown`` seconds, at most one
+        in flight per backend, only where the circuit is closed, the last probe succeeded
+        and a slot is free (``max_parallel``, fleet-wide in fleet mode). The request holds
+        that slot: it counts in flight, so plans see it. Its outcome never moves the breaker
+        and never counts as a user call. ``answer_tokens``: the answer length to assume
+        while no real answer of the model was seen (the prior's)."""
+        if not self.calibrate_speeds:
+            return []
+        key = self._keys.get(model) or normalize_model_name(model)
+        now = self.clock()
+        started: list[str] = []
+        with self._lock:
+            for name in names:
+                b = self._by_name.get(name)
+                if b is None or (name, key) in self.speeds:
+                    continue
+                at = self._calibrated_at.get((name, key))
+                if at is not None and now - at < self.calibration_cooldown:
+                    continue
+                fut = self.calibration_futures.get(name)
+                if fut is not None and not fut.done():
+                    continue
+                p = b.probe
+                if b.breaker.state != "closed" or p is None or not p.ok:
+                    continue
+                if b.load >= b.config.max_parallel:
+                    continue
+                if len(self._calibrated_at) >= 1024:  # bounded, whatever models callers name
+                    self._calibrated_at.pop(next(iter(self._calibrated_at)))
+                self._calibrated_at[(name, key)] = now
+                b.in_flight += 1  # the slot it holds: released when the request ends
+                b.calibrations += 1
+                self._version += 1
+                fut = self._pool().submit(self._run_calibration, b, key, num_ctx, answer_tokens)
+                # Cancelled before it ran (close()): nothing else would free its slot.
+                fut.add_done_callback(functools.partial(self._calibration_cancelled, b))
+                self.calibration_futures[name] = fut
+                started.append(name)
+        for name in started:
+            logger.info("speed of %s on %s unmeasured: calibrating in the background", key, name)
+        return started
+
+    def _calibration_cancelled(
+        self, b: BackendRuntime, fut: concurrent.futures.Future[bool]
+    ) -> None:
+        if fut.cancelled():
+            self._end_calibration(b)
+
+    def _end_calibration(self, b: BackendRuntime, *, fleet: bool = False) -> None:
+        with self._lock:
+            b.in_flight -= 1
+            self._version += 1
+        if fleet and self._shared is not None:
+            self._shared.release(b.config.name, self.clock())
+
+    def _run_calibration(
+        self, b: BackendRuntime, key: str, num_ctx: int | None, answer_tokens: float
+    ) -> bool:
+        """The calibration request (see :meth:`calibrate`); True when a speed was learned."""
+        name = b.config.name
+        sh = self._shared
+        counted = False
+        learned = False
+        try:
+            if sh is not None:
+                self.sync_speeds()  # another worker may have measured it already
+                if (name, key) in self.speeds:
+                    return False
+                counted = sh.acquire(name, self.clock(), trial=False) is not None
+            info = self._calibration_request(b, key, num_ctx)
+            now = self.clock()
+            with self._lock:
+                b.answered_at = now
+                b.warm[key] = now
+                old = self.speeds.get((name, key))
+                known = self.answer_tokens.get(key) or (old.output_tokens if old else None)
+                new = learn_speed(old, info, answer_tokens=known or answer_tokens)
+                if new is not None and new is not old:
+                    self.speeds[(name, key)] = new
+                    learned = True
+                else:
+                    b.calibration_failures += 1
+            if learned:
+                logger.info(
+                    "calibrated %s on %s: %.1f tokens/s, first token %.3fs",
+                    key,
+                    name,
+                    new.tokens_per_s if new else 0.0,
+                    new.first_token_s if new else 0.0,
+                )
+            else:
+                logger.info("calibration of %s on %s: no timings in the answer", key, name)
+        except Exception as exc:
+            # A failed calibration is no evidence against the server: user calls and probes
+            # judge its health; this only leaves the speed unmeasured until the cooldown.
+            with self._lock:
+                b.calibration_failures += 1
+                if isinstance(exc, _Missing):
+                    b.missing[key] = self.clock() + self.missing_ttl
+            logger.info(
+                "calibration of %s on %s failed: %s",
+                key,
+                name,
+                b.config.scrub(f"{type(exc).__name__}: {exc}")[:200],
+            )
+        finally:
+            self._end_calibration(b, fleet=counted)
+        return learned
+
+    def _calibration_request(
+        self, b: BackendRuntime, key: str, num_ctx: int | None
+    ) -> Mapping[str, Any]:
+        """Stream a short chat from ``b`` and return its final chunk (Ollama's timings)."""
+        t = b.config.timeouts
+        deadline, _ = self.first_token_deadline(b.config.name, key)
+        first = deadline if deadline is not None else t.first_token
+        options: dict[str, Any] = {"num_predict": CALIBRATION_TOKENS}
+        if num_ctx is not None and num_ctx != DEFAULT_NUM_CTX:
+            options["num_ctx"] = num_ctx  # as the calls send it: no reload for a new context
+        body = {
+            "model": key,
+            "messages": [{"role": "user", "content": CALIBRATION_PROMPT}],
+            "stream": True,
+            "options": options,
+        }
+        # Per read: the first chunk may wait for a load; later ones come a token apart.
+        timeout = httpx.Timeout(first, connect=t.connect)
+        with self._http(b).stream("POST", "/api/chat", json=body, timeout=timeout) as r:
+            if r.status_code == 404:
+                raise _Missing(f"model {key!r} not found (404)")
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if not line.strip():
+                    continue
+                chunk = json.loads(line)
+                if not isinstance(chunk, dict):
+                    raise ValueError("malformed chat chunk")
+                if chunk.get("error"):
+                    raise RuntimeError(str(chunk["error"])[:200])
+                if chunk.get("done"):
+                    return chunk
+        raise ValueError("the answer ended without a final chunk")
+
     def first_token_deadline(self, name: str, model: str) -> tuple[float | None, str]:
         """A short first-token deadline for a call on ``name`` when no load is coming, else
         ``(None, why)`` (the configured one applies).
@@ -943,9 +1142,10 @@ class Router:
             with self._lock:
                 if self._executor is None:
                     self._executor = concurrent.futures.ThreadPoolExecutor(
-                        # A probe and a background trial (which may wait a whole
-                        # first-token deadline) per backend; threads start only when needed.
-                        max_workers=max(2, 2 * len(self._backends)),
+                        # A probe, a background trial (which may wait a whole first-token
+                        # deadline) and a speed calibration per backend; threads start
+                        # only when needed.
+                        max_workers=max(3, 3 * len(self._backends)),
                         thread_name_prefix="contextharbor-probe",
                     )
         return self._executor
@@ -1263,6 +1463,10 @@ class Router:
                     }
                     for (n, m), sp in self.speeds.items()
                     if n == b.config.name
+                }
+                d["calibrations"] = {
+                    "sent": b.calibrations,
+                    "failed": b.calibration_failures,
                 }
                 d["kind"] = b.config.kind
                 out[b.config.name] = d

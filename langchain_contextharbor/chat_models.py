@@ -627,6 +627,15 @@ class HybridChatOllama(BaseChatModel):
     """Speeds assumed per backend kind before the router has measured any call there
     (default: GPU 60 tokens/s, CPU 6 tokens/s). Learned speeds replace them per backend
     and model from Ollama's timings in every answer."""
+    calibrate_speeds: bool = True
+    """When the prior alone keeps a saturated backend's calls off another one (nothing
+    measured there for the model yet), measure that backend: the router sends it one short
+    chat (16 tokens) in the background and learns its speed from Ollama's timings, so the
+    next plans decide on evidence (servers that are in fact alike then share a burst). At
+    most once per backend and model per five minutes, one at a time per backend, only to a
+    healthy backend with a free slot, which it holds while it runs; it never moves a
+    breaker. The request shows in the server's log and in ``stats()["calibrations"]``.
+    False: never (the prior decides until a real call lands there)."""
     breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)
     probe_ttl: float = 10.0
     """Seconds a health/status probe stays fresh."""
@@ -761,6 +770,7 @@ class HybridChatOllama(BaseChatModel):
             first_probe_wait=self.first_probe_wait,
             warm_first_token=self.warm_first_token_timeout,
             background_trials=self.background_trials,
+            calibrate_speeds=self.calibrate_speeds,
             nvml=self.nvml,
             host_memory=self.host_memory,
             shared_state=make_shared_state(

@@ -18,7 +18,9 @@ The order of preference, most important first:
    speeds learned per backend and model (Ollama's own timings in every final chunk) or,
    before any data, the policy's :class:`SpeedPrior` (a GPU much faster than a CPU). A
    saturated backend loses its place only to one expected to finish sooner: spill-over
-   onto a CPU twenty times slower than a busy GPU would make the request later, not sooner;
+   onto a CPU twenty times slower than a busy GPU would make the request later, not sooner.
+   Where the prior alone kept the request off a free backend, the plan names that backend
+   (``RoutePlan.unmeasured``) so that the router can measure it instead of assuming;
 5. the preferred tier: GPU first when the request fits the GPU (capacity known) or,
    capacity unknown, when the weights are at most the size threshold (the design's table
    puts an 8 GB model on the GPU); CPU first otherwise;
@@ -204,6 +206,11 @@ class RoutePlan:
     skipped: tuple[SkipRecord, ...] = ()
     summary: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    unmeasured: tuple[str, ...] = ()
+    """Backends with a free slot that this plan kept behind a saturated one on the
+    strength of a speed *prior* alone (nothing measured there for this model yet). Only
+    evidence can say whether spilling onto them would pay; the router measures them with a
+    small background request (``calibrate_speeds``)."""
 
     @property
     def backends(self) -> list[str]:
@@ -435,10 +442,25 @@ def plan_route(
                 f"queued, {other.name} in "
                 f"{estimate_finish(other, req, policy.prior)[0]:.2f}s"
             )
+    unmeasured: list[str] = []
+    if by_eta and scored and scored[0][1].in_flight >= scored[0][1].max_parallel:
+        # Spill-over was declined. Where the backend passed over has a free slot, nothing
+        # else against it (memory, an out-of-memory mark) and only the prior's speed, the
+        # decision rests on an assumption: name it, so evidence can be gathered.
+        for rank, b, _ in scored[1:]:
+            if (
+                b.in_flight < b.max_parallel
+                and rank[0] == 0
+                and rank[1] == 0
+                and (b.speed is None or b.speed.samples <= 0)
+            ):
+                unmeasured.append(b.name)
     candidates = tuple(Candidate(b.name, b.kind, b.url, tuple(r)) for _, b, r in scored)
     summary = (
         f"{req.size_detail}; {req.footprint_detail}; {why_tier}"
         if req.footprint_detail
         else f"{req.size_detail}; {why_tier}"
     )
-    return RoutePlan(req.model, req, candidates, tuple(skipped), summary, tuple(notes))
+    return RoutePlan(
+        req.model, req, candidates, tuple(skipped), summary, tuple(notes), tuple(unmeasured)
+    )

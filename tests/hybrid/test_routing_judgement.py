@@ -243,7 +243,8 @@ def test_a_batch_stays_on_a_gpu_twenty_times_faster(build: Build) -> None:
     learned = model.stats()["gpu"]["speeds"][SMALL]
     assert learned["samples"] == 6 and learned["tokens_per_s"] > 200
     assert _burst(model, 6) == ["gpu"] * 6  # and what it measured agrees
-    assert cpu.requests_to("/api/chat") == []
+    assert model.stats()["cpu"]["requests"] == 0  # no user call; its speed calibration only
+    assert len(cpu.requests_to("/api/chat")) <= 1
 
 
 def test_learned_speeds_are_shown_and_drive_spill_over(build: Build) -> None:
