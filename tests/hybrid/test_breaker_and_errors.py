@@ -22,7 +22,12 @@ from langchain_contextharbor.testing.clock import FakeClock
 
 MODEL = "llama3.2:1b"
 
-FAST = Timeouts(connect=0.5, first_token=0.6, idle=0.4, probe=0.5)
+# Deadlines a loaded CI machine cannot run out of (a 0.6 s one could turn a slow answer into a
+# timeout and a failover the test does not expect), except the first-token deadline of the
+# hung GPU, which is how that test provokes the timeout: 2 s, paid once, still far above what
+# a healthy answer (the later trial and call on the GPU) takes on a slow machine.
+HUNG = Timeouts(connect=10.0, first_token=2.0, idle=30.0, probe=10.0)
+ROOMY = Timeouts(connect=10.0, first_token=30.0, idle=30.0, probe=10.0)
 
 
 def test_hung_backend_is_paid_for_once_then_skipped_until_trial(
@@ -30,8 +35,14 @@ def test_hung_backend_is_paid_for_once_then_skipped_until_trial(
     make_model: Callable[..., HybridChatOllama],
     clock: FakeClock,
 ) -> None:
-    gpu, _ = pair
-    model = make_model(timeouts=FAST, breaker=BreakerPolicy(cooldown=30))
+    gpu, cpu = pair
+    model = make_model(
+        backends=[
+            BackendConfig(name="gpu", base_url=gpu.url, kind="gpu", timeouts=HUNG),
+            BackendConfig(name="cpu", base_url=cpu.url, kind="cpu", timeouts=ROOMY),
+        ],
+        breaker=BreakerPolicy(cooldown=30),
+    )
     gpu.inject(Fault.HANG_BEFORE_FIRST_CHUNK)  # every chat hangs until cleared
     first = model.invoke("a")
     assert first.response_metadata["backend"] == "cpu"
@@ -61,7 +72,7 @@ def test_failed_trial_reopens_with_backoff(
     clock: FakeClock,
 ) -> None:
     gpu, _ = pair
-    model = make_model(timeouts=FAST, breaker=BreakerPolicy(cooldown=10, backoff=3))
+    model = make_model(timeouts=ROOMY, breaker=BreakerPolicy(cooldown=10, backoff=3))
     gpu.inject(Fault.REFUSE)
     assert model.invoke("a").response_metadata["backend"] == "cpu"
     clock.advance(10)
@@ -84,7 +95,7 @@ def test_all_backends_failed_lists_every_attempt_and_chains(
     make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, cpu = pair
-    model = make_model(timeouts=FAST)
+    model = make_model(timeouts=ROOMY)
     gpu.inject(Fault.REFUSE)
     cpu.inject(Fault.OOM, count=1)
     with pytest.raises(AllBackendsFailedError) as info:
@@ -109,7 +120,7 @@ def test_nothing_available_fails_fast_with_reasons(
     make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, cpu = pair
-    model = make_model(timeouts=FAST)
+    model = make_model(timeouts=ROOMY)
     gpu.inject(Fault.REFUSE)
     cpu.inject(Fault.REFUSE)
     with pytest.raises(AllBackendsFailedError):
@@ -126,7 +137,7 @@ def test_model_missing_everywhere_names_the_pull(
     make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, cpu = pair
-    model = make_model(timeouts=FAST)
+    model = make_model(timeouts=ROOMY)
     with pytest.raises(ModelNotAvailableError) as info:
         model.invoke("x", model="nosuchmodel:7b")
     msg = str(info.value)
@@ -152,14 +163,14 @@ def test_credentials_never_leak(
             BackendConfig(
                 name="gpu",
                 base_url=f"http://alice:s3cr3t-pw@127.0.0.1:{gpu.port}",
-                timeouts=FAST,
+                timeouts=ROOMY,
                 headers={"X-Api-Key": "Bearer tok-XYZ"},
             ),
             BackendConfig(
                 name="cpu",
                 kind="cpu",
                 base_url=f"http://bob:hunter2@127.0.0.1:{cpu.port}",
-                timeouts=FAST,
+                timeouts=ROOMY,
             ),
         ],
         background_probes=False,
@@ -187,7 +198,7 @@ def test_credentials_never_leak(
 
 
 def test_two_event_loops_in_a_row(make_model: Callable[..., HybridChatOllama]) -> None:
-    model = make_model(timeouts=FAST)
+    model = make_model(timeouts=ROOMY)
 
     async def once() -> str:
         return str((await model.ainvoke("hi")).response_metadata["backend"])
@@ -200,7 +211,7 @@ def test_threads_share_one_model(
     pair: tuple[OllamaStandIn, OllamaStandIn],
     make_model: Callable[..., HybridChatOllama],
 ) -> None:
-    model = make_model(timeouts=FAST)
+    model = make_model(timeouts=ROOMY)
     results: list[str] = []
     errors: list[BaseException] = []
 
