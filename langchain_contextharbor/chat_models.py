@@ -345,6 +345,7 @@ class _Attempt:
         "model",
         "passing",
         "queued",
+        "quick",
         "reasons",
         "settled",
         "started",
@@ -374,6 +375,9 @@ class _Attempt:
         self.committed = False
         self.passing = False
         """Every further chunk goes straight on (committed, or not gated and stamped)."""
+        self.quick = False
+        """Passing with no total deadline to check: the call loops then do :meth:`feed`'s
+        book-keeping inline (last chunk, count, characters), with no call per chunk."""
         self.settled = False
         """Success or failure recorded; a slot released unsettled was abandoned."""
         total = cfg.timeouts.total
@@ -412,6 +416,7 @@ class _Attempt:
             # at once (for on_llm_new_token), the first one stamped, nothing committed.
             self.committed = self.gate
             self.passing = True
+            self.quick = self.deadline is None
             self.ttft = time.perf_counter() - self.started
             self._stamp()
             self.held = []
@@ -1336,7 +1341,15 @@ class HybridChatOllama(BaseChatModel):
                         if armed is not None:
                             _disarm(armed)
                             armed = None
-                        yield from att.feed(chunk)
+                        if att.quick:  # passing on, no deadline: see _Attempt.quick
+                            att.last = chunk
+                            att.delivered += 1
+                            content = chunk.message.content
+                            if type(content) is str:
+                                att.chars += len(content)
+                            yield chunk
+                        else:
+                            yield from att.feed(chunk)
                     tail = att.finish()
                 except GeneratorExit:
                     raise
@@ -1435,8 +1448,16 @@ class HybridChatOllama(BaseChatModel):
                         if armed is not None:
                             _disarm(armed)
                             armed = None
-                        for out in att.feed(chunk):
-                            yield out
+                        if att.quick:  # the same pass-through as the sync loop's
+                            att.last = chunk
+                            att.delivered += 1
+                            content = chunk.message.content
+                            if type(content) is str:
+                                att.chars += len(content)
+                            yield chunk
+                        else:
+                            for out in att.feed(chunk):
+                                yield out
                     tail = att.finish()
                 except (GeneratorExit, asyncio.CancelledError):
                     raise
