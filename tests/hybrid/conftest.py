@@ -33,7 +33,9 @@ def pair(ollama_standin_factory: StandInFactory) -> tuple[OllamaStandIn, OllamaS
 def backends_for(
     gpu: OllamaStandIn, cpu: OllamaStandIn, timeouts: Timeouts | None = None
 ) -> list[BackendConfig]:
-    t = timeouts or Timeouts(connect=1.0, first_token=2.0, idle=1.0, probe=1.0)
+    # Deadlines a loaded CI machine cannot run out of: a test that provokes a timeout passes
+    # its own short ones.
+    t = timeouts or Timeouts(connect=10.0, first_token=30.0, idle=30.0, probe=10.0)
     return [
         BackendConfig(name="gpu", base_url=gpu.url, kind="gpu", timeouts=t),
         BackendConfig(name="cpu", base_url=cpu.url, kind="cpu", timeouts=t),

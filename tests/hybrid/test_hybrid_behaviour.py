@@ -16,12 +16,27 @@ from langchain_core.tools import tool
 
 from langchain_contextharbor import (
     AllBackendsFailedError,
+    BackendConfig,
     FailoverCategory,
     HybridChatOllama,
     Timeouts,
 )
 from langchain_contextharbor.testing import Fault, OllamaStandIn
 from langchain_contextharbor.testing.clock import FakeClock
+
+ROOMY = Timeouts(connect=10.0, first_token=30.0, idle=30.0, probe=10.0)
+
+
+def _gpu_with(
+    pair: tuple[OllamaStandIn, OllamaStandIn], gpu_timeouts: Timeouts
+) -> list[BackendConfig]:
+    """Short deadlines on the GPU that a test provokes; the CPU that takes over gets deadlines
+    a loaded CI machine cannot run out of (a 0.3 s idle one could end its answer too)."""
+    gpu, cpu = pair
+    return [
+        BackendConfig(name="gpu", base_url=gpu.url, kind="gpu", timeouts=gpu_timeouts),
+        BackendConfig(name="cpu", base_url=cpu.url, kind="cpu", timeouts=ROOMY),
+    ]
 
 
 @tool
@@ -41,7 +56,7 @@ def test_idle_deadline_catches_a_mid_stream_stall_long_before_the_first_token_de
     make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, _ = pair
-    model = make_model(timeouts=Timeouts(connect=1, first_token=60, idle=0.3))
+    model = make_model(backends=_gpu_with(pair, Timeouts(connect=1, first_token=60, idle=0.3)))
     gpu.inject(Fault.HANG_MID_STREAM, count=1, after_chunks=2)
     msg = model.invoke("hi")
     assert msg.response_metadata["backend"] == "cpu"
@@ -55,8 +70,10 @@ def test_a_slow_first_token_is_not_judged_by_the_idle_deadline(
     make_model: Callable[..., HybridChatOllama],
 ) -> None:
     gpu, _ = pair
-    model = make_model(timeouts=Timeouts(connect=1, first_token=10, idle=0.2))
-    gpu.inject(Fault.SLOW_FIRST_TOKEN, count=1, delay=0.6)  # a cold load, say
+    # The first token comes 2 s late, twice the idle deadline; the chunks after it come at
+    # once, and 1 s between two of them is more than a loaded machine takes.
+    model = make_model(timeouts=Timeouts(connect=10, first_token=30, idle=1.0, probe=10))
+    gpu.inject(Fault.SLOW_FIRST_TOKEN, count=1, delay=2.0)  # a cold load, say
     msg = model.invoke("hi")
     assert msg.response_metadata["backend"] == "gpu"
     assert msg.response_metadata["contextharbor"]["attempts"] == []
@@ -261,7 +278,7 @@ async def test_batch_falls_back_per_input(
     mode: str,
 ) -> None:
     gpu, _ = pair
-    model = make_model(timeouts=Timeouts(connect=1, first_token=5, idle=0.3))
+    model = make_model(backends=_gpu_with(pair, Timeouts(connect=1, first_token=5, idle=0.3)))
     gpu.inject(Fault.HANG_MID_STREAM, count=1, after_chunks=2)
     inputs = ["one", "two", "three"]
     cfg: RunnableConfig = {"max_concurrency": 1}

@@ -34,7 +34,8 @@ def pair(ollama_standin_factory: StandInFactory) -> tuple[OllamaStandIn, OllamaS
 @pytest.fixture
 def llm(pair: tuple[OllamaStandIn, OllamaStandIn]) -> Iterator[HybridChatOllama]:
     gpu, cpu = pair
-    t = Timeouts(connect=1.0, first_token=2.0, idle=1.0, probe=1.0)
+    # Roomy: nothing here provokes a timeout (a loaded CI machine must not either).
+    t = Timeouts(connect=10.0, first_token=30.0, idle=30.0, probe=10.0)
     secret = gpu.url.replace("http://", "http://user:secret@")
     model = HybridChatOllama(
         model=MODEL,
