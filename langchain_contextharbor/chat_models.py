@@ -945,9 +945,10 @@ class HybridChatOllama(BaseChatModel):
         return params
 
     # ------------------------------------------------------------------ routing
-    def _policy(self) -> RoutePolicy:
+    def _policy(self, h: _HotState | None = None) -> RoutePolicy:
         key = (self.size_threshold_gb, self.prefer_warm, self.spillover, self.speed_prior)
-        h = self._h
+        if h is None:
+            h = self._h
         cached = h.policy_cache
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -983,9 +984,10 @@ class HybridChatOllama(BaseChatModel):
 
     def _plan(self, model: str, num_ctx: int) -> RoutePlan:
         """The one place calls are planned (select_backend, each call, each retry pass)."""
+        h = self._h
         try:
-            return self._h.router.plan(
-                model, num_ctx=num_ctx, sizes=self.model_sizes, policy=self._policy()
+            return h.router.plan(
+                model, num_ctx=num_ctx, sizes=self.model_sizes, policy=self._policy(h)
             )
         except ValueError as exc:  # a bad value put into model_sizes after construction
             raise ConfigurationError(str(exc)) from None
@@ -1060,10 +1062,10 @@ class HybridChatOllama(BaseChatModel):
         model = str(kwargs.get("model") or self.model)
         num_ctx = self._num_ctx(kwargs)
         plan = self._plan(model, num_ctx)
-        if logger.isEnabledFor(logging.INFO):
+        if logger.isEnabledFor(logging.INFO):  # DEBUG on implies INFO on: one check per call
             logger.info("route %s: %s -> %s", model, plan.summary, plan.backends or "none")
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("route %s details:\n%s", model, plan.explain())
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("route %s details:\n%s", model, plan.explain())
         return _Call(model, num_ctx, plan)
 
     def _should_failover(self, exc: BaseException, c: Classification) -> bool:
@@ -1196,9 +1198,10 @@ class HybridChatOllama(BaseChatModel):
             err.__cause__ = call.exceptions[-1]
         return err
 
-    def _candidates(self, call: _Call) -> Iterator[tuple[BackendConfig, Sequence[str]]]:
+    def _candidates(
+        self, call: _Call, router: Router
+    ) -> Iterator[tuple[BackendConfig, Sequence[str]]]:
         """Yield each candidate whose breaker admits the call, planning again per round."""
-        router = self._h.router
         for round_ in range(self.max_retries + 1):
             if round_:
                 call.plan = self._plan(call.model, call.num_ctx)
@@ -1325,11 +1328,14 @@ class HybridChatOllama(BaseChatModel):
         iterate."""
         call = self._start(kwargs)
         stop = self._effective_stop(stop)
-        router = self._h.router
-        for cfg, reasons in self._candidates(call):
+        h = self._h
+        router = h.router
+        for cfg, reasons in self._candidates(call, router):
             att = _Attempt(self, call, cfg, reasons, gate, router)
             try:  # from here on the slot acquired by _candidates is always released
-                inner = self.backend_model(cfg.name)
+                inner = h.sync_inner.get(cfg.name)
+                if inner is None:
+                    inner = self.backend_model(cfg.name)
                 stream = cast(
                     Generator[ChatGenerationChunk, None, None],
                     inner._iterate_over_stream(messages, stop, **kwargs),
@@ -1431,7 +1437,7 @@ class HybridChatOllama(BaseChatModel):
             await router.await_evidence()  # so _start's plan never blocks the loop
         call = self._start(kwargs)
         stop = self._effective_stop(stop)
-        for cfg, reasons in self._candidates(call):
+        for cfg, reasons in self._candidates(call, router):
             att = _Attempt(self, call, cfg, reasons, gate, router)
             try:
                 inner = self._async_inner_built(cfg.name)
