@@ -19,8 +19,12 @@ loopback. Scenarios:
 Plus, in the same run: a fresh process's first call vs ChatOllama's construction + first
 call, a call from a new event loop (``asyncio.run`` per call) vs within one loop, and RSS
 and threads per used instance. For the default policy, (a) and (b) report both the first
-batch of a fresh instance (speeds still the prior's) and the steady state (after one
-batch of 16 taught it both servers' speeds).
+batch of a fresh instance (speeds still the prior's) and the same instance's next batch of
+the same size ("learned": after the first batch and the speed calibration it started, if
+any, have ended: real calls measured the GPU, a calibration request the CPU).
+
+Writes ``benchmarks/bench_routing.json`` and its table between the ``bench:routing``
+markers of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -138,6 +142,12 @@ def hybrid(g: Server, c: Server, **kw: Any) -> HybridChatOllama:
     )
 
 
+def settle(model: HybridChatOllama) -> None:
+    """Wait for the background speed calibrations the last batch started (their futures)."""
+    for fut in list(model.router.calibration_futures.values()):
+        fut.result(timeout=60)
+
+
 def batch(model: HybridChatOllama, n: int) -> tuple[float, dict[str, int]]:
     async def go() -> tuple[float, dict[str, int]]:
         t = time.perf_counter()
@@ -174,14 +184,17 @@ def bench_batches(gpu_delay: float, cpu_delay: float) -> dict[str, Any]:
             static.close()
             fresh = hybrid(g, c)
             row["default_first_batch_s"], row["default_first_used"] = batch(fresh, n)
+            settle(fresh)  # what the first batch taught it, calibration included
+            row["default_steady_s"], row["default_steady_used"] = batch(fresh, n)
+            st = fresh.stats()
+            row["learned_speeds"] = {b: st[b]["speeds"].get(MODEL) for b in ("gpu", "cpu")}
+            row["calibrations"] = {b: st[b]["calibrations"] for b in ("gpu", "cpu")}
             fresh.close()
-            learned = hybrid(g, c)
-            batch(learned, 16)  # one batch to learn both servers' speeds
-            row["default_steady_s"], row["default_steady_used"] = batch(learned, n)
-            row["learned_speeds"] = {
-                b: learned.stats()[b]["speeds"].get(MODEL) for b in ("gpu", "cpu")
-            }
-            learned.close()
+            off = hybrid(g, c, calibrate_speeds=False)  # the same, without calibration
+            _, row["no_calibration_first_used"] = batch(off, n)
+            row["no_calibration_second_s"], row["no_calibration_second_used"] = batch(off, n)
+            row["no_calibration_second_s"] = round(row["no_calibration_second_s"], 3)
+            off.close()
             best = min(row["gpu_only_s"], row["static_spillover_s"])
             row["default_steady_vs_best"] = round(row["default_steady_s"] / best, 3)
             row["default_first_vs_best"] = round(row["default_first_batch_s"] / best, 3)
@@ -384,8 +397,8 @@ def markdown(r: dict[str, Any]) -> str:
         "each, 7 tokens per answer; raw numbers in `benchmarks/bench_routing.json`.",
         "",
         "| scenario | batch | GPU only | static spill-over | default, fresh instance | "
-        "default, learned | learned vs best | fresh vs best |",
-        "|---|---|---|---|---|---|---|---|",
+        "default, learned | learned vs best | fresh vs best | learned, calibration off |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, res in (("(a) GPU 20x faster per token", a), ("(b) equal speeds", b)):
         for n in (6, 16):
@@ -395,9 +408,17 @@ def markdown(r: dict[str, Any]) -> str:
                 f"({_used(row['static_used'])}) | {row['default_first_batch_s']} s "
                 f"({_used(row['default_first_used'])}) | {row['default_steady_s']} s "
                 f"({_used(row['default_steady_used'])}) | {row['default_steady_vs_best']}x | "
-                f"{row['default_first_vs_best']}x |"
+                f"{row['default_first_vs_best']}x | {row['no_calibration_second_s']} s "
+                f"({_used(row['no_calibration_second_used'])}) |"
             )
+    cal = "; ".join(
+        f"{tag} batch of {n}: {res[f'batch_{n}']['calibrations']['cpu']['sent']}"
+        for tag, res in (("(a)", a), ("(b)", b))
+        for n in (6, 16)
+    )
     lines += [
+        "",
+        f"Speed calibration requests the default instance sent to the CPU: {cal}.",
         "",
         f"(c) hung warm GPU, default timeouts: first call {c['first_call_s']} s (warm deadline "
         f"10 s + the CPU's answer, {c['cpu_answer_s']} s); the slowest of {c['later_calls']} "
@@ -450,7 +471,11 @@ def main() -> None:
     r["c_hung_warm_gpu"] = bench_hung_warm_gpu()
     r["first"] = bench_first_call_and_memory(runs)
     out.write_text(json.dumps(r, indent=2) + "\n")
-    print(markdown(r))
+    md = markdown(r)
+    print(md)
+    from _bench import update_doc  # benchmarks/ is on sys.path when run as a script
+
+    update_doc("routing", "\n".join(md.splitlines()[1:-1]))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ faster per token than the CPU. A burst of N concurrent ``ainvoke`` calls (8 and 
 through each policy and the wall time of the whole burst is measured:
 
 - ``HybridChatOllama`` with its default policy (before it has measured a server it assumes
-  the GPU is 10x faster per token: ``SpeedPrior``), and with an equal ``speed_prior``;
+  the GPU is 10x faster per token: ``SpeedPrior``; the warm-up burst of 2 saturates the
+  GPU, so the router measures the CPU with one background calibration request, which the
+  warm-up waits for), and with an equal ``speed_prior``;
 - GPU only (``HybridChatOllama`` with the GPU backend alone: everything queues there);
 - static spill-over: plain ChatOllama clients with a fixed rule, "the GPU when its one slot
   is free, else the CPU" (what a hand-written spill-over does: it knows nothing of speeds);
@@ -48,6 +50,17 @@ def burst(n: int, call: Callable[[int], Awaitable[str]]) -> tuple[float, Counter
     return LOOP.run_until_complete(go())
 
 
+#: Every HybridChatOllama made, so a warm-up can wait for the background work it started.
+MADE: list[HybridChatOllama] = []
+
+
+def settle() -> None:
+    """Wait for the speed calibrations a warm-up burst started (their futures, not a sleep)."""
+    for m in MADE:
+        for fut in list(m.router.calibration_futures.values()):
+            fut.result(timeout=60)
+
+
 def policies(gpu_url: str, cpu_url: str) -> dict[str, Callable[[], Callable[[int], Any]]]:
     def hybrid_default(**kw: Any) -> Callable[[int], Any]:
         m = HybridChatOllama(
@@ -58,6 +71,7 @@ def policies(gpu_url: str, cpu_url: str) -> dict[str, Callable[[], Callable[[int
             ],
             **kw,
         )
+        MADE.append(m)
 
         async def call(i: int) -> str:
             r = await m.ainvoke(f"q{i}")
@@ -149,6 +163,7 @@ def main() -> None:
                 for name, make in pols.items():
                     call = make()
                     burst(2, call)  # warm: clients, probes
+                    settle()  # and the speed calibration a saturated warm-up starts
                     walls, served = [], Counter[str]()
                     for _ in range(args.runs):
                         w, s = burst(n, call)
