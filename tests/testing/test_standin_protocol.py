@@ -406,6 +406,11 @@ def test_queue_full_gives_503(ollama_standin_factory: StandInFactory) -> None:
     assert (info.value.status_code, info.value.error) == (503, BUSY_MESSAGE)
     assert "again.  maximum" in BUSY_MESSAGE
     list(stream)
+    # The server frees the slot just after it writes the done line the client has read:
+    # wait for that (bounded), rather than racing it.
+    deadline = time.monotonic() + 10
+    while srv.in_flight and time.monotonic() < deadline:
+        time.sleep(0.005)
     assert srv.in_flight == 0
 
 
