@@ -316,6 +316,12 @@ class BackendConfig(BaseModel):
                     text = text.replace(part, "***")
         return text
 
+    @functools.cached_property
+    def hostport(self) -> str:
+        """``host:port`` as ``OLLAMA_HOST`` takes it (for hints such as ``ollama pull``)."""
+        u = httpx.URL(self.base_url)
+        return f"{u.host}:{u.port or (443 if u.scheme == 'https' else 80)}"
+
     @property
     def is_gpu(self) -> bool:
         return self.kind == "gpu"

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Literal, cast
 
-import httpx
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
@@ -83,16 +82,18 @@ from langchain_contextharbor.backends import (
     redact_url,
 )
 from langchain_contextharbor.breaker import BreakerPolicy
-from langchain_contextharbor.classify import Classification, FailoverCategory, classify_exception
+from langchain_contextharbor.classify import (
+    Classification,
+    FailoverCategory,
+    all_failed_error,
+    classify_exception,
+)
 from langchain_contextharbor.errors import (
     AllBackendsFailedError,
-    AllBackendsUnreachableError,
     AttemptRecord,
     ConfigurationError,
     DeadlineExceededError,
     EmptyResponseError,
-    ModelNotAvailableError,
-    NoBackendAvailableError,
     SkipRecord,
     StreamInterruptedError,
     TruncatedStreamError,
@@ -1172,31 +1173,13 @@ class HybridChatOllama(BaseChatModel):
         }
 
     def _all_failed(self, call: _Call) -> AllBackendsFailedError:
-        cats = {a.category for a in call.attempts}
-        skip_missing = all(
-            "not found" in s.reason or "not in this server" in s.reason for s in call.skipped
+        return all_failed_error(
+            call.model,
+            call.attempts,
+            call.skipped,
+            call.exceptions,
+            [(c.hostport, c.name) for c in self._h.configs],
         )
-        cls: type[AllBackendsFailedError] = AllBackendsFailedError
-        hint = None
-        if (
-            (not call.attempts or cats == {FailoverCategory.MODEL_NOT_FOUND.value})
-            and skip_missing
-            and (call.attempts or call.skipped)
-        ):
-            cls = ModelNotAvailableError
-            pulls = [
-                f"OLLAMA_HOST={_hostport(c)} ollama pull {call.model}  ({c.name})"
-                for c in self._h.configs
-            ]
-            hint = "pull it first: " + "; ".join(pulls)
-        elif not call.attempts:
-            cls = NoBackendAvailableError
-        elif cats == {FailoverCategory.CONNECT.value}:
-            cls = AllBackendsUnreachableError
-        err = cls(call.model, call.attempts, call.skipped, call.exceptions, hint)
-        if call.exceptions:
-            err.__cause__ = call.exceptions[-1]
-        return err
 
     def _candidates(
         self, call: _Call, router: Router
@@ -1610,11 +1593,6 @@ def _pydantic_parser(schema: Any) -> Runnable[Any, Any]:
 def _no_verdict(c: Classification) -> Classification:
     """A fatal error says nothing about the backend's health: don't feed the breaker."""
     return Classification(c.category, False, False, c.status_code)
-
-
-def _hostport(cfg: BackendConfig) -> str:
-    u = httpx.URL(cfg.base_url)
-    return f"{u.host}:{u.port or (443 if u.scheme == 'https' else 80)}"
 
 
 def _to_result(final: ChatGenerationChunk, run_id: str | None = None) -> ChatResult:

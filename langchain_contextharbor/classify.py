@@ -17,18 +17,25 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
 import httpx
 
 from langchain_contextharbor.errors import (
+    AllBackendsFailedError,
+    AllBackendsUnreachableError,
+    AttemptRecord,
     DeadlineExceededError,
     EmptyResponseError,
+    ModelNotAvailableError,
+    NoBackendAvailableError,
+    SkipRecord,
     TruncatedStreamError,
 )
 
-__all__ = ["Classification", "FailoverCategory", "classify_exception"]
+__all__ = ["Classification", "FailoverCategory", "all_failed_error", "classify_exception"]
 
 
 class FailoverCategory(str, Enum):
@@ -154,3 +161,38 @@ def classify_exception(exc: BaseException) -> Classification:
     if isinstance(exc, (json.JSONDecodeError, TruncatedStreamError)):
         return _c(FailoverCategory.MALFORMED, True, True)
     return _c(FailoverCategory.FATAL, False, False)
+
+
+def all_failed_error(
+    model: str,
+    attempts: Sequence[AttemptRecord],
+    skipped: Sequence[SkipRecord],
+    exceptions: Sequence[BaseException],
+    pull_targets: Sequence[tuple[str, str]],
+) -> AllBackendsFailedError:
+    """The error for a call whose every candidate failed or was skipped.
+
+    One rule for chat and embeddings, so both raise the same class for the same outcome:
+    the model is missing everywhere -> :class:`ModelNotAvailableError` (with the ``ollama
+    pull`` line per server, ``pull_targets`` = ``(host:port, backend name)``); nothing
+    could be tried -> :class:`NoBackendAvailableError`; every attempt failed to connect
+    -> :class:`AllBackendsUnreachableError` (also a ``ConnectionError``); else
+    :class:`AllBackendsFailedError`.
+    """
+    cats = {a.category for a in attempts}
+    skip_missing = all("not found" in s.reason or "not in this server" in s.reason for s in skipped)
+    cls: type[AllBackendsFailedError] = AllBackendsFailedError
+    hint = None
+    if (
+        (not attempts or cats == {FailoverCategory.MODEL_NOT_FOUND.value})
+        and skip_missing
+        and (attempts or skipped)
+    ):
+        cls = ModelNotAvailableError
+        pulls = [f"OLLAMA_HOST={hp} ollama pull {model}  ({name})" for hp, name in pull_targets]
+        hint = "pull it first: " + "; ".join(pulls)
+    elif not attempts:
+        cls = NoBackendAvailableError
+    elif cats == {FailoverCategory.CONNECT.value}:
+        cls = AllBackendsUnreachableError
+    return cls(model, attempts, skipped, exceptions, hint)

@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from langchain_core.embeddings import Embeddings
 from langchain_core.utils import from_env
 from langchain_ollama import OllamaEmbeddings
@@ -56,15 +55,17 @@ from langchain_contextharbor.backends import (
     redact_url,
 )
 from langchain_contextharbor.breaker import BreakerPolicy
-from langchain_contextharbor.classify import Classification, FailoverCategory, classify_exception
+from langchain_contextharbor.classify import (
+    Classification,
+    all_failed_error,
+    classify_exception,
+)
 from langchain_contextharbor.errors import (
     AllBackendsFailedError,
     AttemptRecord,
     ConfigurationError,
     EmbeddingDigestMismatchError,
     EmbeddingInputError,
-    ModelNotAvailableError,
-    NoBackendAvailableError,
     SkipRecord,
 )
 from langchain_contextharbor.routing import RoutePlan, RoutePolicy
@@ -135,11 +136,6 @@ def _strip_digest(value: str) -> str:
 def _no_verdict(c: Classification) -> Classification:
     """A fatal error says nothing about the backend's health: don't feed the breaker."""
     return Classification(c.category, False, False, c.status_code)
-
-
-def _hostport(cfg: BackendConfig) -> str:
-    u = httpx.URL(cfg.base_url)
-    return f"{u.host}:{u.port or (443 if u.scheme == 'https' else 80)}"
 
 
 class HybridOllamaEmbeddings(BaseModel, Embeddings):
@@ -529,7 +525,7 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
 
     def _mismatch(self, call: _Call) -> EmbeddingDigestMismatchError:
         s = self._s
-        pulls = "; ".join(f"OLLAMA_HOST={_hostport(c)} ollama pull {self.model}" for c in s.configs)
+        pulls = "; ".join(f"OLLAMA_HOST={c.hostport} ollama pull {self.model}" for c in s.configs)
         hint = (
             f"pull the same build on every server ({pulls}) and check that "
             "`contextharbor models` shows one digest; or re-index every document with one "
@@ -608,26 +604,13 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
     def _all_failed(self, call: _Call) -> Exception:
         if call.mismatched:  # a server could have answered, with vectors of another build
             return self._mismatch(call)
-        cats = {a.category for a in call.attempts}
-        skip_missing = all(
-            "not found" in s.reason or "not in this server" in s.reason for s in call.skipped
+        return all_failed_error(
+            self.model,
+            call.attempts,
+            call.skipped,
+            call.exceptions,
+            [(c.hostport, c.name) for c in self._s.configs],
         )
-        cls: type[AllBackendsFailedError] = AllBackendsFailedError
-        hint = None
-        if (
-            (not call.attempts or cats == {FailoverCategory.MODEL_NOT_FOUND.value})
-            and skip_missing
-            and (call.attempts or call.skipped)
-        ):
-            cls = ModelNotAvailableError
-            pulls = [
-                f"OLLAMA_HOST={_hostport(c)} ollama pull {self.model}  ({c.name})"
-                for c in self._s.configs
-            ]
-            hint = "pull it first: " + "; ".join(pulls)
-        elif not call.attempts:
-            cls = NoBackendAvailableError
-        return cls(self.model, call.attempts, call.skipped, call.exceptions, hint)
 
     # ------------------------------------------------------------------ sync
     def embed_documents(self, texts: list[str]) -> list[list[float]]:

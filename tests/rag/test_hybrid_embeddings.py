@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import httpx
 import ollama
 import pytest
 from langchain_ollama import OllamaEmbeddings
 from ragkit import CHAT, DIGEST_A, DIGEST_B, EMBED, backends_for, make_pair
 
 from langchain_contextharbor import (
+    AllBackendsUnreachableError,
     EmbeddingDigestMismatchError,
     EmbeddingInputError,
     HybridChatOllama,
@@ -125,6 +127,24 @@ async def test_async_failover_when_the_gpu_refuses(
     assert first + rest == reference(cpu, TEXTS)
     assert {b.backend for b in emb.last_batches} == {"cpu"}
     assert await emb.aembed_query(TEXTS[0]) == first[0]
+
+
+def test_every_server_refusing_is_the_same_typed_error_as_the_chat_models(
+    pair: tuple[OllamaStandIn, OllamaStandIn], make_embeddings: MakeEmb
+) -> None:
+    gpu, cpu = pair
+    emb = make_embeddings(gpu, cpu)
+    emb.embed_query("warm up")  # both servers probed healthy
+    for srv in (gpu, cpu):
+        srv.inject(Fault.REFUSE, paths=["/api/embed"])
+    with pytest.raises(AllBackendsUnreachableError) as info:
+        emb.embed_query("x")
+    # What a user's retry filter for a refused connection catches, as with the chat model.
+    assert isinstance(info.value, ConnectionError) and isinstance(info.value, httpx.ConnectError)
+    err = info.value
+    assert {a.category for a in err.attempts} == {"connect"}
+    # The CPU is tried or skipped (its digest could not be read: refused too); both named.
+    assert {a.backend for a in err.attempts} | {s.backend for s in err.skipped} == {"gpu", "cpu"}
 
 
 def test_a_hung_gpu_times_out_and_the_cpu_answers(
