@@ -20,18 +20,22 @@ from __future__ import annotations
 import ssl
 import threading
 import time
+from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, field_serializer
 
-from langchain_contextharbor.backends import Timeouts
+from langchain_contextharbor.backends import BackendConfig, Timeouts
 
 __all__ = [
     "CALL_DEADLINE",
     "FIRST_TOKEN",
     "AsyncPhaseTimeoutTransport",
+    "MaskedClientKwargs",
     "PhaseTimeoutTransport",
+    "inner_client_kwargs",
     "shared_ssl_context",
     "ssl_context_ready",
 ]
@@ -149,3 +153,45 @@ class AsyncPhaseTimeoutTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def inner_client_kwargs(cfg: BackendConfig) -> dict[str, Any]:
+    """The client arguments of an inner langchain-ollama model (ChatOllama or
+    OllamaEmbeddings) for backend ``cfg``: a plain URL (credentials travel as a header), the
+    phase-timeout transports, and the process-wide TLS context (none loaded for a plain
+    ``http://`` server). One place, so chat and embeddings clients are built alike."""
+    extra = dict(cfg.client_kwargs)
+    sync_t = extra.pop("transport", None)
+    async_t = extra.pop("async_transport", None)
+    tls = not cfg.plain_url.startswith("http://")
+    tkw: dict[str, Any] = {
+        "verify": shared_ssl_context(cfg.verify, extra.pop("cert", None), tls=tls)
+    }
+    return {
+        "base_url": cfg.plain_url,
+        "client_kwargs": {"headers": dict(cfg.request_headers), **extra},
+        "sync_client_kwargs": {"transport": PhaseTimeoutTransport(cfg.timeouts, sync_t, **tkw)},
+        "async_client_kwargs": {
+            "transport": AsyncPhaseTimeoutTransport(cfg.timeouts, async_t, **tkw)
+        },
+    }
+
+
+_CLIENT_KWARGS = ("client_kwargs", "async_client_kwargs", "sync_client_kwargs")
+
+
+def _masked(v: Any) -> Any:
+    return {k: "***" for k in v} if isinstance(v, Mapping) else v
+
+
+class MaskedClientKwargs(BaseModel):
+    """Mix into an inner langchain-ollama model (before it in the bases): its client kwargs
+    carry the credential headers, so reprs and dumps name the keys but never show values."""
+
+    def __repr_args__(self) -> Any:
+        for k, v in super().__repr_args__():
+            yield (k, _masked(v) if k in _CLIENT_KWARGS else v)
+
+    @field_serializer(*_CLIENT_KWARGS, check_fields=False)
+    def _dump_client_kwargs(self, v: dict[str, Any] | None) -> dict[str, str] | None:
+        return None if v is None else _masked(v)

@@ -65,9 +65,8 @@ from langchain_contextharbor._router import Router
 from langchain_contextharbor._transport import (
     CALL_DEADLINE,
     FIRST_TOKEN,
-    AsyncPhaseTimeoutTransport,
-    PhaseTimeoutTransport,
-    shared_ssl_context,
+    MaskedClientKwargs,
+    inner_client_kwargs,
     ssl_context_ready,
 )
 from langchain_contextharbor.backends import (
@@ -141,8 +140,6 @@ tokens reached ``on_llm_new_token`` observers and the call moved on to another b
 Its data: ``{"backend", "chunks", "chars", "error_class"}``; observers discard the tokens
 of that run seen so far. The replacement's first chunk carries the same facts in
 ``response_metadata["contextharbor"]["abandoned"]``."""
-_CLIENT_KWARGS_T = ("client_kwargs", "async_client_kwargs", "sync_client_kwargs")
-_CLIENT_KWARGS = frozenset(_CLIENT_KWARGS_T)
 _ON_TRIAL = "on trial: a background request tests it; this call went on"
 _NOT_ADMITTED = (
     "not admitted at send time: circuit opened, or (fleet mode) the trial call or the "
@@ -221,21 +218,8 @@ def _with_client_kwargs(cfg: BackendConfig, extra: Mapping[str, Any]) -> Backend
         raise ConfigurationError(f"client_kwargs do not fit backend {cfg.name!r}: {msg}") from None
 
 
-class _InnerChatOllama(ChatOllama):
-    """The ChatOllama of one backend. Its client kwargs carry the credential headers:
-    reprs and dumps name them but never show them."""
-
-    def __repr_args__(self) -> Any:
-        for k, v in super().__repr_args__():
-            yield (k, _masked(v) if k in _CLIENT_KWARGS else v)
-
-    @field_serializer(*_CLIENT_KWARGS_T)
-    def _dump_kwargs(self, v: dict[str, Any] | None) -> dict[str, str] | None:
-        return None if v is None else _masked(v)
-
-
-def _masked(v: Any) -> Any:
-    return {k: "***" for k in v} if isinstance(v, Mapping) else v
+class _InnerChatOllama(MaskedClientKwargs, ChatOllama):
+    """The ChatOllama of one backend (client kwargs masked in reprs and dumps)."""
 
 
 _Armed = tuple[Token[float | None] | None, Token[float | None] | None]
@@ -825,23 +809,8 @@ class HybridChatOllama(BaseChatModel):
         return params
 
     def _build_inner(self, cfg: BackendConfig) -> ChatOllama:
-        extra = dict(cfg.client_kwargs)
-        sync_t = extra.pop("transport", None)
-        async_t = extra.pop("async_transport", None)
-        # One process-wide TLS context (none loaded at all for a plain http:// server).
-        tls = not cfg.plain_url.startswith("http://")
-        tkw: dict[str, Any] = {
-            "verify": shared_ssl_context(cfg.verify, extra.pop("cert", None), tls=tls)
-        }
         return _InnerChatOllama(
-            model=self.model,
-            base_url=cfg.plain_url,
-            client_kwargs={"headers": dict(cfg.request_headers), **extra},
-            sync_client_kwargs={"transport": PhaseTimeoutTransport(cfg.timeouts, sync_t, **tkw)},
-            async_client_kwargs={
-                "transport": AsyncPhaseTimeoutTransport(cfg.timeouts, async_t, **tkw)
-            },
-            **self._inner_params(),
+            model=self.model, **inner_client_kwargs(cfg), **self._inner_params()
         )
 
     def backend_model(self, name: str) -> ChatOllama:

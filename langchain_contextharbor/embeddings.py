@@ -42,7 +42,7 @@ from pydantic import (
 )
 
 from langchain_contextharbor._router import ProbeResult, Router
-from langchain_contextharbor._transport import AsyncPhaseTimeoutTransport, PhaseTimeoutTransport
+from langchain_contextharbor._transport import MaskedClientKwargs, inner_client_kwargs
 from langchain_contextharbor.backends import (
     CPU_URL_ENV,
     DEFAULT_CPU_URL,
@@ -136,6 +136,10 @@ def _strip_digest(value: str) -> str:
 def _no_verdict(c: Classification) -> Classification:
     """A fatal error says nothing about the backend's health: don't feed the breaker."""
     return Classification(c.category, False, False, c.status_code)
+
+
+class _InnerOllamaEmbeddings(MaskedClientKwargs, OllamaEmbeddings):
+    """The OllamaEmbeddings of one backend (client kwargs masked in reprs and dumps)."""
 
 
 class HybridOllamaEmbeddings(BaseModel, Embeddings):
@@ -369,21 +373,8 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
         return {k: getattr(self, k) for k in _PASSTHROUGH if getattr(self, k) is not None}
 
     def _build_inner(self, cfg: BackendConfig) -> OllamaEmbeddings:
-        extra = dict(cfg.client_kwargs)
-        sync_t = extra.pop("transport", None)
-        async_t = extra.pop("async_transport", None)
-        tkw: dict[str, Any] = {"verify": cfg.verify}
-        if "cert" in extra:
-            tkw["cert"] = extra.pop("cert")
-        return OllamaEmbeddings(
-            model=self.model,
-            base_url=cfg.plain_url,
-            client_kwargs={"headers": dict(cfg.request_headers), **extra},
-            sync_client_kwargs={"transport": PhaseTimeoutTransport(cfg.timeouts, sync_t, **tkw)},
-            async_client_kwargs={
-                "transport": AsyncPhaseTimeoutTransport(cfg.timeouts, async_t, **tkw)
-            },
-            **self._inner_params(),
+        return _InnerOllamaEmbeddings(
+            model=self.model, **inner_client_kwargs(cfg), **self._inner_params()
         )
 
     def _inner(self, name: str) -> OllamaEmbeddings:

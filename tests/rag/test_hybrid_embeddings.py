@@ -326,5 +326,7 @@ def test_credentials_never_appear_in_repr_dump_errors_or_logs(
     by_env = HybridOllamaEmbeddings(model=EMBED, gpu_url=secret_url, cpu_url="")
     seen = [repr(emb), str(emb.model_dump()), str(info.value), caplog.text]
     seen += [repr(by_env), str(by_env.model_dump())]
+    inner = emb._inner("gpu")  # the per-backend OllamaEmbeddings carries the header
+    seen += [repr(inner), str(inner.model_dump()), inner.model_dump_json()]
     for text in seen:
         assert "SECRET" not in text
