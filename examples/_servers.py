@@ -33,19 +33,22 @@ class Servers:
     standins: dict[str, OllamaStandIn] = field(default_factory=dict)
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
+    """Whether an Ollama server answers at ``url``."""
     try:
         return httpx.get(f"{url.rstrip('/')}/api/version", timeout=0.5).status_code == 200
     except httpx.HTTPError:
         return False
 
 
-def _first_model(url: str) -> str | None:
+def first_model(url: str, *, skip: str | None = None) -> str | None:
+    """The first model the server at ``url`` lists (names containing ``skip`` left out)."""
     try:
         models = httpx.get(f"{url.rstrip('/')}/api/tags", timeout=2).json().get("models", [])
     except (httpx.HTTPError, ValueError):
         return None
-    return str(models[0]["model"]) if models else None
+    names = [str(m["model"]) for m in models if not (skip and skip in str(m["model"]))]
+    return names[0] if names else None
 
 
 def _has_model(url: str, model: str) -> bool:
@@ -65,8 +68,8 @@ def servers(embed_model: str | None = None) -> Iterator[Servers]:
     when it has that model (``ollama pull nomic-embed-text``).
     """
     # The servers HybridChatOllama would use: OLLAMA_GPU_URL (else OLLAMA_HOST), OLLAMA_CPU_URL.
-    live = [c.base_url for c in backends_from_env() if _answers(c.base_url)]
-    model = os.environ.get("CONTEXTHARBOR_EXAMPLE_MODEL") or (live and _first_model(live[0]))
+    live = [c.base_url for c in backends_from_env() if answers(c.base_url)]
+    model = os.environ.get("CONTEXTHARBOR_EXAMPLE_MODEL") or (live and first_model(live[0]))
     if live and embed_model and not _has_model(live[0], embed_model):
         print(f"Ollama at {live[0]} has no {embed_model}: `ollama pull {embed_model}` to use it")
         live = []

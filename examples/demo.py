@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-import httpx
+from _servers import answers, first_model
 from pydantic import BaseModel, Field
 
 from langchain_contextharbor import (
@@ -36,21 +36,6 @@ from langchain_contextharbor.testing import (
 
 def say(title: str) -> None:
     print(f"\n=== {title} " + "=" * max(0, 70 - len(title)))
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url.rstrip('/')}/api/version", timeout=0.5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _first_model(url: str) -> str | None:
-    try:
-        models = httpx.get(f"{url.rstrip('/')}/api/tags", timeout=2).json().get("models", [])
-    except (httpx.HTTPError, ValueError):
-        return None
-    return str(models[0]["model"]) if models else None
 
 
 @contextlib.contextmanager
@@ -164,10 +149,10 @@ def demo_tools(gpu: OllamaStandIn, cpu: OllamaStandIn) -> None:
 def main() -> int:
     gpu_url = os.environ.get("OLLAMA_GPU_URL", DEFAULT_GPU_URL)
     cpu_url = os.environ.get("OLLAMA_CPU_URL", DEFAULT_CPU_URL)
-    live = [u for u in (gpu_url, cpu_url) if u and _answers(u)]
+    live = [u for u in (gpu_url, cpu_url) if u and answers(u)]
     question = "What is the capital of France?"
     if live:
-        model = os.environ.get("CONTEXTHARBOR_DEMO_MODEL") or _first_model(live[0])
+        model = os.environ.get("CONTEXTHARBOR_DEMO_MODEL") or first_model(live[0])
         if not model:
             print(f"Ollama answers at {live} but has no model; run `ollama pull llama3.2:1b`.")
             return 1

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-import httpx
+from _servers import answers, first_model
 from langchain_core.documents import Document
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
@@ -54,22 +54,6 @@ QUESTION = "Who is the lighthouse keeper of Skerry Point?"
 
 def say(title: str) -> None:
     print(f"\n=== {title} " + "=" * max(0, 70 - len(title)))
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url.rstrip('/')}/api/version", timeout=0.5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _first_model(url: str) -> str | None:
-    try:
-        models = httpx.get(f"{url.rstrip('/')}/api/tags", timeout=2).json().get("models", [])
-    except (httpx.HTTPError, ValueError):
-        return None
-    names = [str(m["model"]) for m in models if "embed" not in str(m["model"])]
-    return names[0] if names else None
 
 
 def build_chain(
@@ -129,9 +113,11 @@ def embedded_servers() -> Iterator[tuple[OllamaStandIn, OllamaStandIn, str, str,
 def main() -> int:
     gpu_url = os.environ.get("OLLAMA_GPU_URL", DEFAULT_GPU_URL)
     cpu_url = os.environ.get("OLLAMA_CPU_URL", DEFAULT_CPU_URL)
-    live = [u for u in (gpu_url, cpu_url) if u and _answers(u)]
+    live = [u for u in (gpu_url, cpu_url) if u and answers(u)]
     if live:
-        chat_model = os.environ.get("CONTEXTHARBOR_EXAMPLE_MODEL") or _first_model(live[0])
+        chat_model = os.environ.get("CONTEXTHARBOR_EXAMPLE_MODEL") or first_model(
+            live[0], skip="embed"
+        )
         embed_model = os.environ.get("CONTEXTHARBOR_EMBED_MODEL", "nomic-embed-text")
         if not chat_model:
             print(f"Ollama answers at {live} but has no chat model; `ollama pull llama3.2:1b`.")

@@ -819,27 +819,26 @@ class ChaosRun:
                 s.start()
 
     # -------------------------------------------------------------- model
+    def backends(self) -> list[BackendConfig]:
+        """The two servers, as both the chat model and the embedder see them."""
+        return [
+            BackendConfig(name="gpu", base_url=self.servers["gpu"].url, timeouts=TIMEOUTS),
+            BackendConfig(
+                name="cpu", kind="cpu", base_url=self.servers["cpu"].url, timeouts=TIMEOUTS
+            ),
+        ]
+
     def make_model(self, clock: FakeClock) -> HybridChatOllama:
         return HybridChatOllama(
             model=MODEL,
-            backends=[
-                BackendConfig(name="gpu", base_url=self.servers["gpu"].url, timeouts=TIMEOUTS),
-                BackendConfig(
-                    name="cpu", kind="cpu", base_url=self.servers["cpu"].url, timeouts=TIMEOUTS
-                ),
-            ],
+            backends=self.backends(),
             clock=clock,
         )
 
     def make_embedder(self, clock: FakeClock) -> HybridOllamaEmbeddings:
         return HybridOllamaEmbeddings(
             model=EMBED,
-            backends=[
-                BackendConfig(name="gpu", base_url=self.servers["gpu"].url, timeouts=TIMEOUTS),
-                BackendConfig(
-                    name="cpu", kind="cpu", base_url=self.servers["cpu"].url, timeouts=TIMEOUTS
-                ),
-            ],
+            backends=self.backends(),
             clock=clock,
         )
 

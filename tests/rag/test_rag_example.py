@@ -20,7 +20,9 @@ def dead_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
-def run_example() -> int:
+def run_example(monkeypatch: pytest.MonkeyPatch) -> int:
+    # As `python examples/rag_chain.py` does: the script's folder is importable (_servers).
+    monkeypatch.syspath_prepend(str(EXAMPLE.parent))
     spec = importlib.util.spec_from_file_location("rag_chain_example", EXAMPLE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -35,7 +37,7 @@ def test_example_runs_on_embedded_stand_ins(
     monkeypatch.setenv("OLLAMA_GPU_URL", dead_url())
     monkeypatch.setenv("OLLAMA_CPU_URL", dead_url())
     monkeypatch.setenv("CONTEXTHARBOR_RAG_ENGINE", "scripted")
-    assert run_example() == 0
+    assert run_example(monkeypatch) == 0
     out = capsys.readouterr().out
     assert "no Ollama answers: embedded stand-ins with the scripted engine" in out
     assert out.count("Ingrid Solberg") == 2  # answered twice, from the one right document
@@ -55,7 +57,7 @@ def test_example_uses_the_servers_that_answer(
     monkeypatch.setenv("OLLAMA_GPU_URL", gpu.url)
     monkeypatch.setenv("OLLAMA_CPU_URL", cpu.url)
     monkeypatch.delenv("CONTEXTHARBOR_EXAMPLE_MODEL", raising=False)
-    assert run_example() == 0
+    assert run_example(monkeypatch) == 0
     out = capsys.readouterr().out
     assert f"Using real Ollama at {gpu.url}, {cpu.url} with model llama3.2:1b" in out
     assert "Ingrid Solberg" in out and "expected_digest=" in out
