@@ -1236,18 +1236,23 @@ class Router:
             if kind != "probe" and (shared is not None or b.probe is not None):
                 res = shared if shared is not None else b.probe
                 assert res is not None
-                with self._lock:
-                    b.probe = res
-                    b.probe_future = None
-                    self._version += 1
-                    self._next_probe_check = float("-inf")
-                    self._apply_probe_evidence(b, res)
-                self._publish_pending(b)
+                self._store_probe(b, res)
                 return res
         res = self._probe_http(b)
         if sh is not None:
             sh.publish_probe(b.config.name, res, self.clock(), self.probe_ttl)
         return res
+
+    def _store_probe(self, b: BackendRuntime, res: ProbeResult) -> None:
+        """Make ``res`` what the router knows of ``b`` (from its own probe or the fleet's)
+        and act on its evidence; plans made before it are dropped."""
+        with self._lock:
+            b.probe = res
+            b.probe_future = None
+            self._version += 1
+            self._next_probe_check = float("-inf")
+            self._apply_probe_evidence(b, res)
+        self._publish_pending(b)
 
     @staticmethod
     def _optional(b: BackendRuntime, c: httpx.Client, path: str) -> list[Mapping[str, Any]] | None:
@@ -1299,13 +1304,7 @@ class Router:
                 (time.perf_counter() - t0) * 1000,
                 reason=b.config.scrub(f"{type(exc).__name__}: {exc}")[:300],
             )
-        with self._lock:
-            b.probe = res
-            b.probe_future = None
-            self._version += 1
-            self._next_probe_check = float("-inf")
-            self._apply_probe_evidence(b, res)
-        self._publish_pending(b)
+        self._store_probe(b, res)
         if res.ok:
             logger.debug(
                 "probe %s ok in %.1f ms: %d models, %d loaded",
