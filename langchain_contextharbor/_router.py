@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from langchain_contextharbor._settings import RouterSettings
 from langchain_contextharbor._stats import BackendStats
 from langchain_contextharbor._transport import shared_ssl_context
 from langchain_contextharbor.backends import BackendConfig
@@ -251,6 +252,7 @@ class Router:
     def __init__(
         self,
         backends: Sequence[BackendConfig],
+        settings: RouterSettings | None = None,
         *,
         clock: Clock = time.monotonic,
         breaker_policy: BreakerPolicy | None = None,
@@ -271,6 +273,19 @@ class Router:
         host_memory: Callable[[], int | None] | None = None,
         shared_state: SharedState | None = None,
     ) -> None:
+        if settings is not None:  # the one value the chat model and embeddings hand over
+            breaker_policy = settings.breaker_policy
+            probe_ttl, show_ttl = settings.probe_ttl, settings.show_ttl
+            oom_cooldown, missing_ttl = settings.oom_cooldown, settings.missing_ttl
+            background_probes = settings.background_probes
+            first_probe_wait = settings.first_probe_wait
+            recheck_interval = settings.recheck_interval
+            warm_first_token = settings.warm_first_token
+            warm_first_token_factor = settings.warm_first_token_factor
+            warm_window = settings.warm_window
+            background_trials = settings.background_trials
+            calibrate_speeds = settings.calibrate_speeds
+            calibration_cooldown = settings.calibration_cooldown
         self.clock = clock
         self.first_probe_wait = first_probe_wait
         self.recheck_interval = recheck_interval
