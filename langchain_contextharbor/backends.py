@@ -302,12 +302,18 @@ class BackendConfig(BaseModel):
 
     def scrub(self, text: str) -> str:
         """``text`` with this backend's credentials removed: the URL's userinfo and every
-        configured header value (bearer tokens, API keys). For errors, logs and metadata."""
+        configured header value (bearer tokens, API keys). For errors, logs and metadata.
+
+        The one scrubber of the package (the CLI's health report uses it too). A secret
+        shorter than 3 characters is masked only where it stands as ``userinfo@``: masking
+        every "a" or "pw" in a message would make it unreadable and hide nothing."""
         if self.base_url in text:
             text = text.replace(self.base_url, self.safe_url)
         url = httpx.URL(self.base_url)
         if url.userinfo:
-            for s in (url.userinfo.decode(errors="replace"), url.password):
+            userinfo = url.userinfo.decode(errors="replace")
+            text = text.replace(f"{userinfo}@", "***@")
+            for s in (userinfo, url.password):
                 if s and len(s) >= 3:
                     text = text.replace(s, "***")
         for value in self.request_headers.values():

@@ -33,6 +33,8 @@ __all__ = [
     "NvmlReader",
     "parse_visible_devices",
     "read_host_memory_available",
+    "read_host_memory_total",
+    "read_meminfo",
 ]
 
 
@@ -394,19 +396,19 @@ def _elapsed_ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
-def read_host_memory_available(meminfo_path: str = "/proc/meminfo") -> int | None:
-    """``MemAvailable`` from /proc/meminfo, in bytes; ``None`` if it cannot be read.
+def read_meminfo(key: str, meminfo_path: str = "/proc/meminfo") -> int | None:
+    """One field of /proc/meminfo (``MemAvailable``, ``MemTotal``, ...), in bytes; ``None``
+    if the file, the field or its number cannot be read.
 
-    This is the CPU server's capacity: the kernel's own estimate of memory that can be given
-    to a new process without swapping (it counts reclaimable page cache, unlike ``MemFree``).
-    Ollama compares a CPU-resident model against free RAM the same way before loading.
-    Container memory limits (cgroups) are not applied here.
+    The one parser of that file (the router reads ``MemAvailable``, ``contextharbor check``
+    ``MemTotal``): the kernel writes ``Key:   <number> kB``; a number without a unit is
+    bytes, and an unknown unit or a negative number is no reading rather than a guess.
     """
     try:
         with open(meminfo_path, encoding="ascii", errors="replace") as handle:
             for line in handle:
-                key, _, rest = line.partition(":")
-                if key.strip() != "MemAvailable":
+                name, _, rest = line.partition(":")
+                if name.strip() != key:
                     continue
                 parts = rest.split()
                 if not parts:
@@ -420,3 +422,19 @@ def read_host_memory_available(meminfo_path: str = "/proc/meminfo") -> int | Non
     except (OSError, ValueError):
         return None
     return None
+
+
+def read_host_memory_available(meminfo_path: str = "/proc/meminfo") -> int | None:
+    """``MemAvailable`` from /proc/meminfo, in bytes; ``None`` if it cannot be read.
+
+    This is the CPU server's capacity: the kernel's own estimate of memory that can be given
+    to a new process without swapping (it counts reclaimable page cache, unlike ``MemFree``).
+    Ollama compares a CPU-resident model against free RAM the same way before loading.
+    Container memory limits (cgroups) are not applied here.
+    """
+    return read_meminfo("MemAvailable", meminfo_path)
+
+
+def read_host_memory_total(meminfo_path: str = "/proc/meminfo") -> int | None:
+    """``MemTotal`` from /proc/meminfo in bytes (a local CPU server's RAM); ``None`` if unread."""
+    return read_meminfo("MemTotal", meminfo_path)

@@ -25,8 +25,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from langchain_contextharbor._router import ProbeResult, Router
 from langchain_contextharbor.backends import (
     CPU_URL_ENV,
@@ -40,6 +38,7 @@ from langchain_contextharbor.backends import (
 )
 from langchain_contextharbor.chat_models import HybridChatOllama
 from langchain_contextharbor.errors import ConfigurationError
+from langchain_contextharbor.gpu import read_host_memory_total
 from langchain_contextharbor.routing import LoadedModel, RoutePlan
 
 __all__ = [
@@ -245,35 +244,6 @@ def _run_within(fn: Callable[[], object], seconds: float) -> bool:
     return done.wait(seconds)
 
 
-def _scrub(text: str, cfg: BackendConfig) -> str:
-    """Remove the credentials of ``cfg``'s URL from an error text (httpx may quote URLs)."""
-    if cfg.base_url in text:
-        text = text.replace(cfg.base_url, cfg.safe_url)
-    try:
-        url = httpx.URL(cfg.base_url)
-    except Exception:
-        return text
-    for secret in (url.password, url.userinfo.decode(errors="replace")):
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
-def read_host_memory_total(meminfo_path: str = "/proc/meminfo") -> int | None:
-    """``MemTotal`` from /proc/meminfo in bytes (a local CPU server's RAM); ``None`` if unread."""
-    try:
-        with open(meminfo_path, encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                key, _, rest = line.partition(":")
-                parts = rest.split()
-                if key.strip() == "MemTotal" and parts and parts[0].isdigit():
-                    unit = parts[1].lower() if len(parts) > 1 else "kb"
-                    return int(parts[0]) * {"kb": 1024, "mb": 1024**2}.get(unit, 1)
-    except OSError:
-        return None
-    return None
-
-
 def _placement_warnings(cfg: BackendConfig, loaded: Sequence[LoadedModel]) -> tuple[str, ...]:
     """A "cpu" server whose model sits on a GPU (GPUs not hidden), or a "gpu" server at 100% CPU."""
     out = []
@@ -326,7 +296,7 @@ def _health(
             cfg.kind,
             False,
             p.latency_ms,
-            error=_scrub(p.reason or "probe failed", cfg),
+            error=cfg.scrub(p.reason or "probe failed"),
             max_memory_gb=max_gb,
             memory_source=source,
         )

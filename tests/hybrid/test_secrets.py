@@ -218,3 +218,42 @@ def test_url_credentials_reach_the_server_as_basic_auth(
 
     want = "Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
     assert seen and all(h == want for h in seen), seen
+
+
+def test_health_report_errors_go_through_the_one_scrubber() -> None:
+    """``contextharbor check`` masks what the chat model masks: it had its own copy of the
+    scrubber that removed URL credentials but not a configured header's value (an API key
+    that an error text quotes). A probe's failure text is planted with both, then shown."""
+    from dataclasses import replace
+
+    from langchain_contextharbor import health
+    from langchain_contextharbor._router import Router
+
+    cfg = BackendConfig(
+        name="cpu",
+        kind="cpu",
+        base_url="http://127.0.0.1:1",  # nothing listens: the probe fails
+        headers={"X-Api-Key": TOKEN},
+        timeouts=FAST,
+    )
+    router = Router([cfg], background_probes=False)
+    try:
+        router.refresh()
+        probe = router.backends[0].probe
+        assert probe is not None and not probe.ok
+        planted = replace(probe, reason=f"HTTP 401: key {TOKEN} refused at {cfg.base_url}")
+        report = health._health(router, cfg, planted, 1.0, lambda: None)
+    finally:
+        router.close()
+    assert report.error and "***" in report.error
+    assert not _leaks([report.error, repr(report), str(report.as_dict())])
+
+
+def test_a_short_userinfo_is_masked_where_it_stands_before_the_host() -> None:
+    """Secrets under 3 characters are not masked everywhere (every "a" in a message would
+    go), but ``user@`` / ``u:p@`` is masked wherever a URL shows it, whatever its length."""
+    cfg = BackendConfig(name="a", base_url="http://ab@127.0.0.1:1")
+    assert (
+        cfg.scrub("GET ab@127.0.0.1:1/api/tags: a label") == "GET ***@127.0.0.1:1/api/tags: a label"
+    )
+    assert cfg.scrub(f"{cfg.base_url}/api/tags") == f"{cfg.safe_url}/api/tags"

@@ -24,6 +24,7 @@ from langchain_contextharbor.gpu import (
     NvmlReader,
     parse_visible_devices,
     read_host_memory_available,
+    read_host_memory_total,
 )
 from langchain_contextharbor.testing.fake_nvml import (
     FakeNVML,
@@ -419,6 +420,17 @@ def test_read_host_memory_available_missing_file(tmp_path: Path) -> None:
 def test_read_host_memory_available_real() -> None:
     available = read_host_memory_available()
     assert available is not None and available > 0
+
+
+def test_read_host_memory_total_uses_the_same_parser(tmp_path: Path) -> None:
+    """``MemTotal`` (``contextharbor check``'s RAM figure) is read by the one parser of the
+    file, with its rules: kB, a bare number is bytes, anything unreadable is no reading."""
+    path = tmp_path / "meminfo"
+    path.write_text("MemTotal:       16384 kB\nMemAvailable:   123 kB\n")
+    assert read_host_memory_total(str(path)) == 16384 * 1024
+    path.write_text("MemTotal:       lots kB\n")
+    assert read_host_memory_total(str(path)) is None
+    assert read_host_memory_total(str(tmp_path / "nope")) is None
 
 
 # --- snapshot helpers for other tests ----------------------------------------------------------
