@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from langchain_contextharbor.testing._exchange import _Exchange
 from langchain_contextharbor.testing._requests import (
@@ -22,11 +21,15 @@ from langchain_contextharbor.testing._requests import (
     _validate_options,
     parse_keep_alive,
 )
+from langchain_contextharbor.testing._residency import Residency
+from langchain_contextharbor.testing._slots import Slots
+from langchain_contextharbor.testing._values import StandInConfig
 from langchain_contextharbor.testing._wire import _POLL, _Aborted, _dumps, _go_type, _RequestError
 from langchain_contextharbor.testing.engines import (
     ChatTurn,
     DoneEvent,
     EmbeddingNotSupported,
+    Engine,
     EngineEvent,
     ScriptedEngine,
     TextToken,
@@ -36,38 +39,63 @@ from langchain_contextharbor.testing.engines import (
     normalize,
     split_tokens,
 )
-from langchain_contextharbor.testing.faults import BUSY_MESSAGE
 from langchain_contextharbor.testing.models import (
+    LoadedModel,
     StandInModel,
     qualified_model_name,
     rfc3339_nano,
 )
 
-if TYPE_CHECKING:
-    from langchain_contextharbor.testing.server import OllamaStandIn
+
+class StandIn(Protocol):
+    """What an endpoint uses of the stand-in it answers for (``server.OllamaStandIn`` is
+    one): its settings, engine, models, residency and slots, through their public API.
+    Declared here, by the user, so this module does not import the server that imports it.
+    """
+
+    config: StandInConfig
+    engine: Engine
+    residency: Residency
+    slots: Slots
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def models(self) -> list[StandInModel]: ...
+
+    @property
+    def loaded(self) -> list[LoadedModel]: ...
+
+    def get_model(self, name: str) -> StandInModel | None: ...
+
+    def remove_model(self, name: str) -> None: ...
+
+    def unload(self, name: str | None = None) -> None: ...
+
 
 _SCRIPTED = ScriptedEngine()
 
 
-def _h_root(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+def _h_root(srv: StandIn, ex: _Exchange, body: dict[str, Any]) -> None:
     ex.send(200, "text/plain; charset=utf-8", b"Ollama is running")
 
 
-def _h_api_version(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+def _h_api_version(srv: StandIn, ex: _Exchange, body: dict[str, Any]) -> None:
     ex.send_json(200, {"version": srv.config.version})
 
 
-def _h_api_tags(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+def _h_api_tags(srv: StandIn, ex: _Exchange, body: dict[str, Any]) -> None:
     models = sorted(srv.models, key=lambda m: m.modified_at_ns, reverse=True)
     ex.send_json(200, {"models": [m.tags_entry() for m in models]})
 
 
-def _h_api_ps(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+def _h_api_ps(srv: StandIn, ex: _Exchange, body: dict[str, Any]) -> None:
     loaded = sorted(srv.loaded, key=lambda lm: lm.expires_at_ns, reverse=True)
     ex.send_json(200, {"models": [lm.ps_entry() for lm in loaded]})
 
 
-def _h_api_show(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+def _h_api_show(srv: StandIn, ex: _Exchange, body: dict[str, Any]) -> None:
     name = body.get("model") or body.get("name")
     if not isinstance(name, str) or not name:
         raise _RequestError(400, "model is required")
@@ -77,7 +105,7 @@ def _h_api_show(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None
     ex.send_json(200, spec.show_response())
 
 
-def _h_api_delete(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+def _h_api_delete(srv: StandIn, ex: _Exchange, body: dict[str, Any]) -> None:
     name = body.get("model") or body.get("name")
     if not isinstance(name, str) or not name:
         raise _RequestError(400, "model is required")
@@ -87,15 +115,15 @@ def _h_api_delete(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> No
     ex.send(200, "application/json; charset=utf-8", b"")
 
 
-def _h_api_embed(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+def _h_api_embed(srv: StandIn, ex: _Exchange, body: dict[str, Any]) -> None:
     _embed(srv, ex, body, legacy=False)
 
 
-def _h_api_embeddings(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+def _h_api_embeddings(srv: StandIn, ex: _Exchange, body: dict[str, Any]) -> None:
     _embed(srv, ex, body, legacy=True)
 
 
-def _embed(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any], *, legacy: bool) -> None:
+def _embed(srv: StandIn, ex: _Exchange, body: dict[str, Any], *, legacy: bool) -> None:
     t0 = time.perf_counter_ns()
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -146,7 +174,7 @@ def _embed(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any], *, legacy: b
 # ---------------------------------------------------------------------------- load / slots
 @contextlib.contextmanager
 def _use_model(
-    srv: OllamaStandIn,
+    srv: StandIn,
     ex: _Exchange,
     spec: StandInModel,
     options: dict[str, Any],
@@ -155,82 +183,43 @@ def _use_model(
     """Load ``spec`` if needed (paying ``load_delay``), pin it while the body runs."""
     num_ctx = int(options.get("num_ctx") or srv.config.num_ctx)
     num_gpu = int(options.get("num_gpu", -1))
-    ka = keep_alive_ns if keep_alive_ns is not None else srv._keep_alive_ns(None)
+    residency = srv.residency
+    ka = keep_alive_ns if keep_alive_ns is not None else residency.keep_alive_ns()
     t0 = time.perf_counter_ns()
-    with srv._lock:
-        srv._purge_expired()
-        lm = srv._loaded.get(spec.name)
-        reload = lm is None or lm.context_length != num_ctx or (lm.num_gpu == 0) != (num_gpu == 0)
-        ready = srv._ready.get(spec.name)
-        if reload:
-            lm = srv.set_loaded(spec.name, context_length=num_ctx, num_gpu=num_gpu)
-            ready = threading.Event()
-            srv._ready[spec.name] = ready
-            owner = True
-        else:
-            owner = False
-        assert lm is not None
-        lm.in_flight += 1
+    pin = residency.pin(spec, num_ctx=num_ctx, num_gpu=num_gpu)
     try:
-        if owner:
-            assert ready is not None
+        if pin.loads:
             try:
                 ex.sleep(srv.config.load_delay)
             finally:
-                ready.set()
-        elif ready is not None and not ready.is_set():
-            while not ready.wait(_POLL):
+                pin.loaded()
+        else:
+            while not pin.wait_loaded(_POLL):
                 if ex.stop_event.is_set() or ex.client_gone():
                     raise _Aborted
         load_ns = max(time.perf_counter_ns() - t0, 1_000)
         yield load_ns
     finally:
-        with srv._lock:
-            lm.in_flight -= 1
-            if lm.in_flight <= 0:
-                lm.in_flight = 0
-                if ka == 0:
-                    if srv._loaded.get(spec.name) is lm:
-                        del srv._loaded[spec.name]
-                else:
-                    lm.keep_alive_ns = ka
-                    lm.expires_at_ns = srv._expiry(ka)
+        residency.unpin(pin, ka)
 
 
 @contextlib.contextmanager
-def _slot(srv: OllamaStandIn, ex: _Exchange) -> Iterator[None]:
+def _slot(srv: StandIn, ex: _Exchange) -> Iterator[None]:
     """One of ``num_parallel`` generation slots; 503 beyond ``max_queue`` waiters."""
-    with srv._slots:
-        if srv._active >= max(1, srv.config.num_parallel):
-            if srv._waiting >= srv.config.max_queue:
-                raise _RequestError(503, BUSY_MESSAGE)
-            srv._waiting += 1
-            try:
-                while srv._active >= max(1, srv.config.num_parallel):
-                    if ex.stop_event.is_set() or ex.client_gone():
-                        raise _Aborted
-                    srv._slots.wait(_POLL)
-            finally:
-                srv._waiting -= 1
-        srv._active += 1
-    try:
+    with srv.slots.hold(lambda: ex.stop_event.is_set() or ex.client_gone()):
         yield
-    finally:
-        with srv._slots:
-            srv._active -= 1
-            srv._slots.notify()
 
 
 # ---------------------------------------------------------------------------- chat / generate
-def _h_api_chat(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+def _h_api_chat(srv: StandIn, ex: _Exchange, body: dict[str, Any]) -> None:
     _complete(srv, ex, body, generate=False)
 
 
-def _h_api_generate(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any]) -> None:
+def _h_api_generate(srv: StandIn, ex: _Exchange, body: dict[str, Any]) -> None:
     _complete(srv, ex, body, generate=True)
 
 
-def _complete(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any], *, generate: bool) -> None:
+def _complete(srv: StandIn, ex: _Exchange, body: dict[str, Any], *, generate: bool) -> None:
     t_start = time.perf_counter_ns()
     keep_alive = parse_keep_alive(body.get("keep_alive"))
     think_raw = body.get("think")
@@ -322,7 +311,7 @@ def _complete(srv: OllamaStandIn, ex: _Exchange, body: dict[str, Any], *, genera
 
 
 def _load_only(
-    srv: OllamaStandIn,
+    srv: StandIn,
     ex: _Exchange,
     spec: StandInModel,
     model: str,
@@ -349,7 +338,7 @@ def _load_only(
 
 
 def _generate(
-    srv: OllamaStandIn,
+    srv: StandIn,
     ex: _Exchange,
     turn: ChatTurn,
     *,
@@ -510,8 +499,8 @@ def _generate(
         ex.send_json(200, final)
 
 
-#: Path -> handler; ``OllamaStandIn`` dispatches here after method and body checks.
-ENDPOINTS: dict[str, Callable[[OllamaStandIn, _Exchange, dict[str, Any]], None]] = {
+#: Path -> handler; ``StandIn`` dispatches here after method and body checks.
+ENDPOINTS: dict[str, Callable[[StandIn, _Exchange, dict[str, Any]], None]] = {
     "/": _h_root,
     "/api/version": _h_api_version,
     "/api/tags": _h_api_tags,

@@ -13,8 +13,9 @@ import select
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from langchain_contextharbor.testing._values import RequestRecord, StandInConfig
 from langchain_contextharbor.testing._wire import _POLL, _Aborted, _dumps, _Handler
 from langchain_contextharbor.testing.faults import (
     MALFORMED_LINE,
@@ -23,23 +24,32 @@ from langchain_contextharbor.testing.faults import (
     FaultRule,
 )
 
-if TYPE_CHECKING:
-    from langchain_contextharbor.testing.server import OllamaStandIn, RequestRecord
-
 
 class _Exchange:
-    """One request/response on a connection: body parsing, fault hooks and framing."""
+    """One request/response on a connection: body parsing, fault hooks and framing.
 
-    def __init__(self, srv: OllamaStandIn, handler: _Handler, record: RequestRecord) -> None:
-        self.srv = srv
+    ``config`` is the stand-in's (its ``hang_cap``); ``stop_event`` is set when the server
+    stops, ``release`` when ``clear_faults()`` lets hung requests resume: the two events of
+    the server's current run, handed over so that this object needs nothing else from it.
+    """
+
+    def __init__(
+        self,
+        handler: _Handler,
+        record: RequestRecord,
+        config: StandInConfig,
+        stop_event: threading.Event,
+        release: threading.Event,
+    ) -> None:
         self.h = handler
         self.record = record
+        self.config = config
         self.rule: FaultRule | None = None
         self.headers_sent = False
         self.chunks = 0
         self.finished = False
-        self.stop_event = srv._stop_event
-        self.release = srv._release
+        self.stop_event = stop_event
+        self.release = release
 
     # -- fault bookkeeping --------------------------------------------------------
     def take_rule(self, *faults: Fault) -> FaultRule | None:
@@ -84,7 +94,7 @@ class _Exchange:
 
     def hang(self, rule: FaultRule) -> None:
         """Block until ``clear_faults()`` (resume), ``stop()``, client exit or the cap (abort)."""
-        limit = rule.delay if rule.delay is not None else self.srv.config.hang_cap
+        limit = rule.delay if rule.delay is not None else self.config.hang_cap
         released = self._wait(self.release, limit)
         if self.stop_event.is_set():
             raise _Aborted

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import socketserver
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from langchain_contextharbor.testing.server import OllamaStandIn
+from typing import Any, Protocol
 
 log = logging.getLogger("langchain_contextharbor.testing.server")
 
@@ -84,12 +82,25 @@ def _go_type(value: Any) -> str:
     return "null"
 
 
+class _Host(Protocol):
+    """What the HTTP plumbing needs of the stand-in it serves (``OllamaStandIn`` is one):
+    its name for log lines, connection tracking for ``stop()``, and the dispatch of a
+    parsed request. Declared here so this module imports nothing above it."""
+
+    @property
+    def name(self) -> str: ...
+
+    def _track(self, sock: socket.socket, *, add: bool) -> None: ...
+
+    def _dispatch(self, handler: _Handler) -> None: ...
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], standin: OllamaStandIn) -> None:
+    def __init__(self, address: tuple[str, int], standin: _Host) -> None:
         self.standin = standin
         super().__init__(address, _Handler)
 

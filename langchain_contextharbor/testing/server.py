@@ -12,7 +12,10 @@ hand-written chunked transfer encoding), so it adds no dependency to the project
 This module holds the public :class:`OllamaStandIn` (lifecycle, faults, request log, models,
 dispatch); the rest is split along its seams: ``_wire`` (HTTP plumbing, Go-style JSON),
 ``_exchange`` (one request's framing and when an injected fault acts), ``_requests``
-(options, ``keep_alive``, routes, stop sequences) and ``_endpoints`` (what each route answers).
+(options, ``keep_alive``, routes, stop sequences), ``_endpoints`` (what each route answers),
+and the state the endpoints share, each owned by one object: ``_residency`` (loaded models,
+expiry, loads in progress) and ``_slots`` (``num_parallel`` and the queue); ``_values``
+holds ``StandInConfig`` and ``RequestRecord``. None of them imports this module.
 
 Usage::
 
@@ -33,7 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from types import EllipsisType
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,13 +44,14 @@ from urllib.parse import urlsplit
 from langchain_contextharbor.testing._endpoints import ENDPOINTS
 from langchain_contextharbor.testing._exchange import _Exchange
 from langchain_contextharbor.testing._requests import (
-    _FOREVER_NS,
     _GIB,
-    _NS,
     _REQUEST_TYPES,
     _ROUTES,
     parse_keep_alive,
 )
+from langchain_contextharbor.testing._residency import Residency
+from langchain_contextharbor.testing._slots import Slots
+from langchain_contextharbor.testing._values import RequestRecord, StandInConfig
 from langchain_contextharbor.testing._wire import (
     _Aborted,
     _dumps,
@@ -68,75 +72,12 @@ from langchain_contextharbor.testing.faults import (
     oom_message,
 )
 from langchain_contextharbor.testing.models import (
-    DEFAULT_NUM_CTX,
     LoadedModel,
     StandInModel,
     normalize_model_name,
 )
 
 __all__ = ["OllamaStandIn", "RequestRecord", "StandInConfig", "parse_keep_alive"]
-
-
-# ---------------------------------------------------------------------------- config / log
-@dataclass
-class StandInConfig:
-    """Per-instance settings of an ``OllamaStandIn`` (all have usable defaults).
-
-    ``gpu_fraction`` is the share of a loaded model's bytes reported as ``size_vram`` in
-    ``/api/ps`` (1.0 = a GPU server, 0.0 = CPU-only). ``load_delay`` is paid by a chat whose
-    model is not loaded (or needs a reload for another ``num_ctx``/``num_gpu``); ``token_delay``
-    separates streamed chunks. ``num_parallel`` requests generate at once; up to ``max_queue``
-    more wait for a slot and any beyond get Ollama's 503. ``keep_alive`` (seconds, negative =
-    forever) is the default residency after a request. ``hang_cap`` bounds every injected hang
-    so nothing can block forever. ``available_memory`` is the "available" figure of the OOM
-    fault's text (0 = a third of what the model needs). ``max_log`` bounds the request log
-    (oldest entries are dropped), so a long-running CLI instance does not grow without end.
-    """
-
-    name: str = "ollama"
-    host: str = "127.0.0.1"
-    port: int = 0
-    version: str = "0.14.3"
-    models: list[StandInModel | str] = field(default_factory=lambda: ["llama3.2:1b"])
-    loaded: list[str] = field(default_factory=list)
-    gpu_fraction: float = 1.0
-    load_delay: float = 0.0
-    token_delay: float = 0.0
-    num_parallel: int = 1
-    max_queue: int = 512
-    keep_alive: float = 300.0
-    num_ctx: int = DEFAULT_NUM_CTX
-    hang_cap: float = 60.0
-    available_memory: int = 0
-    max_log: int = 10_000
-    engine: Engine | None = None
-
-
-@dataclass
-class RequestRecord:
-    """One request as the stand-in saw it (``srv.requests``).
-
-    ``body`` is the parsed JSON body (``None`` when absent or not JSON). ``status`` is the
-    HTTP status sent, or ``None`` while the request is still running or when no status line
-    was ever sent (a hang or a cut before headers). ``fault`` is the injected fault that this
-    request consumed, if any. ``timestamp`` is ``time.time()`` at arrival.
-    """
-
-    method: str
-    path: str
-    body: Any
-    timestamp: float
-    instance: str
-    status: int | None = None
-    fault: Fault | None = None
-
-    @property
-    def model(self) -> str | None:
-        """The ``model`` field of the body, when there is one."""
-        if isinstance(self.body, dict):
-            value = self.body.get("model") or self.body.get("name")
-            return value if isinstance(value, str) else None
-        return None
 
 
 # ---------------------------------------------------------------------------- the stand-in
@@ -160,16 +101,15 @@ class OllamaStandIn:
         for m in cfg.models:
             spec = m if isinstance(m, StandInModel) else StandInModel(m)
             self._models[spec.name] = spec
-        self._loaded: dict[str, LoadedModel] = {}
-        self._ready: dict[str, threading.Event] = {}
+        self.residency = Residency(cfg)
+        """The loaded models (``/api/ps``), their expiry and loads in progress."""
+        self.slots = Slots(cfg)
+        """The ``num_parallel`` generation slots and the queue before them."""
         for name in cfg.loaded:
             self.set_loaded(name)
         self._faults = FaultTable()
         self._log: deque[RequestRecord] = deque(maxlen=max(1, cfg.max_log))
         self._log_lock = threading.Lock()
-        self._slots = threading.Condition()
-        self._active = 0
-        self._waiting = 0
         self._stop_event = threading.Event()
         self._stop_event.set()
         self._release = threading.Event()
@@ -249,8 +189,7 @@ class OllamaStandIn:
             self._release.set()
         if httpd is None:
             return
-        with self._slots:
-            self._slots.notify_all()
+        self.slots.wake_all()
         httpd.shutdown()
         httpd.server_close()
         with self._conns_lock:
@@ -361,14 +300,14 @@ class OllamaStandIn:
     @property
     def in_flight(self) -> int:
         """Requests generating right now (holding a ``num_parallel`` slot)."""
-        with self._slots:
-            return self._active
+        with self.slots.lock:
+            return self.slots.active
 
     @property
     def queued(self) -> int:
         """Requests waiting for a slot."""
-        with self._slots:
-            return self._waiting
+        with self.slots.lock:
+            return self.slots.waiting
 
     # ------------------------------------------------------------------ models
     @property
@@ -380,9 +319,7 @@ class OllamaStandIn:
     @property
     def loaded(self) -> list[LoadedModel]:
         """Models resident now (``/api/ps``), expired ones dropped."""
-        with self._lock:
-            self._purge_expired()
-            return list(self._loaded.values())
+        return self.residency.models()
 
     def get_model(self, name: str) -> StandInModel | None:
         """The model ``name`` resolves to (``llama3.2`` finds ``llama3.2:latest``)."""
@@ -403,7 +340,7 @@ class OllamaStandIn:
         key = normalize_model_name(name)
         with self._lock:
             self._models.pop(key, None)
-            self._loaded.pop(key, None)
+            self.residency.unload(key)
 
     def set_loaded(
         self,
@@ -421,50 +358,22 @@ class OllamaStandIn:
         weights + KV cache + graph, ``size_vram`` = ``size * gpu_fraction`` (0 with
         ``num_gpu=0``), ``expires_in`` = the instance's ``keep_alive`` (negative = forever).
         """
-        key = normalize_model_name(name)
         with self._lock:
-            spec = self._models.get(key)
-            if spec is None:
-                raise KeyError(f"model {name!r} is not one of this stand-in's models")
-            ctx = context_length or self.config.num_ctx
-            total = size if size is not None else spec.loaded_size(ctx)
-            if size_vram is None:
-                size_vram = 0 if num_gpu == 0 else int(total * self.config.gpu_fraction)
-            ka = self._keep_alive_ns(None if expires_in is None else expires_in)
-            lm = LoadedModel(
-                model=spec,
-                size=total,
-                size_vram=size_vram,
-                context_length=ctx,
-                expires_at_ns=self._expiry(ka),
-                num_gpu=num_gpu,
-                keep_alive_ns=ka,
-            )
-            self._loaded[key] = lm
-            return lm
+            spec = self._models.get(normalize_model_name(name))
+        if spec is None:
+            raise KeyError(f"model {name!r} is not one of this stand-in's models")
+        return self.residency.load(
+            spec,
+            size=size,
+            size_vram=size_vram,
+            context_length=context_length,
+            expires_in=expires_in,
+            num_gpu=num_gpu,
+        )
 
     def unload(self, name: str | None = None) -> None:
         """Evict ``name`` (every model when ``None``) from ``/api/ps``."""
-        with self._lock:
-            if name is None:
-                self._loaded.clear()
-            else:
-                self._loaded.pop(normalize_model_name(name), None)
-
-    def _keep_alive_ns(self, seconds: float | None) -> int:
-        value = self.config.keep_alive if seconds is None else seconds
-        ns = int(value * _NS)
-        return _FOREVER_NS if ns < 0 else ns
-
-    @staticmethod
-    def _expiry(keep_alive_ns: int) -> int:
-        return time.time_ns() + keep_alive_ns
-
-    def _purge_expired(self) -> None:
-        now = time.time_ns()
-        for key, lm in list(self._loaded.items()):
-            if lm.in_flight == 0 and lm.expires_at_ns <= now:
-                del self._loaded[key]
+        self.residency.unload(None if name is None else normalize_model_name(name))
 
     # ------------------------------------------------------------------ request plumbing
     def _record(self, method: str, path: str, body: Any) -> RequestRecord:
@@ -492,7 +401,7 @@ class OllamaStandIn:
             except UnicodeDecodeError:
                 parse_error = "invalid character looking for beginning of value"
         record = self._record(method, path, body)
-        ex = _Exchange(self, handler, record)
+        ex = _Exchange(handler, record, self.config, self._stop_event, self._release)
         ex.rule = self._faults.take(path)
         try:
             self._route(ex, method, path, raw, body, parse_error)

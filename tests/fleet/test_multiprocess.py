@@ -87,8 +87,8 @@ class Peak:
                 assert isinstance(engine, CountingEngine)
                 # Read under the stand-in's slot lock: the queue cannot change meanwhile, so
                 # no call is counted both queued and generating.
-                with s._slots:
-                    load = engine.active + s._waiting
+                with s.slots.lock:
+                    load = engine.active + s.slots.waiting
                 self.peak[k] = max(self.peak[k], load)
             time.sleep(0.0005)
 
