@@ -30,14 +30,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
-if TYPE_CHECKING:  # pragma: no cover
-    from langchain_contextharbor.fleet import SharedBreaker
-
-__all__ = ["BreakerPolicy", "CircuitBreaker", "CircuitState"]
+__all__ = ["BreakerPolicy", "CircuitBreaker", "CircuitRecord", "CircuitState"]
 
 CircuitState = Literal["closed", "open", "half_open"]
+
+
+class CircuitRecord(Protocol):
+    """A circuit as another holder of the same backend recorded it: what
+    :meth:`CircuitBreaker.adopt_shared` reads. Declared here, by the reader, so that this
+    pure module depends on nothing above it; any value with these fields fits (the shared
+    state's record of a circuit is one)."""
+
+    @property
+    def state(self) -> CircuitState: ...
+
+    @property
+    def failures(self) -> int: ...
+
+    @property
+    def opened_at(self) -> float | None: ...
+
+    @property
+    def cooldown(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -182,7 +198,7 @@ class CircuitBreaker:
             pass
 
     def adopt_shared(
-        self, shared: SharedBreaker | None, now: float, seen: SharedBreaker | None = None
+        self, shared: CircuitRecord | None, now: float, seen: CircuitRecord | None = None
     ) -> bool:
         """Take on what the fleet learned (fleet mode); True when this breaker changed.
 

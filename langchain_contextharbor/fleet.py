@@ -12,9 +12,10 @@ starts with what the others measured).
 Decisions stay local: the router still plans with the pure
 :func:`~langchain_contextharbor.routing.plan_route`; the shared state only feeds the
 snapshots it plans over. This module holds the hook interface the router calls
-(:class:`SharedState`), the plain values it exchanges, and :func:`make_shared_state`,
-which builds the Redis implementation (:mod:`langchain_contextharbor._fleet_redis`) only
-when asked, so ``redis`` is never imported otherwise.
+(:class:`SharedState`) and the plain values it exchanges, and imports no implementation:
+the Redis one (:mod:`langchain_contextharbor._fleet_redis`) is built by
+:func:`~langchain_contextharbor._fleet_setup.make_shared_state` only when asked (still
+importable from here), so ``redis`` is never imported otherwise.
 
 Every hook is best effort: a store that is down or slow never fails a call; the router
 then decides on its local state alone.
@@ -22,12 +23,9 @@ then decides on its local state alone.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
-
-from langchain_contextharbor.errors import ConfigurationError
 
 if TYPE_CHECKING:  # pragma: no cover
     from langchain_contextharbor._router import ProbeResult
@@ -38,7 +36,7 @@ __all__ = [
     "SharedBackend",
     "SharedBreaker",
     "SharedState",
-    "make_shared_state",
+    "make_shared_state",  # noqa: F822 - resolved by __getattr__ below (lives in _fleet_setup)
 ]
 
 REDIS_URL_ENV = "CONTEXTHARBOR_REDIS_URL"
@@ -209,33 +207,15 @@ class LocalState:
         return None
 
 
-def make_shared_state(
-    spec: str | SharedState | None,
-    backends: list[str],
-    *,
-    clock: Callable[[], float] | None = None,
-    env: Mapping[str, str] | None = None,
-    **options: Any,
-) -> SharedState | None:
-    """Resolve the ``shared_state`` argument: None (and no ``CONTEXTHARBOR_REDIS_URL``) or
-    ``"local"`` -> None (local mode); a ``redis://`` / ``rediss://`` / ``unix://`` URL ->
-    the Redis implementation (needs ``pip install 'langchain-contextharbor[fleet]'``); an
-    object implementing :class:`SharedState` is used as it is."""
-    if spec is None:
-        spec = (os.environ if env is None else env).get(REDIS_URL_ENV) or None
-    if spec is None or spec == "local":
-        return None
-    if not isinstance(spec, str):
-        if not isinstance(spec, SharedState):
-            raise ConfigurationError(
-                f"shared_state must be a redis:// URL or a SharedState, got {type(spec).__name__}"
-            )
-        return spec
-    try:
-        from langchain_contextharbor._fleet_redis import RedisSharedState
-    except ImportError as exc:
-        raise ConfigurationError(
-            "fleet mode needs the redis client: pip install 'langchain-contextharbor[fleet]' "
-            f"({type(exc).__name__}: {exc})"
-        ) from None
-    return RedisSharedState(spec, backends, clock=clock, **options)
+def __getattr__(name: str) -> Any:
+    """``fleet.make_shared_state`` stays importable from here, where callers found it.
+
+    The factory lives in :mod:`langchain_contextharbor._fleet_setup`: it chooses and builds
+    an implementation (the Redis store), and a protocol module that imported its own
+    implementation would be a loop (``_fleet_redis`` imports this module). Resolved on
+    first access, so importing this module imports neither."""
+    if name == "make_shared_state":
+        from langchain_contextharbor._fleet_setup import make_shared_state
+
+        return make_shared_state
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -117,6 +117,21 @@ def test_local_state_satisfies_the_protocol_and_none_means_local() -> None:
     assert make_shared_state("local", ["gpu"], env={}) is None
 
 
+def test_the_factory_lives_apart_from_the_protocol_and_stays_importable_from_it() -> None:
+    """``fleet`` is the protocol: it imports no implementation; the factory that builds the
+    Redis store lives in ``_fleet_setup`` and ``fleet.make_shared_state`` still finds it."""
+    import langchain_contextharbor.fleet as fleet
+    from langchain_contextharbor import _fleet_setup, breaker
+
+    assert make_shared_state is _fleet_setup.make_shared_state is fleet.make_shared_state
+    assert "make_shared_state" not in vars(fleet)  # resolved on access, not imported
+    # the pure breaker reads the fleet's record through its own protocol, not the fleet type
+    assert not any(v is fleet for v in vars(breaker).values())
+    br = breaker.CircuitBreaker()
+    assert br.adopt_shared(SharedBreaker("open", 1, 5.0, 10.0), now=6.0)
+    assert br.state == "open" and br.retry_at() == 15.0
+
+
 def test_fleet_in_flight_feeds_the_plan_and_spills_over() -> None:
     clock = FakeClock()
     shared = Recording()
