@@ -8,6 +8,9 @@ or a handler of its own).
 
 import logging as _logging
 
+# First, before any module below imports ollama: importing it reads the environment, and a
+# bad value there must not make this import fail (issue 18; see _ollama_import).
+from langchain_contextharbor import _ollama_import  # noqa: F401 - imported for that effect
 from langchain_contextharbor.backends import (
     DEFAULT_CPU_URL,
     DEFAULT_GPU_URL,
@@ -65,7 +68,10 @@ __version__ = "0.1.0"
 
 # Without a handler of its own, a failover's WARNING would reach Python's last-resort handler
 # and be printed to stderr in every script or notebook that never configured logging.
-_logging.getLogger("langchain_contextharbor").addHandler(_logging.NullHandler())
+# (_ollama_import, imported first, adds it already: it may warn during the import.)
+_logger = _logging.getLogger("langchain_contextharbor")
+if not any(isinstance(h, _logging.NullHandler) for h in _logger.handlers):
+    _logger.addHandler(_logging.NullHandler())
 
 __all__ = [
     "ABANDONED_EVENT",
