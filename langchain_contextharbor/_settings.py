@@ -67,7 +67,8 @@ class RouterSettings:
     background_trials: bool = True
     """A due trial call of an open circuit is the router's own one-token chat, not a user's."""
     calibrate_speeds: bool = True
-    """Measure a free backend's speed with one short chat when the prior alone keeps calls off it."""
+    """Measure a free backend's speed with one short chat when the prior alone keeps calls
+    off it."""
     calibration_cooldown: float = 300.0
     """Seconds between two calibrations of one (backend, model)."""
 

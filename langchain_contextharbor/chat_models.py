@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import time
-import weakref
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -50,37 +48,18 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from langchain_core.utils.utils import LC_ID_PREFIX
 from langchain_ollama import ChatOllama
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 from typing_extensions import is_typeddict
 
+from langchain_contextharbor._config import RoutedFields
+from langchain_contextharbor._pool import InnerPool
 from langchain_contextharbor._router import Router
 from langchain_contextharbor._transport import (
     CALL_DEADLINE,
     FIRST_TOKEN,
     MaskedClientKwargs,
-    inner_client_kwargs,
-    ssl_context_ready,
 )
-from langchain_contextharbor.backends import (
-    CPU_URL_ENV,
-    DEFAULT_CPU_URL,
-    BackendConfig,
-    Timeouts,
-    backends_from_env,
-    coerce_backends,
-    default_gpu_url,
-    ollama_host_url,
-    redact_url,
-)
-from langchain_contextharbor.breaker import BreakerPolicy
+from langchain_contextharbor.backends import BackendConfig
 from langchain_contextharbor.classify import (
     Classification,
     FailoverCategory,
@@ -99,12 +78,7 @@ from langchain_contextharbor.errors import (
 )
 from langchain_contextharbor.fleet import REDIS_URL_ENV, SharedState, make_shared_state
 from langchain_contextharbor.routing import RoutePlan, RoutePolicy, SpeedPrior
-from langchain_contextharbor.sizing import (
-    DEFAULT_MODEL_SIZES,
-    DEFAULT_NUM_CTX,
-    GIB,
-    validate_model_sizes,
-)
+from langchain_contextharbor.sizing import DEFAULT_NUM_CTX, GIB
 
 __all__ = ["ABANDONED_EVENT", "HybridChatOllama"]
 
@@ -188,36 +162,6 @@ class _Call:
         self.skipped: list[SkipRecord] = list(plan.skipped)
 
 
-def _with_client_kwargs(cfg: BackendConfig, extra: Mapping[str, Any]) -> BackendConfig:
-    """``cfg`` with ChatOllama-style ``client_kwargs`` merged in (the backend's own win)."""
-    bad = sorted({"timeout", "base_url", "host", "auth"} & set(extra))
-    if bad:
-        raise ConfigurationError(
-            f"client_kwargs may not set {bad}: use timeout=/timeouts= for time limits and "
-            "headers (or user:password@ in the URL) for credentials"
-        )
-    kwargs = dict(extra)
-    headers = kwargs.pop("headers", None) or {}
-    if not isinstance(headers, Mapping):
-        raise ConfigurationError("client_kwargs['headers'] must be a mapping of strings")
-    fields = {f: getattr(cfg, f) for f in type(cfg).model_fields}
-    fields["headers"] = {
-        **{str(k): str(v) for k, v in headers.items()},
-        **{k: v.get_secret_value() for k, v in cfg.headers.items()},
-    }
-    fields["client_kwargs"] = {**kwargs, **cfg.client_kwargs}
-    try:
-        return BackendConfig(**fields)
-    except ConfigurationError:
-        raise
-    except Exception as exc:
-        msg = (
-            "; ".join(str(e.get("msg", "")) for e in getattr(exc, "errors", lambda **_: [])())
-            or type(exc).__name__
-        )
-        raise ConfigurationError(f"client_kwargs do not fit backend {cfg.name!r}: {msg}") from None
-
-
 class _InnerChatOllama(MaskedClientKwargs, ChatOllama):
     """The ChatOllama of one backend (client kwargs masked in reprs and dumps)."""
 
@@ -252,37 +196,6 @@ def _disarm(armed: _Armed | None) -> None:
             CALL_DEADLINE.reset(armed[0])
         except ValueError:
             pass
-
-
-async def _client_keeper(inner: ChatOllama) -> AsyncGenerator[None, None]:
-    """Holds an async inner model's clients open for the life of its event loop.
-
-    An async generator is finalised by the loop itself (``asyncio.run`` calls
-    ``shutdown_asyncgens`` before closing), so the clients of a finished loop are closed
-    on that loop instead of being dropped with open sockets (``ResourceWarning``).
-    """
-    try:
-        yield
-    finally:
-        await _aclose_inner(inner)
-
-
-async def _aclose_inner(inner: ChatOllama) -> None:
-    client = getattr(inner, "_async_client", None)
-    if client is not None:
-        try:
-            await client.close()
-        except Exception:  # pragma: no cover - closing must never raise into the caller
-            logger.debug("closing an async inner client failed", exc_info=True)
-
-
-def _close_inner(inner: ChatOllama) -> None:
-    client = getattr(inner, "_client", None)
-    if client is not None:
-        try:
-            client.close()
-        except Exception:  # pragma: no cover - closing must never raise into the caller
-            logger.debug("closing an inner client failed", exc_info=True)
 
 
 @dataclass(frozen=True)
@@ -459,33 +372,31 @@ class _HotState:
 
     __slots__ = (
         "async_inner",
-        "build_lock",
         "configs",
         "ident",
         "owner",
         "policy_cache",
+        "pool",
         "router",
         "sync_inner",
     )
 
     def __init__(self, configs: list[BackendConfig], router: Router, owner: int) -> None:
-        import threading
-
         self.owner = owner
         self.configs = configs
         self.router = router
-        self.sync_inner: dict[str, ChatOllama] = {}
-        self.async_inner: dict[
-            tuple[str, int], tuple[Any, ChatOllama, AsyncGenerator[None, None]]
-        ] = {}
-        self.build_lock = threading.Lock()
+        self.pool: InnerPool[ChatOllama] = InnerPool(configs, spawn=router.submit_background)
+        self.sync_inner = self.pool.sync
+        """The pool's sync map itself: the call loops read it with one ``dict.get``."""
+        self.async_inner = self.pool.per_loop
+        """The pool's per-loop map itself, read by :meth:`HybridChatOllama._async_inner_built`."""
         self.policy_cache: tuple[tuple[Any, ...], RoutePolicy] | None = None
         self.ident: dict[str, Any] | None = None
         """``_identifying_params`` (langchain-core asks on every call); reset with the
         inner models when ``model`` or a passed-through parameter is set."""
 
 
-class HybridChatOllama(BaseChatModel):
+class HybridChatOllama(RoutedFields, BaseChatModel):
     """Chat model that routes each call to the best of several Ollama servers.
 
     Setup:
@@ -530,25 +441,13 @@ class HybridChatOllama(BaseChatModel):
         and its circuit breaker keeps later calls off it until a trial call.
     """
 
-    model_config = ConfigDict(
-        arbitrary_types_allowed=True, populate_by_name=True, hide_input_in_errors=True
-    )
+    _inner_class = _InnerChatOllama
+    _passthrough = _PASSTHROUGH
 
-    model: str
-    """Model tag, e.g. ``"llama3.1:8b"``."""
-    backends: list[BackendConfig] | None = None
-    """Explicit backends; when None, built from ``gpu_url`` and ``cpu_url``."""
-    gpu_url: str | None = Field(default_factory=default_gpu_url, repr=False)
-    """GPU server (env ``OLLAMA_GPU_URL``, else ``OLLAMA_HOST`` as Ollama's tools read it);
-    empty string disables it."""
-    cpu_url: str | None = Field(
-        default_factory=from_env(CPU_URL_ENV, default=DEFAULT_CPU_URL), repr=False
-    )
-    """CPU server (env ``OLLAMA_CPU_URL``); empty string disables it."""
-    base_url: str | None = Field(default=None, repr=False)
-    """ChatOllama's argument: one server (``http://host:port`` or Ollama's ``host:port``)
-    as the only backend, named ``"default"``. Not together with ``backends``/``gpu_url``/
-    ``cpu_url``."""
+    # Shared with HybridOllamaEmbeddings and documented there (RoutedFields): model,
+    # backends, gpu_url, cpu_url, base_url, num_ctx, num_gpu, num_thread, timeout,
+    # timeouts, size_threshold_gb, model_sizes, prefer_warm, spillover, breaker, probe_ttl,
+    # background_probes, clock, nvml, host_memory.
     client_kwargs: dict[str, Any] | None = Field(default=None, exclude=True, repr=False)
     """ChatOllama's argument: httpx client options applied to every backend (a backend's
     own ``client_kwargs``/``headers`` win per key). ``headers`` merge into each backend's
@@ -559,47 +458,58 @@ class HybridChatOllama(BaseChatModel):
 
     # --- ChatOllama parameters, applied to every inner model -------------------------
     temperature: float | None = None
-    num_ctx: int | None = None
-    num_gpu: int | None = None
-    num_thread: int | None = None
+    """Sampling temperature (higher answers more freely; 0 picks the likeliest token).
+    None: the model's default (0.8 unless its Modelfile sets another)."""
     num_predict: int | None = None
+    """Most tokens to generate (``-1``: no limit). None: the server's default."""
     max_tokens: int | None = None
     """Standard name for ``num_predict``."""
     keep_alive: int | str | None = None
+    """How long the server keeps the model loaded after a call (``"5m"``, seconds, ``0``
+    unloads at once, ``-1`` keeps it). None: the server's default (5 minutes). The planner
+    prefers a server where the model is still loaded."""
     reasoning: bool | str | None = None
+    """Thinking models: True returns the reasoning apart, in
+    ``additional_kwargs["reasoning_content"]``; False turns thinking off; ``"low"``/
+    ``"medium"``/``"high"`` set its effort (gpt-oss). None: the model's default."""
     format: Literal["", "json"] | dict[str, Any] | None = None
+    """``"json"`` or a JSON schema the server constrains decoding to (``with_structured_output``
+    sets it per call). None: free text."""
     stop: list[str] | None = None
+    """Stop sequences: generation ends at the first one. A call's own ``stop=`` wins."""
     seed: int | None = None
+    """Random seed: with it the same prompt and options give the same answer on one server
+    (not necessarily on a GPU and a CPU server alike). None: random."""
     top_k: int | None = None
+    """Sample only from the k likeliest tokens (Ollama's default 40); lower is more
+    conservative."""
     top_p: float | None = None
+    """Nucleus sampling: only from the likeliest tokens whose probabilities add up to p
+    (Ollama's default 0.9); lower is more conservative."""
     mirostat: int | None = None
+    """Mirostat sampling, which steers perplexity: 0 off (Ollama's default), 1 Mirostat,
+    2 Mirostat 2.0."""
     mirostat_eta: float | None = None
+    """Mirostat's learning rate: how fast it reacts to the text so far (default 0.1)."""
     mirostat_tau: float | None = None
+    """Mirostat's target: lower is more focused and coherent (default 5.0)."""
     repeat_last_n: int | None = None
+    """How many recent tokens the repeat penalty looks at (default 64; 0 off, -1 all of
+    ``num_ctx``)."""
     repeat_penalty: float | None = None
+    """How strongly repeated tokens are penalised (default 1.1; higher penalises more)."""
     tfs_z: float | None = None
+    """Tail-free sampling: less weight on unlikely tokens (1.0 is off). Kept for ChatOllama
+    compatibility; recent Ollama versions ignore it."""
     logprobs: bool | None = None
+    """Return each generated token's log probability (in ``response_metadata``), on servers
+    that support it. None: not asked for."""
     top_logprobs: int | None = None
-    timeout: float | None = None
-    """Standard request timeout: sets the first-token and idle timeouts of every backend
-    that does not configure its own."""
+    """With ``logprobs``: also the N likeliest alternatives of each token."""
     max_retries: int = 0
     """Extra passes over the candidates when every backend failed (breakers permitting)."""
 
     # --- routing ---------------------------------------------------------------------
-    timeouts: Timeouts | None = None
-    """Default timeouts of backends that do not set their own."""
-    size_threshold_gb: float = 8.0
-    model_sizes: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MODEL_SIZES))
-    """Weights size (GiB) per model; ``llm.model_sizes.update({...})`` to override. An entry
-    you add or change wins over the size a server reports in ``/api/tags``; the built-in
-    defaults do not (the server's real file size is better than a guess)."""
-    prefer_warm: bool = False
-    """Prefer a server that already has the model loaded even across GPU/CPU tiers."""
-    spillover: bool = True
-    """When the best backend is saturated, use another fitting one if it is expected to
-    finish the request sooner (learned speeds, queue depth, cold loads; see
-    :func:`~langchain_contextharbor.routing.estimate_finish`)."""
     background_trials: bool = True
     """When a circuit's cooldown is over (or a probe saw the server back), its trial call is
     a one-token request the router sends in the background while the user's call goes to
@@ -626,11 +536,6 @@ class HybridChatOllama(BaseChatModel):
     healthy backend with a free slot, which it holds while it runs; it never moves a
     breaker. The request shows in the server's log and in ``stats()["calibrations"]``.
     False: never (the prior decides until a real call lands there)."""
-    breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)
-    probe_ttl: float = 10.0
-    """Seconds a health/status probe stays fresh."""
-    background_probes: bool = True
-    """Refresh stale probes off the hot path (False: only on ``refresh()``)."""
     first_probe_wait: float = 0.25
     """Seconds the first plan of a new model instance may wait for the backends' first
     probes (sync calls wait on the shared probe, async calls await it). Without it the
@@ -641,11 +546,6 @@ class HybridChatOllama(BaseChatModel):
     exceptions_to_handle: tuple[type[BaseException] | FailoverCategory, ...] | None = None
     """Replace the built-in classifier's decision: fail over only on these exception types
     or categories (like ``with_fallbacks``)."""
-    clock: Callable[[], float] | None = Field(default=None, exclude=True, repr=False)
-    """Monotonic clock for breakers and caches (tests inject a fake one)."""
-    nvml: Any = Field(default=None, exclude=True, repr=False)
-    """A pynvml-compatible module (tests inject a fake); default: real pynvml, lazily."""
-    host_memory: Callable[[], int | None] | None = Field(default=None, exclude=True, repr=False)
     shared_state: str | SharedState | None = Field(
         default_factory=from_env(REDIS_URL_ENV, default=None), exclude=True, repr=False
     )
@@ -654,28 +554,13 @@ class HybridChatOllama(BaseChatModel):
     (env ``CONTEXTHARBOR_REDIS_URL``; needs ``pip install 'langchain-contextharbor[fleet]'``).
     None (default): this process decides alone. Never shown in reprs or dumps."""
 
-    @field_serializer("base_url", "gpu_url", "cpu_url")
-    def _dump_url(self, v: str | None) -> str | None:
-        return redact_url(v) if v else v
-
     _hot: _HotState = PrivateAttr()
     """Everything the call path needs, in one plain object: pydantic private attributes
     cost ~2 us per read, this costs one dict lookup per call."""
 
     # ------------------------------------------------------------------ construction
     def __init__(self, **kwargs: Any) -> None:
-        try:
-            super().__init__(**kwargs)
-        except ValidationError as exc:
-            # One typed, readable error; inputs (URLs, headers) are never echoed.
-            problems = "; ".join(
-                f"{'.'.join(str(x) for x in e['loc']) or 'config'}: "
-                f"{str(e['msg']).removeprefix('Value error, ')}"
-                for e in exc.errors(include_input=False, include_url=False)
-            )
-            raise ConfigurationError(
-                f"invalid HybridChatOllama configuration: {problems}"
-            ) from None
+        super().__init__(**kwargs)  # RoutedFields: one ConfigurationError, inputs hidden
         if self.validate_model_on_init:
             self._validate_model()
 
@@ -691,85 +576,25 @@ class HybridChatOllama(BaseChatModel):
 
     @model_validator(mode="after")
     def _setup(self) -> HybridChatOllama:
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise ConfigurationError("model must be a non-empty model tag, e.g. 'llama3.1:8b'")
-        if self.base_url is not None:
-            clash = sorted({"backends", "gpu_url", "cpu_url"} & self.model_fields_set)
-            if clash or self.backends is not None:
-                raise ConfigurationError(
-                    f"base_url cannot be combined with {clash or ['backends']}: base_url "
-                    "configures a single server; list several in backends=[...]"
-                )
-            configs = coerce_backends(
-                [{"name": "default", "base_url": ollama_host_url(self.base_url, what="base_url")}]
-            )
-        elif self.backends is not None:
-            configs = coerce_backends(self.backends)
-        else:
-            configs = coerce_backends(
-                backends_from_env({}, gpu_url=self.gpu_url or "", cpu_url=self.cpu_url or "")
-            )
-        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
-            raise ConfigurationError(f"timeout must be > 0 seconds, got {self.timeout!r}")
-        if not (math.isfinite(self.probe_ttl) and self.probe_ttl > 0):
-            raise ConfigurationError(f"probe_ttl must be > 0 seconds, got {self.probe_ttl!r}")
-        wft = self.warm_first_token_timeout
-        if wft is not None and not (math.isfinite(wft) and wft > 0):
-            raise ConfigurationError(
-                f"warm_first_token_timeout must be > 0 seconds or None, got {wft!r}"
-            )
-        if not (math.isfinite(self.first_probe_wait) and self.first_probe_wait >= 0):
-            raise ConfigurationError(
-                f"first_probe_wait must be >= 0 seconds, got {self.first_probe_wait!r}"
-            )
-        if not (math.isfinite(self.oom_cooldown) and self.oom_cooldown >= 0):
-            raise ConfigurationError(
-                f"oom_cooldown must be >= 0 seconds, got {self.oom_cooldown!r}"
-            )
-        if self.client_kwargs:
-            configs = [_with_client_kwargs(c, self.client_kwargs) for c in configs]
-        default_t = self.timeouts
-        if default_t is None and self.timeout is not None:
-            default_t = Timeouts(first_token=self.timeout, idle=self.timeout)
-        if default_t is not None:
-            configs = [
-                c
-                if "timeouts" in c.model_fields_set
-                else c.model_copy(update={"timeouts": default_t})
-                for c in configs
-            ]
-        try:
-            self.model_sizes = validate_model_sizes(self.model_sizes)
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from None
-        if not (math.isfinite(self.size_threshold_gb) and self.size_threshold_gb > 0):
-            raise ConfigurationError(
-                f"size_threshold_gb must be a finite number > 0, got {self.size_threshold_gb!r}"
-            )
+        self._check_fields("llama3.1:8b")
+        configs = self._resolve_backends(client_kwargs=self.client_kwargs)
+        settings = self._router_settings(
+            oom_cooldown=self.oom_cooldown,
+            first_probe_wait=self.first_probe_wait,
+            warm_first_token_timeout=self.warm_first_token_timeout,
+            background_trials=self.background_trials,
+            calibrate_speeds=self.calibrate_speeds,
+        )
         if self.max_retries < 0:
             raise ConfigurationError("max_retries must be >= 0")
         if self.max_tokens is not None and self.num_predict is None:
             self.num_predict = self.max_tokens
-        router = Router(
-            configs,
-            clock=self.clock or time.monotonic,
-            breaker_policy=self.breaker,
-            probe_ttl=self.probe_ttl,
-            oom_cooldown=self.oom_cooldown,
-            background_probes=self.background_probes,
-            first_probe_wait=self.first_probe_wait,
-            warm_first_token=self.warm_first_token_timeout,
-            background_trials=self.background_trials,
-            calibrate_speeds=self.calibrate_speeds,
-            nvml=self.nvml,
-            host_memory=self.host_memory,
-            shared_state=make_shared_state(
-                self.shared_state,
-                [c.name for c in configs],
-                max_parallel={c.name: c.max_parallel for c in configs},
-            ),
+        shared = make_shared_state(
+            self.shared_state,
+            [c.name for c in configs],
+            max_parallel={c.name: c.max_parallel for c in configs},
         )
-        self._hot = _HotState(configs, router, id(self))
+        self._hot = _HotState(configs, self._new_router(configs, settings, shared), id(self))
         return self
 
     @property
@@ -783,17 +608,11 @@ class HybridChatOllama(BaseChatModel):
             self.__pydantic_private__["_hot"] = h  # type: ignore[index]
         return h
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        if name == "model" or name in _PASSTHROUGH:
-            # The inner ChatOllama models carry these parameters: rebuild them on next use.
-            private = self.__pydantic_private__ or {}
-            h = private.get("_hot")
-            if isinstance(h, _HotState):
-                with h.build_lock:
-                    h.ident = None
-                    h.sync_inner.clear()
-                    h.async_inner.clear()
+    def _inner_params_changed(self) -> None:
+        h = (self.__pydantic_private__ or {}).get("_hot")
+        if isinstance(h, _HotState):
+            h.ident = None
+            h.pool.invalidate()
 
     @property
     def backend_configs(self) -> list[BackendConfig]:
@@ -802,39 +621,17 @@ class HybridChatOllama(BaseChatModel):
 
     @property
     def router(self) -> Router:
+        """The router (probes, breakers, learned speeds) this model plans with; hand it to
+        ``HybridOllamaEmbeddings.from_chat_model`` to share it with a retriever."""
         return self._h.router
 
-    def _inner_params(self) -> dict[str, Any]:
-        params = {k: getattr(self, k) for k in _PASSTHROUGH if getattr(self, k) is not None}
-        return params
-
-    def _build_inner(self, cfg: BackendConfig) -> ChatOllama:
-        return _InnerChatOllama(
-            model=self.model, **inner_client_kwargs(cfg), **self._inner_params()
-        )
-
     def backend_model(self, name: str) -> ChatOllama:
-        """The inner ChatOllama of backend ``name`` (for sync use), built on first use."""
-        h = self._h
-        inner = h.sync_inner.get(name)
-        if inner is None:
-            first = False
-            cfg = h.router.get(name).config
-            with h.build_lock:
-                inner = h.sync_inner.get(name)
-                if inner is None:
-                    inner = self._build_inner(cfg)
-                    h.sync_inner[name] = inner
-                    first = len(h.sync_inner) == 1
-            if first and len(h.configs) > 1:
-                # Build the fallbacks' clients off the hot path (~40 ms each), so the
-                # first failover does not pay for them.
-                h.router.submit_background(self._prebuild_sync_inners)
-        return inner
+        """The inner ChatOllama of backend ``name`` (for sync use), built on first use; the
+        first build also builds the other backends' clients in the background."""
+        return self._h.pool.get(name, self._build_inner)
 
     def _prebuild_sync_inners(self) -> None:
-        for cfg in self._h.configs:
-            self.backend_model(cfg.name)
+        self._h.pool.prebuild(self._build_inner)
 
     @property
     def inner_models(self) -> dict[str, ChatOllama]:
@@ -843,7 +640,8 @@ class HybridChatOllama(BaseChatModel):
 
     def _async_inner_built(self, name: str) -> ChatOllama | None:
         """The inner model of ``name`` for the running loop when it exists (the hot path:
-        no coroutine to create and await), else None."""
+        no coroutine to create and await), else None. ``InnerPool.built_for_loop`` inlined:
+        one call less per async attempt."""
         loop = asyncio.get_running_loop()
         entry = self._h.async_inner.get((name, id(loop)))
         if entry is not None and entry[0]() is loop:
@@ -851,35 +649,9 @@ class HybridChatOllama(BaseChatModel):
         return None
 
     async def _async_backend_model(self, name: str) -> ChatOllama:
-        # ollama.AsyncClient binds its connection pool to the loop of its first request;
-        # keep one inner model per running loop so a second asyncio.run() still works.
-        loop = asyncio.get_running_loop()
-        h = self._h
-        key = (name, id(loop))
-        entry = h.async_inner.get(key)
-        if entry is not None and entry[0]() is loop:
-            return entry[1]
-        cfg = h.router.get(name).config
-        # Building the clients costs ~0.1 ms once the process's shared TLS context exists;
-        # only the first build (35-95 ms to load the CA bundle) goes off the event loop.
-        tls = not cfg.plain_url.startswith("http://")
-        if ssl_context_ready(cfg.verify, cfg.client_kwargs.get("cert"), tls=tls):
-            inner = self._build_inner(cfg)
-        else:
-            inner = await loop.run_in_executor(None, self._build_inner, cfg)
-        keeper = _client_keeper(inner)
-        await keeper.asend(None)  # registered with this loop: closed at its shutdown
-        with h.build_lock:
-            for k, (ref, *_) in list(h.async_inner.items()):
-                lp = ref()
-                if lp is None or lp.is_closed():
-                    del h.async_inner[k]  # its keeper closed the clients at loop shutdown
-            entry = h.async_inner.get(key)
-            if entry is None or entry[0]() is not loop:
-                h.async_inner[key] = (weakref.ref(loop), inner, keeper)
-                return inner
-        await keeper.aclose()  # another task of this loop built one meanwhile
-        return entry[1]
+        """The inner model of ``name`` for the running loop (``ollama.AsyncClient`` binds
+        its connections to the loop of its first request), built on first use."""
+        return await self._h.pool.afor_loop(name, self._build_inner)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -1010,22 +782,12 @@ class HybridChatOllama(BaseChatModel):
         """
         h = self._h
         h.router.close()
-        with h.build_lock:
-            inners = list(h.sync_inner.values())
-            h.sync_inner.clear()
-        for inner in inners:
-            _close_inner(inner)
+        h.pool.close()
 
     async def aclose(self) -> None:
         """:meth:`close`, plus the async clients of the running event loop."""
         self.close()
-        loop = asyncio.get_running_loop()
-        h = self._h
-        with h.build_lock:
-            mine = [k for k, (ref, *_) in h.async_inner.items() if ref() is loop]
-            keepers = [h.async_inner.pop(k)[2] for k in mine]
-        for keeper in keepers:
-            await keeper.aclose()
+        await self._h.pool.aclose()
 
     # ------------------------------------------------------------------ failover core
     def _start(self, kwargs: dict[str, Any]) -> _Call:

@@ -20,41 +20,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
-from langchain_core.utils import from_env
 from langchain_ollama import OllamaEmbeddings
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_serializer,
-    model_validator,
-)
+from pydantic import Field, PrivateAttr, model_validator
 
+from langchain_contextharbor._config import RoutedFields
+from langchain_contextharbor._pool import InnerPool
 from langchain_contextharbor._router import ProbeResult, Router
-from langchain_contextharbor._transport import MaskedClientKwargs, inner_client_kwargs
-from langchain_contextharbor.backends import (
-    CPU_URL_ENV,
-    DEFAULT_CPU_URL,
-    BackendConfig,
-    Timeouts,
-    backends_from_env,
-    coerce_backends,
-    default_gpu_url,
-    ollama_host_url,
-    redact_url,
-)
-from langchain_contextharbor.breaker import BreakerPolicy
+from langchain_contextharbor._settings import check_seconds
+from langchain_contextharbor._transport import MaskedClientKwargs
+from langchain_contextharbor.backends import BackendConfig
 from langchain_contextharbor.classify import (
     Classification,
     all_failed_error,
@@ -69,13 +50,7 @@ from langchain_contextharbor.errors import (
     SkipRecord,
 )
 from langchain_contextharbor.routing import RoutePlan, RoutePolicy
-from langchain_contextharbor.sizing import (
-    DEFAULT_MODEL_SIZES,
-    DEFAULT_NUM_CTX,
-    GIB,
-    normalize_model_name,
-    validate_model_sizes,
-)
+from langchain_contextharbor.sizing import DEFAULT_NUM_CTX, GIB, normalize_model_name
 
 __all__ = ["BatchRecord", "HybridOllamaEmbeddings"]
 
@@ -123,8 +98,7 @@ class _State:
         self.digest: str | None = None
         self.digest_source = ""
         self.digests_used: dict[str, str] = {}
-        self.sync_inner: dict[str, OllamaEmbeddings] = {}
-        self.async_inner: dict[tuple[str, int], tuple[Any, OllamaEmbeddings]] = {}
+        self.pool: InnerPool[OllamaEmbeddings] = InnerPool(configs)
         self.last_batches: list[BatchRecord] = []
         self.policy: tuple[tuple[Any, ...], RoutePolicy] | None = None
 
@@ -142,7 +116,7 @@ class _InnerOllamaEmbeddings(MaskedClientKwargs, OllamaEmbeddings):
     """The OllamaEmbeddings of one backend (client kwargs masked in reprs and dumps)."""
 
 
-class HybridOllamaEmbeddings(BaseModel, Embeddings):
+class HybridOllamaEmbeddings(RoutedFields, Embeddings):
     """Embeddings over several Ollama servers, with failover and digest safety.
 
     Setup:
@@ -172,26 +146,17 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
         ``allow_digest_mismatch=True`` accepts it and sets ``emb.mixed_digests``.
     """
 
-    model_config = ConfigDict(
-        arbitrary_types_allowed=True, populate_by_name=True, hide_input_in_errors=True
-    )
+    _inner_class = _InnerOllamaEmbeddings
+    _passthrough = _PASSTHROUGH
 
-    model: str
-    """Embedding model tag, e.g. ``"nomic-embed-text"``."""
-    backends: list[BackendConfig] | None = None
-    """Explicit backends; when None, built from ``gpu_url`` and ``cpu_url`` (or ``router``)."""
-    gpu_url: str | None = Field(default_factory=default_gpu_url, repr=False)
-    """GPU server (env ``OLLAMA_GPU_URL``, else ``OLLAMA_HOST``); empty string disables it."""
-    cpu_url: str | None = Field(
-        default_factory=from_env(CPU_URL_ENV, default=DEFAULT_CPU_URL), repr=False
-    )
-    """CPU server (env ``OLLAMA_CPU_URL``); empty string disables it."""
-    base_url: str | None = Field(default=None, repr=False)
-    """One server, as ``OllamaEmbeddings(base_url=...)`` takes it (``OLLAMA_HOST`` syntax
-    works too); for several, use ``backends=``."""
+    # Shared with HybridChatOllama and documented there (RoutedFields): model, backends,
+    # gpu_url, cpu_url, base_url, num_ctx, num_gpu, num_thread, timeout, timeouts,
+    # size_threshold_gb, model_sizes, prefer_warm, spillover, breaker, probe_ttl,
+    # background_probes, clock, nvml, host_memory.
     router: Router | None = Field(default=None, exclude=True, repr=False)
     """A router to share (``llm.router`` of a HybridChatOllama): one set of probes, health
-    cache and breakers for the chat model and the retriever. Its backends are used."""
+    cache and breakers for the chat model and the retriever. Its backends are used, and
+    ``backends``/``base_url``/``timeout`` and the router settings here are not."""
 
     batch_size: int = 64
     """Texts per request; a failure costs at most one batch of work."""
@@ -201,46 +166,14 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
     """Accept vectors from another build (then ``mixed_digests`` is set and a warning logged)."""
 
     dimensions: int | None = None
+    """Truncate each vector to this many dimensions (models trained for it, e.g.
+    ``nomic-embed-text`` v1.5); None: the model's full size. Part of the index's identity,
+    like the digest: keep it fixed for one index."""
     keep_alive: int | None = None
-    num_ctx: int | None = None
-    num_gpu: int | None = None
-    num_thread: int | None = None
-
-    timeout: float | None = None
-    """Request timeout: sets the first-token (whole answer) and idle timeouts of backends
-    that do not configure their own."""
-    timeouts: Timeouts | None = None
-    size_threshold_gb: float = 8.0
-    model_sizes: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MODEL_SIZES))
-    prefer_warm: bool = False
-    spillover: bool = True
-    breaker: BreakerPolicy = Field(default_factory=BreakerPolicy)
-    probe_ttl: float = 10.0
-    """Seconds a probe (and the digest it read) stays fresh; an older one is renewed, and
-    waited for, before a batch goes to that backend."""
-    background_probes: bool = True
-    clock: Callable[[], float] | None = Field(default=None, exclude=True, repr=False)
-    nvml: Any = Field(default=None, exclude=True, repr=False)
-    host_memory: Callable[[], int | None] | None = Field(default=None, exclude=True, repr=False)
+    """Seconds the server keeps the model loaded after a batch (``0`` unloads at once,
+    ``-1`` keeps it). None: the server's default (5 minutes)."""
 
     _s: _State = PrivateAttr()
-
-    def __init__(self, **kwargs: Any) -> None:
-        try:
-            super().__init__(**kwargs)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(x) for x in e['loc']) or 'config'}: "
-                f"{str(e['msg']).removeprefix('Value error, ')}"
-                for e in exc.errors(include_input=False, include_url=False)
-            )
-            raise ConfigurationError(
-                f"invalid HybridOllamaEmbeddings configuration: {problems}"
-            ) from None
-
-    @field_serializer("base_url", "gpu_url", "cpu_url")
-    def _dump_url(self, v: str | None) -> str | None:
-        return redact_url(v) if v else v
 
     @classmethod
     def from_chat_model(cls, llm: Any, *, model: str, **kwargs: Any) -> HybridOllamaEmbeddings:
@@ -252,22 +185,9 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
 
     @model_validator(mode="after")
     def _setup(self) -> HybridOllamaEmbeddings:
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise ConfigurationError("model must be a non-empty model tag, e.g. 'nomic-embed-text'")
+        self._check_fields("nomic-embed-text")
         if self.batch_size < 1:
             raise ConfigurationError(f"batch_size must be >= 1, got {self.batch_size!r}")
-        if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
-            raise ConfigurationError(f"timeout must be > 0 seconds, got {self.timeout!r}")
-        if not (math.isfinite(self.probe_ttl) and self.probe_ttl > 0):
-            raise ConfigurationError(f"probe_ttl must be > 0 seconds, got {self.probe_ttl!r}")
-        if not (math.isfinite(self.size_threshold_gb) and self.size_threshold_gb > 0):
-            raise ConfigurationError(
-                f"size_threshold_gb must be a finite number > 0, got {self.size_threshold_gb!r}"
-            )
-        try:
-            self.model_sizes = validate_model_sizes(self.model_sizes)
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from None
         if self.expected_digest is not None:
             d = _strip_digest(self.expected_digest)
             if len(d) < 12 or any(ch not in "0123456789abcdef" for ch in d):
@@ -276,50 +196,19 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
                     f"characters, as `ollama list` prints), got {self.expected_digest!r}"
                 )
             self.expected_digest = d
-        if self.base_url is not None:
-            clash = sorted({"backends", "gpu_url", "cpu_url", "router"} & self.model_fields_set)
-            if clash:
-                raise ConfigurationError(
-                    f"base_url cannot be combined with {clash}: base_url configures a single "
-                    "server; list several in backends=[...]"
-                )
-            self.backends = coerce_backends(
-                [{"name": "default", "base_url": ollama_host_url(self.base_url, what="base_url")}]
-            )
-        if self.router is not None:
+        settings = self._router_settings()  # checked even when a shared router is used
+        if self.router is not None and self.base_url is None:
             if self.backends is not None:
                 raise ConfigurationError(
                     "pass either router= (to share a chat model's backends) or backends=, not both"
                 )
+            check_seconds("timeout", self.timeout, positive=True, optional=True)
             router = self.router
             configs = [b.config for b in router.backends]
             owns = False
-        else:
-            if self.backends is not None:
-                configs = coerce_backends(self.backends)
-            else:
-                configs = coerce_backends(
-                    backends_from_env({}, gpu_url=self.gpu_url or "", cpu_url=self.cpu_url or "")
-                )
-            default_t = self.timeouts
-            if default_t is None and self.timeout is not None:
-                default_t = Timeouts(first_token=self.timeout, idle=self.timeout)
-            if default_t is not None:
-                configs = [
-                    c
-                    if "timeouts" in c.model_fields_set
-                    else c.model_copy(update={"timeouts": default_t})
-                    for c in configs
-                ]
-            router = Router(
-                configs,
-                clock=self.clock or time.monotonic,
-                breaker_policy=self.breaker,
-                probe_ttl=self.probe_ttl,
-                background_probes=self.background_probes,
-                nvml=self.nvml,
-                host_memory=self.host_memory,
-            )
+        else:  # base_url with router= is refused here, by name
+            configs = self._resolve_backends(exclusive=("router",))
+            router = self._new_router(configs, settings)
             owns = True
         self._s = _State(configs, router, owns)
         if self.expected_digest is not None:
@@ -335,6 +224,7 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
 
     @property
     def backend_configs(self) -> list[BackendConfig]:
+        """The backends in use, in configuration order (a shared router's own)."""
         return list(self._s.configs)
 
     @property
@@ -361,48 +251,33 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
         return list(self._s.last_batches)
 
     def close(self) -> None:
-        """Close the inner clients, and the router's probes when the router is our own."""
+        """Close the inner clients, and the router's probes when the router is our own.
+
+        Usable afterwards (a later call builds again). Async clients are closed by their
+        event loop when it shuts down; ``await emb.aclose()`` closes the running loop's."""
         s = self._s
-        s.sync_inner.clear()
-        s.async_inner.clear()
+        s.pool.close()
         if s.owns_router:
             s.router.close()
 
+    async def aclose(self) -> None:
+        """:meth:`close`, plus the async clients of the running event loop."""
+        self.close()
+        await self._s.pool.aclose()
+
+    def _inner_params_changed(self) -> None:
+        s = (self.__pydantic_private__ or {}).get("_s")
+        if isinstance(s, _State):
+            s.pool.invalidate()
+
     # ------------------------------------------------------------------ inner clients
-    def _inner_params(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in _PASSTHROUGH if getattr(self, k) is not None}
-
-    def _build_inner(self, cfg: BackendConfig) -> OllamaEmbeddings:
-        return _InnerOllamaEmbeddings(
-            model=self.model, **inner_client_kwargs(cfg), **self._inner_params()
-        )
-
     def _inner(self, name: str) -> OllamaEmbeddings:
-        s = self._s
-        inner = s.sync_inner.get(name)
-        if inner is None:
-            with s.lock:
-                inner = s.sync_inner.get(name)
-                if inner is None:
-                    inner = self._build_inner(s.router.get(name).config)
-                    s.sync_inner[name] = inner
-        return inner
+        return self._s.pool.get(name, self._build_inner)
 
     def _ainner(self, name: str) -> OllamaEmbeddings:
-        # ollama.AsyncClient binds its pool to the loop of its first request: one per loop.
-        loop = asyncio.get_running_loop()
-        s = self._s
-        entry = s.async_inner.get((name, id(loop)))
-        if entry is not None and entry[0]() is loop:
-            return entry[1]
-        with s.lock:
-            for k, (ref, _) in list(s.async_inner.items()):
-                lp = ref()
-                if lp is None or lp.is_closed():
-                    del s.async_inner[k]
-            inner = self._build_inner(s.router.get(name).config)
-            s.async_inner[(name, id(loop))] = (weakref.ref(loop), inner)
-        return inner
+        """The inner model for the running loop (``ollama.AsyncClient`` binds its pool to
+        the loop of its first request), built inline on first use."""
+        return self._s.pool.for_loop(name, self._build_inner)
 
     # ------------------------------------------------------------------ decisions
     def _plan(self, num_ctx: int) -> RoutePlan:

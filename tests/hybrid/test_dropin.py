@@ -337,9 +337,7 @@ def test_async_clients_closed_with_their_loops_and_built_off_loop(
     monkeypatch.setattr(HybridChatOllama, "_build_inner", spy)
     # A build that must load a TLS context (35-95 ms) goes off the loop; with the shared
     # context ready it costs ~0.1 ms and runs inline (test_shared_tls.py). Force the former.
-    monkeypatch.setattr(
-        "langchain_contextharbor.chat_models.ssl_context_ready", lambda *a, **k: False
-    )
+    monkeypatch.setattr("langchain_contextharbor._pool.ssl_context_ready", lambda *a, **k: False)
 
     async def once() -> tuple[str, int]:
         msg = await model.ainvoke("hi")
