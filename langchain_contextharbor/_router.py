@@ -26,11 +26,25 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from langchain_contextharbor._facts import (
+    DECAY,
+    BackendFacts,
+    ProbeResult,
+    build_snapshots,
+    learn_speed,
+    models_list,
+    parse_digests,
+    parse_loaded,
+    parse_tags,
+    route_costs,
+    service_s,
+    size_request,
+)
 from langchain_contextharbor._settings import RouterSettings
 from langchain_contextharbor._stats import BackendStats
 from langchain_contextharbor._transport import shared_ssl_context
@@ -39,46 +53,20 @@ from langchain_contextharbor.breaker import BreakerPolicy, CircuitBreaker
 from langchain_contextharbor.classify import Classification, FailoverCategory
 from langchain_contextharbor.fleet import SharedBackend, SharedBreaker, SharedState
 from langchain_contextharbor.routing import (
-    BackendSnapshot,
-    LoadedModel,
     RoutePlan,
     RoutePolicy,
-    RouteRequest,
     SpeedEstimate,
-    estimate_finish,
     plan_route,
 )
 from langchain_contextharbor.sizing import (
-    DEFAULT_MODEL_SIZES,
     DEFAULT_NUM_CTX,
     ArchInfo,
-    estimate_model_bytes,
-    estimate_request_bytes,
-    lookup_model_size,
     normalize_model_name,
 )
 
 logger = logging.getLogger("langchain_contextharbor")
 
 Clock = Callable[[], float]
-
-
-@dataclass
-class ProbeResult:
-    ok: bool
-    at: float
-    latency_ms: float
-    version: str | None = None
-    reason: str | None = None
-    models: dict[str, int] | None = None
-    """normalized name -> size bytes, from /api/tags"""
-    loaded: dict[str, LoadedModel] | None = None
-    gpu_free: int | None = None
-    gpu_total: int | None = None
-    host_available: int | None = None
-    capacity_source: str = "unknown"
-    digests: dict[str, str] | None = None
-    """normalized name -> digest, from /api/tags (which build of a model this server has)"""
 
 
 @dataclass
@@ -118,94 +106,6 @@ class BackendRuntime:
         return self.in_flight if f is None else max(f.in_flight, self.in_flight)
 
 
-def _parse_loaded(items: Iterable[Mapping[str, Any]]) -> dict[str, LoadedModel]:
-    out: dict[str, LoadedModel] = {}
-    for m in items:
-        try:
-            name = str(m.get("model") or m.get("name") or "")
-            if not name:
-                continue
-            size = int(m.get("size") or 0)
-            out[normalize_model_name(name)] = LoadedModel(
-                name=name,
-                size=size,
-                size_vram=int(m.get("size_vram") or 0),
-                expires_at=m.get("expires_at"),
-                context_length=int(m["context_length"]) if m.get("context_length") else None,
-            )
-        except (TypeError, ValueError):
-            continue
-    return out
-
-
-def _parse_tags(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for m in items:
-        name = m.get("model") or m.get("name")
-        if isinstance(name, str) and name:
-            try:
-                out[normalize_model_name(name)] = int(m.get("size") or 0)
-            except (TypeError, ValueError):
-                out[normalize_model_name(name)] = 0
-    return out
-
-
-_DECAY = 0.3
-"""Weight of a new sample in the learned speed averages (about the last five calls)."""
-
-
-def learn_speed(
-    old: SpeedEstimate | None,
-    info: Mapping[str, Any],
-    *,
-    queued: bool = False,
-    answer_tokens: float | None = None,
-) -> SpeedEstimate | None:
-    """Fold one final chunk's Ollama timings (integer nanoseconds) into ``old``.
-
-    Pure. Returns ``old`` unchanged when the chunk carries no usable generation timing.
-    Generation speed and answer length are decaying averages; the warm time to first token
-    falls at once to a quicker sample and rises slowly (a request that waited for a slot
-    must not make the server look slow); only a ``load_duration`` above a quarter second
-    counts as a cold load. A call that waited for a slot (``queued``) teaches only the
-    generation speed and answer length: servers count the wait into the other timings
-    (Ollama into ``load_duration``, some stand-ins into ``prompt_eval_duration``). A
-    calibration request's answer is cut short on purpose: pass ``answer_tokens`` (the
-    answer length known from real calls) and its length teaches nothing."""
-    ec, ed = info.get("eval_count"), info.get("eval_duration")
-    if not (isinstance(ec, int) and ec > 0 and isinstance(ed, (int, float)) and ed > 0):
-        return old
-    tps = ec / (ed / 1e9)
-    ped = info.get("prompt_eval_duration")
-    first = ped / 1e9 if isinstance(ped, (int, float)) and ped > 0 else 0.0
-    ld = info.get("load_duration")
-    load = ld / 1e9 if isinstance(ld, (int, float)) and ld / 1e9 > 0.25 else None
-    if old is None or old.samples <= 0:
-        length = float(ec) if answer_tokens is None else answer_tokens
-        return SpeedEstimate(tps, first, length, None if queued else load, 1)
-    a = _DECAY
-    length = old.output_tokens + a * (ec - old.output_tokens)
-    if queued:
-        new_first, load = old.first_token_s, None
-    elif first < old.first_token_s:
-        new_first = first
-    else:
-        new_first = old.first_token_s + 0.1 * (first - old.first_token_s)
-    if load is None:
-        new_load = old.load_s
-    elif old.load_s is None:
-        new_load = load
-    else:
-        new_load = old.load_s + a * (load - old.load_s)
-    return SpeedEstimate(
-        old.tokens_per_s + a * (tps - old.tokens_per_s),
-        new_first,
-        old.output_tokens if answer_tokens is not None else length,
-        new_load,
-        old.samples + 1,
-    )
-
-
 CALIBRATION_TOKENS = 16
 """Tokens a speed calibration asks for (``num_predict``): enough for a generation speed."""
 CALIBRATION_PROMPT = "Count from one to twenty in words, separated by commas."
@@ -216,10 +116,6 @@ class _Missing(Exception):
     """A calibration request got a 404: the model is not on that server."""
 
 
-def _service_s(sp: SpeedEstimate | None) -> float:
-    return sp.first_token_s + sp.output_tokens / sp.tokens_per_s if sp else 0.0
-
-
 def _in_event_loop() -> bool:
     try:
         asyncio.get_running_loop()
@@ -228,22 +124,9 @@ def _in_event_loop() -> bool:
     return True
 
 
-def _parse_digests(items: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for m in items:
-        name = m.get("model") or m.get("name")
-        digest = m.get("digest")
-        if isinstance(name, str) and name and isinstance(digest, str) and digest:
-            out[normalize_model_name(name)] = digest
-    return out
-
-
 def _json_list(resp: httpx.Response, key: str) -> list[Mapping[str, Any]]:
     resp.raise_for_status()
-    data = resp.json()
-    if not isinstance(data, dict) or not isinstance(data.get(key), list):
-        raise ValueError(f"malformed {resp.request.url.path} reply: no {key!r} list")
-    return [x for x in data[key] if isinstance(x, dict)]
+    return models_list(resp.json(), resp.request.url.path, key)
 
 
 class Router:
@@ -414,35 +297,17 @@ class Router:
             if hit is not None and now < hit[0]:
                 self._last_plan = (model, num_ctx, policy, dict(sizes), *ck[4:], *hit)
                 return hit[1]
-            snaps, tags_size, arch, valid_until = self._snapshots(key, num_ctx, now)
-        # A size the user put in the table beats the server's; a built-in default does not.
-        user_sizes = {k: v for k, v in sizes.items() if DEFAULT_MODEL_SIZES.get(k) != v}
-        if user_sizes and lookup_model_size(model, user_sizes) is not None:
-            tags_size = None
-        weights = estimate_model_bytes(
-            model,
-            sizes=sizes,
-            tags_size=tags_size,
-            parameter_count=arch.parameter_count if arch else None,
-            quantization=arch.quantization if arch else None,
-        )
-        foot = estimate_request_bytes(weights, num_ctx=num_ctx, arch=arch)
-        req = RouteRequest(
-            model,
-            num_ctx,
-            weights.bytes,
-            foot.total_bytes,
-            weights.detail,
-            foot.describe(),
-            self.answer_tokens.get(key),
-        )
+            snaps, tags_size, arch, valid_until = build_snapshots(
+                self._facts(key, now), key, num_ctx, now, self.probe_ttl * 3
+            )
+        req = size_request(model, num_ctx, sizes, tags_size, arch, self.answer_tokens.get(key))
         plan = plan_route(req, snaps, policy)
         if plan.unmeasured and self.calibrate_speeds:  # a cache miss only, never the hot path
             self.calibrate(
                 plan.unmeasured, model, num_ctx=num_ctx, answer_tokens=policy.prior.output_tokens
             )
         if self._shared is not None:
-            self._note_costs(req, snaps, policy)
+            self._costs = route_costs(req, snaps, policy)
         if ck:
             with self._lock:
                 if len(self._plan_cache) > 512:
@@ -542,100 +407,31 @@ class Router:
             if first:
                 self._after_first_wait(futs)
 
-    def _snapshots(
-        self, key: str, num_ctx: int, now: float
-    ) -> tuple[list[BackendSnapshot], int | None, ArchInfo | None, float]:
-        """Snapshots of every backend, plus the time until which they stay true."""
-        snaps: list[BackendSnapshot] = []
-        valid_until = float("inf")
-        tags_size: int | None = None
-        arch: ArchInfo | None = None
-        stale_after = self.probe_ttl * 3
+    def _facts(self, key: str, now: float) -> list[BackendFacts]:
+        """Each row's facts about normalized model ``key``, as plain values for
+        :func:`~langchain_contextharbor._facts.build_snapshots` (called under the lock)."""
+        out = []
         for b in self._backends:
-            cfg = b.config
-            p = b.probe if (b.probe and now - b.probe.at <= stale_after) else None
-            if p is not None:
-                valid_until = min(valid_until, p.at + stale_after)
-            has_model: bool | None = None
-            model_reason = None
-            until = b.missing.get(key)
-            if until is not None and now < until:
-                valid_until = min(valid_until, until)
-                has_model = False
-                model_reason = f"model {key!r} not found here (404, remembered {until - now:.0f}s)"
-            elif p is not None and p.ok and p.models is not None:
-                has_model = key in p.models
-                if has_model:
-                    size = p.models[key]
-                    if size > 0 and tags_size is None:
-                        tags_size = size
-                else:
-                    model_reason = f"model {key!r} not in this server's /api/tags"
-            shown = b.shows.get(key)
-            if arch is None and shown is not None and shown[1] is not None:
-                arch = shown[1]
-            loaded = p.loaded.get(key) if (p and p.loaded) else None
-            evictable = 0
-            if p and p.loaded:
-                evictable = sum(
-                    (m.size_vram if cfg.kind == "gpu" else m.size) for m in p.loaded.values()
-                )
-            free, source = self._capacity(cfg, p)
-            oom_reason = None
-            mark = b.oom.get(key)
-            if mark is not None and now < mark[1]:
-                valid_until = min(valid_until, mark[1])
-            if mark is not None and now < mark[1] and num_ctx >= mark[0]:
-                oom_reason = f"num_ctx >= {mark[0]}: {mark[2]}"
             br = b.breaker
-            retry_at = br.retry_at()
-            if retry_at is not None and now < retry_at:
-                # "trial call in N s" must be true when shown: re-plan every 0.1 s meanwhile.
-                valid_until = min(valid_until, retry_at, now + 0.1)
             allows = br.would_allow(now)
             if allows and b.fleet is not None and b.fleet.breaker is not None:
                 allows = not b.fleet.breaker.trial_busy  # another worker holds the trial
-            snaps.append(
-                BackendSnapshot(
-                    name=cfg.name,
-                    kind=cfg.kind,
-                    url=cfg.safe_url,
-                    index=b.index,
-                    priority=cfg.priority,
-                    max_parallel=cfg.max_parallel,
-                    in_flight=b.load,
-                    circuit=br.state,
-                    circuit_allows=allows,
-                    retry_in=(retry_at - now) if retry_at is not None else None,
-                    healthy=(p.ok if p is not None else None),
-                    health_reason=(p.reason if p is not None else None),
-                    has_model=has_model,
-                    model_reason=model_reason,
-                    loaded=loaded,
-                    evictable_bytes=evictable,
-                    free_bytes=free,
-                    capacity_source=source,
-                    oom_reason=oom_reason,
-                    speed=self.speeds.get((cfg.name, key)),
+            out.append(
+                BackendFacts(
+                    b.config,
+                    b.index,
+                    b.probe,
+                    b.missing.get(key),
+                    b.shows.get(key),
+                    b.oom.get(key),
+                    br.state,
+                    br.retry_at(),
+                    allows,
+                    b.load,
+                    self.speeds.get((b.config.name, key)),
                 )
             )
-        return snaps, tags_size, arch, valid_until
-
-    def _capacity(self, cfg: BackendConfig, p: ProbeResult | None) -> tuple[int | None, str]:
-        if cfg.max_memory_gb is not None:
-            used = 0
-            if p and p.loaded:
-                used = sum(
-                    (m.size_vram if cfg.kind == "gpu" else m.size) for m in p.loaded.values()
-                )
-            return max(0, int(cfg.max_memory_gb * 1024**3) - used), "max_memory_gb"
-        if p is None:
-            return None, "unknown"
-        if cfg.kind == "gpu" and p.gpu_free is not None:
-            return p.gpu_free, "nvml free VRAM"
-        if cfg.kind == "cpu" and p.host_available is not None:
-            return p.host_available, "MemAvailable"
-        return None, p.capacity_source
+        return out
 
     # ------------------------------------------------------------------ call lifecycle
     def acquire(self, name: str, spill_to: Sequence[str] = ()) -> bool:
@@ -752,8 +548,8 @@ class Router:
         self.speeds[sk] = new
         prev = self.answer_tokens.get(key)
         ec = float(info["eval_count"])
-        self.answer_tokens[key] = ec if prev is None else prev + _DECAY * (ec - prev)
-        before, after = _service_s(old), _service_s(new)
+        self.answer_tokens[key] = ec if prev is None else prev + DECAY * (ec - prev)
+        before, after = service_s(old), service_s(new)
         if old is None or abs(after - before) > 0.1 * before:
             self._version += 1
 
@@ -1091,19 +887,6 @@ class Router:
                 ctx, until, msg = b.oom[key]
                 sh.publish_mark(name, "oom", key, until, now, num_ctx=ctx, message=msg)
 
-    def _note_costs(
-        self, req: RouteRequest, snaps: Sequence[BackendSnapshot], policy: RoutePolicy
-    ) -> None:
-        """Remember, per backend, the expected finish time of the last planned request with
-        a free slot and the time each call queued ahead adds: the fleet's acquire re-checks
-        spill-over on fresh counts with the same estimate the plan used (fleet mode)."""
-        costs: dict[str, tuple[float, float]] = {}
-        for sn in snaps:
-            free = estimate_finish(replace(sn, in_flight=0), req, policy.prior)[0]
-            one = estimate_finish(replace(sn, in_flight=sn.max_parallel), req, policy.prior)[0]
-            costs[sn.name] = (free, max(0.0, one - free))
-        self._costs = costs
-
     def sync_speeds(self) -> int:
         """Fleet mode: publish this worker's learned speeds and take the fleet's for every
         (backend, model) this worker has not measured yet, so a new worker starts with what
@@ -1307,9 +1090,9 @@ class Router:
                 self.clock(),
                 (time.perf_counter() - t0) * 1000,
                 version=version,
-                models=_parse_tags(tags) if tags is not None else None,
-                loaded=_parse_loaded(ps) if ps is not None else None,
-                digests=_parse_digests(tags) if tags is not None else None,
+                models=parse_tags(tags) if tags is not None else None,
+                loaded=parse_loaded(ps) if ps is not None else None,
+                digests=parse_digests(tags) if tags is not None else None,
             )
             self._read_capacity(b.config, res)
         except Exception as exc:  # a probe never raises into callers

@@ -41,7 +41,8 @@ from pydantic import (
     model_validator,
 )
 
-from langchain_contextharbor._router import ProbeResult, Router
+from langchain_contextharbor._facts import ProbeResult
+from langchain_contextharbor._router import Router
 from langchain_contextharbor._transport import MaskedClientKwargs, inner_client_kwargs
 from langchain_contextharbor.backends import (
     CPU_URL_ENV,

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from langchain_contextharbor.errors import ConfigurationError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from langchain_contextharbor._router import ProbeResult
+    from langchain_contextharbor._facts import ProbeResult
     from langchain_contextharbor.routing import SpeedEstimate
 
 __all__ = [

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_contextharbor import BackendConfig, BreakerPolicy
-from langchain_contextharbor._router import ProbeResult, Router
+from langchain_contextharbor._facts import ProbeResult
+from langchain_contextharbor._router import Router
 from langchain_contextharbor.classify import Classification, FailoverCategory
 from langchain_contextharbor.fleet import (
     LocalState,
