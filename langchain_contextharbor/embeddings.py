@@ -419,10 +419,11 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
                 ),
             )
         policy = s.policy[1]
+        router = s.router
+        router.prepare(self.model)
+        router.wait_for_evidence()  # returns at once in a loop: async awaited it already
         try:
-            return self._s.router.plan(
-                self.model, num_ctx=num_ctx, sizes=self.model_sizes, policy=policy
-            )
+            return router.plan(self.model, num_ctx=num_ctx, sizes=self.model_sizes, policy=policy)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
 
@@ -455,7 +456,7 @@ class HybridOllamaEmbeddings(BaseModel, Embeddings):
 
     def _probe_future(self, name: str) -> Any:
         router = self._s.router
-        return router._submit_probe(router.get(name))
+        return router.request_probe(name)
 
     def _digest_check(self, call: _Call, name: str) -> str | None:
         """The digest to embed with on ``name``, or None (recorded as a skip) when refused."""
