@@ -291,6 +291,7 @@ def bench_hooks(
             per: list[float] = []
             for _ in range(n // rounds):
                 t0 = time.perf_counter()
+                r.prepare(MODEL)  # the fleet's view is read here, before the plan
                 p = r.plan(MODEL, num_ctx=2048, sizes=m.model_sizes, policy=policy)
                 name = p.candidates[0].backend
                 r.acquire(name, [c.backend for c in p.candidates[1:]])

@@ -51,7 +51,7 @@ from typing import Any
 
 import redis
 
-from langchain_contextharbor._router import ProbeResult
+from langchain_contextharbor._facts import ProbeResult
 from langchain_contextharbor.backends import redact_url
 from langchain_contextharbor.errors import ConfigurationError
 from langchain_contextharbor.fleet import (

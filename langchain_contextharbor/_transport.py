@@ -36,6 +36,7 @@ __all__ = [
     "MaskedClientKwargs",
     "PhaseTimeoutTransport",
     "inner_client_kwargs",
+    "probe_client",
     "shared_ssl_context",
     "ssl_context_ready",
 ]
@@ -155,18 +156,43 @@ class AsyncPhaseTimeoutTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def inner_client_kwargs(cfg: BackendConfig) -> dict[str, Any]:
-    """The client arguments of an inner langchain-ollama model (ChatOllama or
-    OllamaEmbeddings) for backend ``cfg``: a plain URL (credentials travel as a header), the
-    phase-timeout transports, and the process-wide TLS context (none loaded for a plain
-    ``http://`` server). One place, so chat and embeddings clients are built alike."""
+def _connection(cfg: BackendConfig) -> tuple[dict[str, Any], Any, Any, Any]:
+    """What every client of backend ``cfg`` is built from: the remaining ``client_kwargs``,
+    the user's sync and async transports (or None), and the process-wide TLS context for
+    ``verify`` / ``cert`` (a ``verify`` in ``client_kwargs`` beats the field; none loaded
+    for a plain ``http://`` server). The one place TLS and transports are read."""
     extra = dict(cfg.client_kwargs)
     sync_t = extra.pop("transport", None)
     async_t = extra.pop("async_transport", None)
     tls = not cfg.plain_url.startswith("http://")
-    tkw: dict[str, Any] = {
-        "verify": shared_ssl_context(cfg.verify, extra.pop("cert", None), tls=tls)
-    }
+    verify = shared_ssl_context(extra.pop("verify", cfg.verify), extra.pop("cert", None), tls=tls)
+    return extra, sync_t, async_t, verify
+
+
+def probe_client(cfg: BackendConfig) -> httpx.Client:
+    """The router's own client for backend ``cfg`` (probes, ``/api/show``, trials,
+    calibration): a plain URL with the credentials as headers (httpx and httpcore log
+    request URLs, and their error texts quote them), the probe timeout (a request may set
+    its own), and the same TLS context and transport as the inner models' clients."""
+    extra, sync_t, _, verify = _connection(cfg)
+    t = cfg.timeouts
+    return httpx.Client(
+        base_url=cfg.plain_url,
+        headers=cfg.request_headers,
+        timeout=httpx.Timeout(t.probe, connect=min(t.connect, t.probe)),
+        verify=verify,
+        transport=sync_t,
+        **extra,
+    )
+
+
+def inner_client_kwargs(cfg: BackendConfig) -> dict[str, Any]:
+    """The client arguments of an inner langchain-ollama model (ChatOllama or
+    OllamaEmbeddings) for backend ``cfg``: a plain URL (credentials travel as a header), the
+    phase-timeout transports, and the process-wide TLS context (none loaded for a plain
+    ``http://`` server). Built from :func:`_connection`, as the probe client is."""
+    extra, sync_t, async_t, verify = _connection(cfg)
+    tkw: dict[str, Any] = {"verify": verify}
     return {
         "base_url": cfg.plain_url,
         "client_kwargs": {"headers": dict(cfg.request_headers), **extra},

@@ -713,9 +713,9 @@ class HybridChatOllama(RoutedFields, BaseChatModel):
         """The ordered candidates for a call, with the reason for each position.
 
         ``request`` takes what a call would: ``num_ctx=``, ``options={"num_ctx": ...}``.
-        Pure over the router's current knowledge; it schedules a stale probe and waits
-        only for the first probes of a fresh instance (at most ``first_probe_wait``), as a
-        call would (call :meth:`refresh` first to plan on fresh data).
+        Planned over the router's current knowledge, with the same steps as a call: it
+        schedules a stale probe and waits only for the first probes of a fresh instance
+        (at most ``first_probe_wait``; call :meth:`refresh` first to plan on fresh data).
         """
         if "num_ctx" in request:
             request = {
@@ -725,10 +725,15 @@ class HybridChatOllama(RoutedFields, BaseChatModel):
         return self._plan(model or self.model, self._num_ctx(request))
 
     def _plan(self, model: str, num_ctx: int) -> RoutePlan:
-        """The one place calls are planned (select_backend, each call, each retry pass)."""
+        """The one place calls are planned (select_backend, each call, each retry pass):
+        the router's non-blocking prepare step, its wait for evidence (at once inside an
+        event loop: the async call awaited it before), then the plan itself (no I/O)."""
         h = self._h
+        router = h.router
+        router.prepare(model)
+        router.wait_for_evidence()
         try:
-            return h.router.plan(
+            return router.plan(
                 model, num_ctx=num_ctx, sizes=self.model_sizes, policy=self._policy(h)
             )
         except ValueError as exc:  # a bad value put into model_sizes after construction

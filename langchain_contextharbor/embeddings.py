@@ -31,8 +31,9 @@ from langchain_ollama import OllamaEmbeddings
 from pydantic import Field, PrivateAttr, model_validator
 
 from langchain_contextharbor._config import RoutedFields
+from langchain_contextharbor._facts import ProbeResult
 from langchain_contextharbor._pool import InnerPool
-from langchain_contextharbor._router import ProbeResult, Router
+from langchain_contextharbor._router import Router
 from langchain_contextharbor._settings import check_seconds
 from langchain_contextharbor._transport import MaskedClientKwargs
 from langchain_contextharbor.backends import BackendConfig
@@ -293,10 +294,11 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
                 ),
             )
         policy = s.policy[1]
+        router = s.router
+        router.prepare(self.model)
+        router.wait_for_evidence()  # returns at once in a loop: async awaited it already
         try:
-            return self._s.router.plan(
-                self.model, num_ctx=num_ctx, sizes=self.model_sizes, policy=policy
-            )
+            return router.plan(self.model, num_ctx=num_ctx, sizes=self.model_sizes, policy=policy)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
 
@@ -329,7 +331,7 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
 
     def _probe_future(self, name: str) -> Any:
         router = self._s.router
-        return router._submit_probe(router.get(name))
+        return router.request_probe(name)
 
     def _digest_check(self, call: _Call, name: str) -> str | None:
         """The digest to embed with on ``name``, or None (recorded as a skip) when refused."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
-    from langchain_contextharbor._router import ProbeResult
+    from langchain_contextharbor._facts import ProbeResult
     from langchain_contextharbor.routing import SpeedEstimate
 
 __all__ = [

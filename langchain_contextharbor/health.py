@@ -25,7 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_contextharbor._router import ProbeResult, Router
+from langchain_contextharbor._facts import ProbeResult, capacity
+from langchain_contextharbor._router import Router
+from langchain_contextharbor._settings import RouterSettings
 from langchain_contextharbor.backends import (
     CPU_URL_ENV,
     DEFAULT_CPU_URL,
@@ -262,7 +264,6 @@ def _placement_warnings(cfg: BackendConfig, loaded: Sequence[LoadedModel]) -> tu
 
 
 def _health(
-    router: Router,
     cfg: BackendConfig,
     p: ProbeResult | None,
     waited_ms: float,
@@ -279,7 +280,7 @@ def _health(
             max_memory_gb=cfg.max_memory_gb,
             memory_source="max_memory_gb (configured)" if cfg.max_memory_gb else "unknown",
         )
-    free, source = router._capacity(cfg, p if p.ok else None)
+    free, source = capacity(cfg, p if p.ok else None)
     if cfg.max_memory_gb is not None:
         max_gb: float | None = cfg.max_memory_gb
         source = "max_memory_gb (configured)"
@@ -339,13 +340,15 @@ def check_backends(
     Returns within about the probe timeout whatever the servers do.
     """
     configs = resolve_backends(backends, env=env, gpu_url=gpu_url, cpu_url=cpu_url, timeout=timeout)
-    router = Router(configs, background_probes=False, nvml=nvml, host_memory=host_memory)
+    router = Router(
+        configs, RouterSettings(background_probes=False), nvml=nvml, host_memory=host_memory
+    )
     try:
         started = time.perf_counter()
         _run_within(router.refresh, max(c.timeouts.probe for c in configs) + _GRACE_S)
         waited_ms = (time.perf_counter() - started) * 1000
         total = host_memory_total or read_host_memory_total
-        return [_health(router, rt.config, rt.probe, waited_ms, total) for rt in router.backends]
+        return [_health(rt.config, rt.probe, waited_ms, total) for rt in router.backends]
     finally:
         router.close()
 

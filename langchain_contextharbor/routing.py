@@ -3,7 +3,9 @@
 Why pure: "which server, in which order, and why" is the part of a router that must be
 right and explainable, and it is easiest to get right as a table of cases. Everything
 here is data in, data out; the probes, NVML readings and counters that produce the
-snapshots live in :mod:`langchain_contextharbor._router`.
+snapshots live in :mod:`langchain_contextharbor._prober` (probes) and
+:mod:`langchain_contextharbor._router` (counters), and the snapshots are built in
+:mod:`langchain_contextharbor._facts`.
 
 The order of preference, most important first:
 

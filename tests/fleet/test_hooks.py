@@ -11,7 +11,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_contextharbor import BackendConfig, BreakerPolicy
-from langchain_contextharbor._router import ProbeResult, Router
+from langchain_contextharbor._facts import ProbeResult
+from langchain_contextharbor._router import Router
+from langchain_contextharbor._settings import RouterSettings
 from langchain_contextharbor.classify import Classification, FailoverCategory
 from langchain_contextharbor.fleet import (
     LocalState,
@@ -99,14 +101,14 @@ def make_router(shared: SharedState | None, clock: FakeClock) -> Router:
             BackendConfig(name="gpu", base_url="http://127.0.0.1:9", kind="gpu", max_parallel=1),
             BackendConfig(name="cpu", base_url="http://127.0.0.1:10", kind="cpu", max_parallel=1),
         ],
+        RouterSettings(breaker_policy=BreakerPolicy(cooldown=10.0), background_probes=False),
         clock=clock,
-        breaker_policy=BreakerPolicy(cooldown=10.0),
-        background_probes=False,
         shared_state=shared,
     )
 
 
 def plan(r: Router) -> list[str]:
+    r.prepare("llama3.2:1b")  # reads the fleet's view
     return r.plan("llama3.2:1b", num_ctx=2048, sizes=SIZES, policy=POLICY).backends
 
 
@@ -154,6 +156,7 @@ def test_a_circuit_opened_elsewhere_opens_here_and_closes_with_the_fleet() -> No
         "gpu": SharedBackend(0, SharedBreaker("open", 1, clock.now, 10.0)),
         "cpu": SharedBackend(0),
     }
+    r.prepare("llama3.2:1b")
     p = r.plan("llama3.2:1b", num_ctx=2048, sizes=SIZES, policy=POLICY)
     assert p.backends == ["cpu"] and "circuit open" in p.skipped[0].reason
     # Cooldown over but another worker holds the trial: still skipped here.
@@ -202,6 +205,7 @@ def test_marks_are_published_and_adopted() -> None:
         "gpu": SharedBackend(0, oom={"llama3.2:1b": (2048, clock.now + 60, "oom")}),
         "cpu": SharedBackend(0),
     }
+    r.prepare("llama3.2:1b")
     p = r.plan("llama3.2:1b", num_ctx=4096, sizes=SIZES, policy=POLICY)
     assert p.backends == ["gpu"]  # cpu: 404 here; gpu: demoted by the fleet's OOM mark
     assert "out-of-memory" in " ".join(p.candidates[0].reasons)

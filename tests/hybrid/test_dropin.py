@@ -375,4 +375,4 @@ def test_checked_show_set_is_bounded(make_model: Callable[..., HybridChatOllama]
     model.refresh()
     for i in range(1500):
         model.select_backend(f"m{i}:1b")
-    assert len(model.router._shows_checked) <= 1024
+    assert len(model.router._prober.shows_checked) <= 1024

@@ -118,7 +118,7 @@ def test_the_first_probe_wait_is_bounded(build: Build) -> None:
     gpu.inject(Fault.ACCEPT_HANG)
     model.select_backend()
     assert model.router.get("gpu").probe is None  # still in flight
-    assert model.router._primed  # later plans never wait
+    assert model.router._prober.primed  # later plans never wait
     gpu.clear_faults()
 
 

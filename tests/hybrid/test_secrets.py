@@ -228,6 +228,7 @@ def test_health_report_errors_go_through_the_one_scrubber() -> None:
 
     from langchain_contextharbor import health
     from langchain_contextharbor._router import Router
+    from langchain_contextharbor._settings import RouterSettings
 
     cfg = BackendConfig(
         name="cpu",
@@ -236,7 +237,7 @@ def test_health_report_errors_go_through_the_one_scrubber() -> None:
         headers={"X-Api-Key": TOKEN},
         timeouts=FAST,
     )
-    router = Router([cfg], background_probes=False)
+    router = Router([cfg], RouterSettings(background_probes=False))
     try:
         router.refresh()
         probe = router.backends[0].probe

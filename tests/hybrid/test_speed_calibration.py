@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from langchain_contextharbor import BackendConfig, HybridChatOllama, Timeouts
-from langchain_contextharbor._router import CALIBRATION_PROMPT, CALIBRATION_TOKENS
+from langchain_contextharbor._background import CALIBRATION_PROMPT, CALIBRATION_TOKENS
 from langchain_contextharbor.sizing import GIB
 from langchain_contextharbor.testing import Fault, OllamaStandIn
 from langchain_contextharbor.testing.clock import FakeClock

@@ -133,31 +133,6 @@ def _describe(cycle: tuple[str, ...]) -> str:
     return " -> ".join(names)
 
 
-_PROBE_RESULT_LOOP = (f"{PACKAGE}._router", f"{PACKAGE}.fleet")
-
-
-def _only_the_probe_result_loop() -> bool:
-    """Whether the one cycle left is ``_router -> fleet -> _router``, closed by ``fleet``
-    annotating with ``ProbeResult``, a plain value that still lives in ``_router`` (issue 16
-    moves it to a pure module of facts; that change is made on another branch)."""
-    if find_cycles(import_graph()) != {_PROBE_RESULT_LOOP}:
-        return False
-    tree = ast.parse((ROOT / "fleet.py").read_text(encoding="utf-8"))
-    names = [
-        alias.name
-        for node in _top_level_imports(tree.body)
-        if isinstance(node, ast.ImportFrom) and node.module == f"{PACKAGE}._router"
-        for alias in node.names
-    ]
-    return names == ["ProbeResult"]
-
-
-@pytest.mark.xfail(
-    _only_the_probe_result_loop(),
-    strict=False,
-    reason="fleet imports ProbeResult from _router until it moves to _facts (issue 16): "
-    "remove this mark when that lands",
-)
 def test_the_package_has_no_import_cycle() -> None:
     cycles = find_cycles(import_graph()) - KNOWN_CYCLES
     assert not cycles, "import cycles: " + "; ".join(sorted(_describe(c) for c in cycles))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from langchain_contextharbor._router import learn_speed
+from langchain_contextharbor._facts import learn_speed
 
 MS = 1_000_000  # Ollama's durations are integer nanoseconds
 

@@ -44,7 +44,7 @@ def test_every_client_of_a_model_shares_it() -> None:
             transport = inner._client._client._transport  # type: ignore[union-attr]
             pool = transport._inner._pool
             ctxs.append(pool._ssl_context)
-            probe = m.router._http(m.router.get(name))
+            probe = m.router._prober.http(m.router.get(name))
             ctxs.append(probe._transport._pool._ssl_context)
         assert ctxs[0] is ctxs[1] is shared_ssl_context(True, tls=False)
         assert ctxs[2] is ctxs[3] is shared_ssl_context(True)
