@@ -243,7 +243,7 @@ def test_health_report_errors_go_through_the_one_scrubber() -> None:
         probe = router.backends[0].probe
         assert probe is not None and not probe.ok
         planted = replace(probe, reason=f"HTTP 401: key {TOKEN} refused at {cfg.base_url}")
-        report = health._health(router, cfg, planted, 1.0, lambda: None)
+        report = health._health(cfg, planted, 1.0, lambda: None)
     finally:
         router.close()
     assert report.error and "***" in report.error
