@@ -1485,3 +1485,6 @@ class Router:
                 d["kind"] = b.config.kind
                 out[b.config.name] = d
         return out
+
+    def request_probe(self, name: str) -> concurrent.futures.Future[ProbeResult]:
+        return self._submit_probe(self.get(name))
