@@ -6,18 +6,20 @@ Over real HTTP against the stand-ins (and a real redis-server for fleet mode).""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
 from ragkit import CHAT, DIGEST_A, EMBED, ROOMY
 
 from langchain_contextharbor import (
+    AllBackendsFailedError,
     BackendConfig,
     BreakerPolicy,
     HybridChatOllama,
     HybridOllamaEmbeddings,
 )
+from langchain_contextharbor.fleet import LocalState
 from langchain_contextharbor.testing import Fault, OllamaStandIn, StandInModel
 from langchain_contextharbor.testing.clock import FakeClock
 from langchain_contextharbor.testing.pytest_plugin import StandInFactory
@@ -87,6 +89,50 @@ async def test_a_cancelled_batch_is_counted_as_abandoned(
 
 
 # ------------------------------------------------------------------ fleet mode
+class TrialsElsewhere(LocalState):
+    """A fleet in which another worker always holds the trial call."""
+
+    def acquire(
+        self,
+        backend: str,
+        now: float,
+        *,
+        trial: bool,
+        spill_to: Sequence[str] = (),
+        costs: Mapping[str, tuple[float, float]] | None = None,
+    ) -> bool | None:
+        return False if trial else None
+
+
+def test_a_fleet_refusal_is_labelled_as_the_chat_model_labels_it(
+    pair: tuple[OllamaStandIn, OllamaStandIn], clock: FakeClock
+) -> None:
+    gpu, _ = pair
+    llm = HybridChatOllama(
+        model=CHAT,
+        backends=[BackendConfig(name="gpu", base_url=gpu.url, kind="gpu", timeouts=ROOMY)],
+        clock=clock,
+        background_probes=False,
+        breaker=BreakerPolicy(cooldown=10),
+        shared_state=TrialsElsewhere(),
+    )
+    emb = HybridOllamaEmbeddings.from_chat_model(llm, model=EMBED)
+    try:
+        gpu.inject(Fault.HTTP_ERROR, status=502, message="bad gateway", paths=["/api/embed"])
+        with pytest.raises(AllBackendsFailedError):
+            emb.embed_query("x")  # the only server fails: its circuit opens
+        gpu.clear_faults()
+        clock.advance(11)  # its trial is due, and another worker of the fleet holds it
+        with pytest.raises(AllBackendsFailedError) as info:
+            emb.embed_query("y")
+        (skip,) = info.value.skipped
+        assert skip.backend == "gpu" and skip.reason.startswith("not admitted at send time")
+        assert embeds(gpu) == [["x"]]
+    finally:
+        emb.close()
+        llm.close()
+
+
 @pytest.fixture
 def twins(ollama_standin_factory: StandInFactory) -> tuple[OllamaStandIn, OllamaStandIn]:
     """Two alike GPU servers: spill-over pays when one is saturated."""
