@@ -12,7 +12,6 @@ pure router (:mod:`langchain_contextharbor.routing`) and fails over inside the c
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import (
@@ -51,7 +50,9 @@ from langchain_ollama import ChatOllama
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 from typing_extensions import is_typeddict
 
+from langchain_contextharbor._admission import Lease, admit
 from langchain_contextharbor._config import RoutedFields
+from langchain_contextharbor._failover import _Call, _Try, all_failed, metadata, settle_failure
 from langchain_contextharbor._pool import InnerPool
 from langchain_contextharbor._router import Router
 from langchain_contextharbor._transport import (
@@ -59,21 +60,16 @@ from langchain_contextharbor._transport import (
     FIRST_TOKEN,
     MaskedClientKwargs,
 )
-from langchain_contextharbor.backends import BackendConfig
+from langchain_contextharbor.backends import (
+    BackendConfig,
+)
 from langchain_contextharbor.classify import (
-    Classification,
     FailoverCategory,
-    all_failed_error,
-    classify_exception,
 )
 from langchain_contextharbor.errors import (
     AllBackendsFailedError,
-    AttemptRecord,
     ConfigurationError,
-    DeadlineExceededError,
     EmptyResponseError,
-    SkipRecord,
-    StreamInterruptedError,
     TruncatedStreamError,
 )
 from langchain_contextharbor.fleet import REDIS_URL_ENV, SharedState, make_shared_state
@@ -107,24 +103,12 @@ _PASSTHROUGH = (
     "top_logprobs",
 )
 
-_METADATA_KEY = "contextharbor"
 ABANDONED_EVENT = "contextharbor_abandoned"
 """Name of the custom event an ``invoke`` fires when a backend died after some of its
 tokens reached ``on_llm_new_token`` observers and the call moved on to another backend.
 Its data: ``{"backend", "chunks", "chars", "error_class"}``; observers discard the tokens
 of that run seen so far. The replacement's first chunk carries the same facts in
 ``response_metadata["contextharbor"]["abandoned"]``."""
-_ON_TRIAL = "on trial: a background request tests it; this call went on"
-_NOT_ADMITTED = (
-    "not admitted at send time: circuit opened, or (fleet mode) the trial call or the "
-    "last free slot went to another worker"
-)
-
-
-def _is_final(chunk: ChatGenerationChunk) -> bool:
-    """Whether this is Ollama's closing chunk (ChatOllama copies it into generation_info)."""
-    info = chunk.generation_info
-    return bool(info and info.get("done") is True)
 
 
 def _substantive(chunk: ChatGenerationChunk) -> bool:
@@ -137,29 +121,6 @@ def _substantive(chunk: ChatGenerationChunk) -> bool:
     return bool(msg.additional_kwargs.get("reasoning_content"))
 
 
-class _Call:
-    """Book-keeping of one routed call: plan, attempts and the exceptions behind them."""
-
-    __slots__ = (
-        "abandoned",
-        "attempts",
-        "exceptions",
-        "model",
-        "num_ctx",
-        "plan",
-        "skipped",
-        "started",
-    )
-
-    def __init__(self, model: str, num_ctx: int, plan: RoutePlan) -> None:
-        self.started = time.monotonic()
-        self.abandoned: list[dict[str, Any]] = []
-        self.model = model
-        self.num_ctx = num_ctx
-        self.plan = plan
-        self.attempts: list[AttemptRecord] = []
-        self.exceptions: list[BaseException] = []
-        self.skipped: list[SkipRecord] = list(plan.skipped)
 
 
 class _InnerChatOllama(MaskedClientKwargs, ChatOllama):
@@ -217,7 +178,7 @@ class _Abandoned:
         self.data = data
 
 
-class _Attempt:
+class _Attempt(_Try):
     """One try on one backend: what the sync and async call loops share per chunk.
 
     ``feed`` takes each chunk from the inner stream and returns the chunks to hand on
@@ -226,75 +187,34 @@ class _Attempt:
     point: after it a failure can no longer fall back). Without it (invoke) every chunk
     is handed on at once (for ``on_llm_new_token``) but nothing ever commits: the
     caller's result is assembled from one complete attempt, so any failure falls back.
+    It knows the call only as plain values (its record and the admission's lease).
     """
 
-    __slots__ = (
-        "call",
-        "cfg",
-        "chars",
-        "committed",
-        "deadline",
-        "deadline_note",
-        "delivered",
-        "first_token",
-        "gate",
-        "held",
-        "last",
-        "model",
-        "passing",
-        "queued",
-        "quick",
-        "reasons",
-        "settled",
-        "started",
-        "ttft",
-    )
+    __slots__ = ("gate", "held", "last", "passing", "quick", "ttft")
 
-    def __init__(
-        self,
-        model: HybridChatOllama,
-        call: _Call,
-        cfg: BackendConfig,
-        reasons: Sequence[str],
-        gate: bool,
-        router: Router,
-    ) -> None:
-        self.model = model
+    def __init__(self, call: _Call, lease: Lease, gate: bool) -> None:
+        # The fields of _Try, set here rather than by a call to its __init__ (hot path).
         self.call = call
-        self.cfg = cfg
-        self.reasons = reasons
-        self.gate = gate
+        self.lease = lease
+        self.cfg = cfg = lease.cfg
         self.started = time.perf_counter()
-        self.ttft: float | None = None
-        self.held: list[ChatGenerationChunk] = []
-        self.last: ChatGenerationChunk | None = None
         self.delivered = 0
         self.chars = 0
         self.committed = False
+        total = cfg.timeouts.total
+        self.deadline = None if total is None else call.started + total
+        """``time.monotonic()`` by which this call must end (``Timeouts.total``)."""
+        self.first_token = lease.first_token
+        """The lease's warm first-token deadline (None: the configured one applies)."""
+        self.gate = gate
+        self.ttft: float | None = None
+        self.held: list[ChatGenerationChunk] = []
+        self.last: ChatGenerationChunk | None = None
         self.passing = False
         """Every further chunk goes straight on (committed, or not gated and stamped)."""
         self.quick = False
         """Passing with no total deadline to check: the call loops then do :meth:`feed`'s
         book-keeping inline (last chunk, count, characters), with no call per chunk."""
-        self.settled = False
-        """Success or failure recorded; a slot released unsettled was abandoned."""
-        total = cfg.timeouts.total
-        self.deadline = None if total is None else call.started + total
-        """``time.monotonic()`` by which this call must end (``Timeouts.total``)."""
-        self.first_token, self.deadline_note, self.queued = router.attempt_limits(
-            cfg.name, call.model
-        )
-        """A short first-token deadline when no model load is coming, else None; and
-        whether it started behind other calls of this router on every slot (it waited)."""
-
-    def check_deadline(self) -> None:
-        """Raise DeadlineExceededError when the call's total time is spent."""
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise self.deadline_error()
-
-    def deadline_error(self) -> DeadlineExceededError:
-        total = self.cfg.timeouts.total or 0.0
-        return DeadlineExceededError(self.call.model, total, self.cfg.name, self.delivered)
 
     def feed(self, chunk: ChatGenerationChunk) -> Sequence[ChatGenerationChunk]:
         """The chunks to yield now (often none while held, or just this one)."""
@@ -319,15 +239,20 @@ class _Attempt:
             self._stamp()
             self.held = []
             self.delivered += len(held)
-            self.chars += sum(len(c.text) for c in held)
+            chars = self.chars
+            for c in held:  # mostly one chunk: no generator expression to create
+                chars += len(c.text)
+            self.chars = chars
             return held
         return ()
 
     def finish(self) -> list[ChatGenerationChunk]:
         """End-of-stream checks (raise to fail over); returns the chunks still held."""
-        if self.last is None:
+        last = self.last
+        if last is None:
             raise EmptyResponseError(self.cfg.name)
-        if not _is_final(self.last):
+        info = last.generation_info  # Ollama's closing chunk: ChatOllama copies it here
+        if not (info and info.get("done") is True):
             raise TruncatedStreamError(self.cfg.name)
         held = self.held
         if held:  # a stream with no visible content
@@ -335,16 +260,13 @@ class _Attempt:
             self.held = []
         return held
 
-    def succeeded(self, router: Router) -> None:
-        self.settled = True
+    def succeeded(self) -> None:
         last = self.last
-        router.record_success(
-            self.cfg.name,
+        self.lease.succeeded(
             time.perf_counter() - self.started,
             self.ttft,
-            model=self.call.model,
-            info=last.generation_info if last is not None else None,
-            queued=self.queued,
+            self.call.model,
+            last.generation_info if last is not None else None,
         )
 
     def abandoned(self, exc: BaseException) -> _Abandoned | None:
@@ -363,7 +285,7 @@ class _Attempt:
     def _stamp(self) -> None:
         """Routing metadata goes on the first chunk the caller sees."""
         self.held[0].message.response_metadata.update(
-            self.model._metadata(self.call, self.cfg, self.reasons)
+            metadata(self.call, self.cfg, self.lease.reasons)
         )
 
 
@@ -796,8 +718,11 @@ class HybridChatOllama(RoutedFields, BaseChatModel):
 
     # ------------------------------------------------------------------ failover core
     def _start(self, kwargs: dict[str, Any]) -> _Call:
-        model = str(kwargs.get("model") or self.model)
-        num_ctx = self._num_ctx(kwargs)
+        model = kwargs.get("model") or self.model
+        if type(model) is not str:
+            model = str(model)
+        # Most calls pass no options: then the context size is the instance's (_num_ctx).
+        num_ctx = self._num_ctx(kwargs) if "options" in kwargs else self.num_ctx or DEFAULT_NUM_CTX
         plan = self._plan(model, num_ctx)
         if logger.isEnabledFor(logging.INFO):  # DEBUG on implies INFO on: one check per call
             logger.info("route %s: %s -> %s", model, plan.summary, plan.backends or "none")
@@ -805,167 +730,14 @@ class HybridChatOllama(RoutedFields, BaseChatModel):
                 logger.debug("route %s details:\n%s", model, plan.explain())
         return _Call(model, num_ctx, plan)
 
-    def _should_failover(self, exc: BaseException, c: Classification) -> bool:
-        handled = self.exceptions_to_handle
-        if handled is None:
-            return c.failover
-        types = tuple(h for h in handled if isinstance(h, type))
-        cats = {h for h in handled if isinstance(h, FailoverCategory)}
-        return (bool(types) and isinstance(exc, types)) or c.category in cats
-
-    def _on_failure(
-        self, call: _Call, cfg: BackendConfig, exc: Exception, started: float, delivered: int
-    ) -> Classification:
-        c = classify_exception(exc)
-        msg = cfg.scrub(str(exc) or type(exc).__name__)
-        call.attempts.append(
-            AttemptRecord(
-                cfg.name,
-                cfg.safe_url,
-                c.category.value,
-                type(exc).__name__,
-                msg,
-                (time.perf_counter() - started) * 1000,
-                delivered,
-            )
-        )
-        call.exceptions.append(exc)
-        logger.warning(
-            "backend %s failed for %s: %s: %s", cfg.name, call.model, type(exc).__name__, msg
-        )
-        return c
-
     def _settle_failure(self, att: _Attempt, exc: Exception) -> bool:
-        """Record a failed attempt and decide: True = try the next backend, False = the
-        caller re-raises ``exc`` as it is; after a commit it raises StreamInterruptedError.
-        Shared by the sync and async loops, which differ only in how they iterate."""
-        router = self._h.router
-        call, cfg = att.call, att.cfg
-        att.settled = True
-        if att.deadline is not None and not isinstance(exc, DeadlineExceededError):
-            if time.monotonic() >= att.deadline - 0.005:  # a phase timeout capped by it
-                cause, exc = exc, att.deadline_error()
-                exc.__cause__ = cause
-        verdict = self._on_failure(call, cfg, exc, att.started, att.delivered)
-        if att.first_token is not None and verdict.category is FailoverCategory.TIMEOUT:
-            if call.attempts and not att.delivered:  # say which deadline ran out
-                last = call.attempts[-1]
-                note = (
-                    f"{last.message} (warm first-token deadline {att.first_token:.1f}s: "
-                    f"{att.deadline_note})"
-                )
-                call.attempts[-1] = dataclasses.replace(last, message=note)
-        text = cfg.scrub(str(exc))
-        if isinstance(exc, DeadlineExceededError):
-            router.record_failure(
-                cfg.name, call.model, call.num_ctx, _no_verdict(verdict), text, fell_back=False
-            )
-            raise exc
-        if att.committed:
-            router.record_failure(
-                cfg.name,
-                call.model,
-                call.num_ctx,
-                verdict,
-                text,
-                fell_back=False,
-                interrupted=True,
-            )
-            raise StreamInterruptedError(
-                backend=cfg.name,
-                url=cfg.safe_url,
-                delivered_chunks=att.delivered,
-                delivered_chars=att.chars,
-                cause=exc,
-                detail=text,
-            ) from exc
-        if not self._should_failover(exc, verdict):
-            router.record_failure(
-                cfg.name, call.model, call.num_ctx, _no_verdict(verdict), text, fell_back=False
-            )
-            return False
-        router.record_failure(cfg.name, call.model, call.num_ctx, verdict, text, fell_back=True)
-        return True
-
-    def _metadata(self, call: _Call, cfg: BackendConfig, reasons: Sequence[str]) -> dict[str, Any]:
-        plan = call.plan
-        return {
-            "backend": cfg.name,
-            _METADATA_KEY: {
-                "backend": cfg.name,
-                "kind": cfg.kind,
-                "base_url": cfg.safe_url,
-                "model": call.model,
-                "fallback": bool(call.attempts),
-                "attempts": [a.as_dict() for a in call.attempts] if call.attempts else [],
-                "reason": "; ".join(reasons),
-                "route": plan.backends,
-                "route_summary": plan.summary,
-                "skipped": [{"backend": s.backend, "reason": s.reason} for s in call.skipped]
-                if call.skipped
-                else [],
-                "abandoned": list(call.abandoned),
-            },
-        }
+        """Record a failed attempt and decide (see :func:`_failover.settle_failure`): True
+        = try the next backend, False = the caller re-raises ``exc`` as it is. Shared by
+        the sync and async loops, which differ only in how they iterate."""
+        return settle_failure(att, exc, self.exceptions_to_handle)
 
     def _all_failed(self, call: _Call) -> AllBackendsFailedError:
-        return all_failed_error(
-            call.model,
-            call.attempts,
-            call.skipped,
-            call.exceptions,
-            [(c.hostport, c.name) for c in self._h.configs],
-        )
-
-    def _candidates(
-        self, call: _Call, router: Router
-    ) -> Iterator[tuple[BackendConfig, Sequence[str]]]:
-        """Yield each candidate whose breaker admits the call, planning again per round."""
-        for round_ in range(self.max_retries + 1):
-            if round_:
-                call.plan = self._plan(call.model, call.num_ctx)
-                call.skipped = list(call.plan.skipped)
-            tried = False
-            cands = call.plan.candidates
-            names = call.plan.backend_names
-            last = len(cands) - 1
-            spillover = self.spillover
-            deferred: list[tuple[BackendConfig, Sequence[str]]] = []
-            on_trial: list[tuple[BackendConfig, Sequence[str]]] = []
-            for i, cand in enumerate(cands):
-                cfg = router.get(cand.backend).config
-                if i < last and router.trial_in_background(cfg.name, call.model):
-                    call.skipped.append(SkipRecord(cfg.name, cfg.safe_url, _ON_TRIAL))
-                    on_trial.append((cfg, cand.reasons))
-                    continue
-                # Fleet mode re-checks the slot fleet-wide and may send the call on to a later
-                # candidate that queues fewer calls per slot (spill-over on fresh counts);
-                # one passed over this way is tried again last, so a call never fails for
-                # want of a slot.
-                spill = names[i + 1 :] if spillover else ()
-                if not router.acquire(cfg.name, spill):
-                    if spill:
-                        deferred.append((cfg, cand.reasons))
-                    else:
-                        call.skipped.append(SkipRecord(cfg.name, cfg.safe_url, _NOT_ADMITTED))
-                    continue
-                tried = True
-                yield cfg, cand.reasons
-            for cfg, reasons in deferred:
-                if not router.acquire(cfg.name):
-                    call.skipped.append(SkipRecord(cfg.name, cfg.safe_url, _NOT_ADMITTED))
-                    continue
-                tried = True
-                yield cfg, reasons
-            for cfg, reasons in on_trial:  # every other candidate failed: try it after all
-                if router.acquire_joining_trial(cfg.name):
-                    tried = True
-                    yield cfg, reasons
-            if not tried:
-                return
-
-    def _effective_stop(self, stop: list[str] | None) -> list[str] | None:
-        return stop if stop is not None else (self.stop or None)
+        return all_failed(call, self._h.configs)
 
     # ------------------------------------------------------------------ sync
     def _should_stream(
@@ -1040,21 +812,26 @@ class HybridChatOllama(RoutedFields, BaseChatModel):
         gate: bool,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk | _Abandoned]:
-        """Try candidates in order. With ``gate`` (streaming), chunks are held back until
-        the first substantive one; without it (invoke), chunks flow at once but a death
-        mid-generation still falls back (an :class:`_Abandoned` marker says so). The
-        per-chunk decisions live in :class:`_Attempt`; this loop and its async twin only
-        iterate."""
-        call = self._start(kwargs)
-        stop = self._effective_stop(stop)
+        """Try the admitted candidates in order. With ``gate`` (streaming), chunks are held
+        back until the first substantive one; without it (invoke), chunks flow at once but
+        a death mid-generation still falls back (an :class:`_Abandoned` marker says so).
+        Admission lives behind the leases (:mod:`._admission`), the per-chunk decisions in
+        :class:`_Attempt`, the failure decision in :mod:`._failover`: this loop and its
+        async twin only iterate, and differ only in ``await``/``async for``."""
         h = self._h
         router = h.router
-        for cfg, reasons in self._candidates(call, router):
-            att = _Attempt(self, call, cfg, reasons, gate, router)
-            try:  # from here on the slot acquired by _candidates is always released
-                inner = h.sync_inner.get(cfg.name)
+        if router.evidence_due():
+            router.wait_for_evidence()  # the explicit step before planning (and the twin's)
+        call = self._start(kwargs)
+        if stop is None:
+            stop = self.stop or None
+        retries, spill = self.max_retries, self.spillover
+        for lease in admit(router, call, spillover=spill, retries=retries, replan=self._plan):
+            with lease:  # released on exit, as abandoned unless an outcome was recorded
+                att = _Attempt(call, lease, gate)
+                inner = h.sync_inner.get(lease.name)
                 if inner is None:
-                    inner = self.backend_model(cfg.name)
+                    inner = self.backend_model(lease.name)
                 stream = cast(
                     Generator[ChatGenerationChunk, None, None],
                     inner._iterate_over_stream(messages, stop, **kwargs),
@@ -1076,9 +853,7 @@ class HybridChatOllama(RoutedFields, BaseChatModel):
                         else:
                             yield from att.feed(chunk)
                     tail = att.finish()
-                except GeneratorExit:
-                    raise
-                except Exception as exc:
+                except Exception as exc:  # not GeneratorExit nor cancellation: no verdict
                     if not self._settle_failure(att, exc):
                         raise
                     marker = att.abandoned(exc)
@@ -1086,13 +861,12 @@ class HybridChatOllama(RoutedFields, BaseChatModel):
                         yield marker
                     continue
                 finally:
-                    _disarm(armed)
+                    if armed is not None:
+                        _disarm(armed)
                     stream.close()
                 yield from tail
-                att.succeeded(router)
+                att.succeeded()
                 return
-            finally:
-                router.release(cfg.name, abandoned=not att.settled)
         raise self._all_failed(call)
 
     # ------------------------------------------------------------------ async
@@ -1151,17 +925,20 @@ class HybridChatOllama(RoutedFields, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk | _Abandoned]:
         """The async twin of :meth:`_routed_stream`; the decisions are shared."""
-        router = self._h.router
+        h = self._h
+        router = h.router
         if router.evidence_due():
             await router.await_evidence()  # so _start's plan never blocks the loop
         call = self._start(kwargs)
-        stop = self._effective_stop(stop)
-        for cfg, reasons in self._candidates(call, router):
-            att = _Attempt(self, call, cfg, reasons, gate, router)
-            try:
-                inner = self._async_inner_built(cfg.name)
+        if stop is None:
+            stop = self.stop or None
+        retries, spill = self.max_retries, self.spillover
+        for lease in admit(router, call, spillover=spill, retries=retries, replan=self._plan):
+            with lease:
+                att = _Attempt(call, lease, gate)
+                inner = self._async_inner_built(lease.name)
                 if inner is None:
-                    inner = await self._async_backend_model(cfg.name)
+                    inner = await self._async_backend_model(lease.name)
                 stream = cast(
                     AsyncGenerator[ChatGenerationChunk, None],
                     inner._aiterate_over_stream(messages, stop, **kwargs),
@@ -1184,8 +961,6 @@ class HybridChatOllama(RoutedFields, BaseChatModel):
                             for out in att.feed(chunk):
                                 yield out
                     tail = att.finish()
-                except (GeneratorExit, asyncio.CancelledError):
-                    raise
                 except Exception as exc:
                     if not self._settle_failure(att, exc):
                         raise
@@ -1194,14 +969,13 @@ class HybridChatOllama(RoutedFields, BaseChatModel):
                         yield marker
                     continue
                 finally:
-                    _disarm(armed)
+                    if armed is not None:
+                        _disarm(armed)
                     await stream.aclose()
                 for out in tail:
                     yield out
-                att.succeeded(router)
+                att.succeeded()
                 return
-            finally:
-                router.release(cfg.name, abandoned=not att.settled)
         raise self._all_failed(call)
 
     # ------------------------------------------------------------------ tools & structure
@@ -1324,11 +1098,6 @@ def _pydantic_parser(schema: Any) -> Runnable[Any, Any]:
     from langchain_core.output_parsers import PydanticOutputParser
 
     return PydanticOutputParser(pydantic_object=schema)
-
-
-def _no_verdict(c: Classification) -> Classification:
-    """A fatal error says nothing about the backend's health: don't feed the breaker."""
-    return Classification(c.category, False, False, c.status_code)
 
 
 def _to_result(final: ChatGenerationChunk, run_id: str | None = None) -> ChatResult:

@@ -19,32 +19,34 @@ in with ``allow_digest_mismatch=True`` (then the mix is allowed and marked).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import dataclasses
+import functools
 import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
 from langchain_ollama import OllamaEmbeddings
 from pydantic import Field, PrivateAttr, model_validator
 
+from langchain_contextharbor._admission import Lease, admit_vetted
 from langchain_contextharbor._config import RoutedFields
 from langchain_contextharbor._facts import ProbeResult
+from langchain_contextharbor._failover import _Call as _CallRecord
+from langchain_contextharbor._failover import _Try, all_failed, settle_failure
 from langchain_contextharbor._pool import InnerPool
 from langchain_contextharbor._router import Router
 from langchain_contextharbor._settings import check_seconds
 from langchain_contextharbor._transport import MaskedClientKwargs
-from langchain_contextharbor.backends import BackendConfig
-from langchain_contextharbor.classify import (
-    Classification,
-    all_failed_error,
-    classify_exception,
+from langchain_contextharbor.backends import (
+    BackendConfig,
 )
 from langchain_contextharbor.errors import (
     AllBackendsFailedError,
-    AttemptRecord,
     ConfigurationError,
     EmbeddingDigestMismatchError,
     EmbeddingInputError,
@@ -73,19 +75,20 @@ class BatchRecord:
     """Whether another backend failed (or was refused) for this batch first."""
 
 
-@dataclass
-class _Call:
-    """Book-keeping of one embed call: attempts, skips, and backends it gave up on."""
+class _Call(_CallRecord):
+    """Book-keeping of one embed call: the failover record shared with the chat model
+    (attempts, skips, exceptions; its ``plan`` is the current batch's), plus what only
+    an embed call keeps across its batches."""
 
-    model: str
-    num_ctx: int
-    attempts: list[AttemptRecord] = field(default_factory=list)
-    exceptions: list[BaseException] = field(default_factory=list)
-    skipped: list[SkipRecord] = field(default_factory=list)
-    avoid: set[str] = field(default_factory=set)
-    """Backends that failed or were refused in this call: not tried again by later batches."""
-    mismatched: dict[str, str] = field(default_factory=dict)
-    batches: list[BatchRecord] = field(default_factory=list)
+    __slots__ = ("avoid", "batches", "mismatched")
+
+    def __init__(self, model: str, num_ctx: int) -> None:
+        _CallRecord.__init__(self, model, num_ctx)
+        self.avoid: set[str] = set()
+        """Backends that failed or were refused in this call: not tried again by later
+        batches."""
+        self.mismatched: dict[str, str] = {}
+        self.batches: list[BatchRecord] = []
 
 
 class _State:
@@ -106,11 +109,6 @@ class _State:
 
 def _strip_digest(value: str) -> str:
     return value.strip().lower().removeprefix("sha256:")
-
-
-def _no_verdict(c: Classification) -> Classification:
-    """A fatal error says nothing about the backend's health: don't feed the breaker."""
-    return Classification(c.category, False, False, c.status_code)
 
 
 class _InnerOllamaEmbeddings(MaskedClientKwargs, OllamaEmbeddings):
@@ -329,10 +327,6 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
         p = router.get(name).probe
         return p is None or router.clock() - p.at > router.probe_ttl
 
-    def _probe_future(self, name: str) -> Any:
-        router = self._s.router
-        return router.request_probe(name)
-
     def _digest_check(self, call: _Call, name: str) -> str | None:
         """The digest to embed with on ``name``, or None (recorded as a skip) when refused."""
         s = self._s
@@ -409,52 +403,48 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
             skipped=[k for k in call.skipped if k.backend not in call.mismatched],
         )
 
-    def _candidates(self, call: _Call) -> Iterator[str]:
-        """Backends to try for one batch, in plan order, minus those this call gave up on."""
+    def _candidates(self, call: _Call) -> Iterator[Lease | concurrent.futures.Future[ProbeResult]]:
+        """The admitted backends for one batch (:func:`admit_vetted`, as the chat model's
+        calls are admitted: background trials, spill-over, release), in plan order minus
+        the backends this call gave up on, each one's digest checked on a fresh probe
+        first (a stale one is yielded to wait for)."""
         plan = self._plan(call.num_ctx)
         if not call.batches and not call.attempts:
             call.skipped.extend(plan.skipped)
-        for cand in plan.candidates:
-            if cand.backend not in call.avoid:
-                yield cand.backend
-
-    def _failed(self, call: _Call, name: str, exc: Exception, started: float) -> bool:
-        """Record a failed attempt; True = try the next backend, False = re-raise ``exc``."""
-        router = self._s.router
-        cfg = router.get(name).config
-        c = classify_exception(exc)
-        msg = cfg.scrub(str(exc) or type(exc).__name__)
-        call.attempts.append(
-            AttemptRecord(
-                name,
-                cfg.safe_url,
-                c.category.value,
-                type(exc).__name__,
-                msg,
-                (time.perf_counter() - started) * 1000,
-            )
+        if call.avoid:
+            kept = tuple(c for c in plan.candidates if c.backend not in call.avoid)
+            plan = dataclasses.replace(plan, candidates=kept)
+        call.plan = plan
+        return admit_vetted(
+            self._s.router,
+            call,
+            functools.partial(self._digest_check, call),
+            stale=self._stale_probe,
+            spillover=self.spillover,
         )
-        call.exceptions.append(exc)
-        if not c.failover:
-            router.record_failure(
-                name, self.model, call.num_ctx, _no_verdict(c), msg, fell_back=False
-            )
+
+    def _failed(self, call: _Call, att: _Try, exc: Exception) -> bool:
+        """Record a failed attempt by the chat model's rule (:func:`settle_failure`); True
+        = try the next backend (and none of this call's later batches goes there again),
+        False = re-raise ``exc``."""
+        if not settle_failure(att, exc, None):
             return False
-        logger.warning("backend %s failed to embed with %s: %s", name, self.model, msg)
-        router.record_failure(name, self.model, call.num_ctx, c, msg, fell_back=True)
-        call.avoid.add(name)
+        call.avoid.add(att.cfg.name)
         return True
 
     def _succeeded(
         self,
         call: _Call,
-        name: str,
-        digest: str,
+        lease: Lease,
         start: int,
         batch: Sequence[str],
         got: Any,
-        fallback: bool,
+        seen: int,
     ) -> list[list[float]]:
+        """Pin the build and record the batch; ``seen``: the skips and attempts of the
+        call when this batch began (more since: another backend was passed over first)."""
+        name = lease.name
+        digest: str = lease.vetted
         # ollama-python already parses each vector into a list: copy only what is not one.
         vectors = [v if isinstance(v, list) else list(v) for v in got]
         if len(vectors) != len(batch):
@@ -466,19 +456,14 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
                 f"backend {name!r} returned {len(vectors)} vectors for {len(batch)} texts",
             )
         self._pin(call, name, digest)
+        fallback = len(call.skipped) + len(call.attempts) > seen or bool(call.avoid - {name})
         call.batches.append(BatchRecord(start, start + len(batch), name, digest, fallback))
         return vectors
 
     def _all_failed(self, call: _Call) -> Exception:
         if call.mismatched:  # a server could have answered, with vectors of another build
             return self._mismatch(call)
-        return all_failed_error(
-            self.model,
-            call.attempts,
-            call.skipped,
-            call.exceptions,
-            [(c.hostport, c.name) for c in self._s.configs],
-        )
+        return all_failed(call, self._s.configs)
 
     # ------------------------------------------------------------------ sync
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
@@ -498,30 +483,27 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
         return self.embed_documents([text])[0]
 
     def _embed_batch(self, call: _Call, start: int, batch: list[str]) -> list[list[float]]:
+        """One batch over the admitted backends; this loop and its async twin differ only
+        in ``await`` (the decisions are :meth:`_candidates`', :meth:`_failed`'s)."""
         router = self._s.router
-        for tried, name in enumerate(self._candidates(call)):
-            if self._stale_probe(name):
-                self._probe_future(name).result()
-            digest = self._digest_check(call, name)
-            if digest is None:
+        if router.evidence_due():
+            router.wait_for_evidence()  # the explicit step before planning
+        admitted = self._candidates(call)
+        seen = len(call.skipped) + len(call.attempts)
+        for lease in admitted:
+            if not isinstance(lease, Lease):
+                lease.result()  # a stale probe: the digest is read again before sending
                 continue
-            if not router.acquire(name):
-                cfg = router.get(name).config
-                call.skipped.append(SkipRecord(name, cfg.safe_url, "circuit open"))
-                continue
-            started = time.perf_counter()
-            try:
-                got = self._inner(name).embed_documents(batch)
-            except Exception as exc:
-                if not self._failed(call, name, exc, started):
-                    raise
-                continue
-            finally:
-                router.release(name)
-            router.record_success(name, time.perf_counter() - started, None)
-            return self._succeeded(
-                call, name, digest, start, batch, got, tried > 0 or bool(call.avoid - {name})
-            )
+            with lease:  # released on exit, as abandoned unless an outcome was recorded
+                att = _Try(call, lease, False)
+                try:
+                    got = self._inner(lease.name).embed_documents(batch)
+                except Exception as exc:
+                    if not self._failed(call, att, exc):
+                        raise
+                    continue
+                lease.succeeded(time.perf_counter() - att.started, None)
+                return self._succeeded(call, lease, start, batch, got, seen)
         raise self._all_failed(call)
 
     # ------------------------------------------------------------------ async
@@ -545,28 +527,22 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
 
     async def _aembed_batch(self, call: _Call, start: int, batch: list[str]) -> list[list[float]]:
         router = self._s.router
-        await router.await_evidence()  # so the plan below never blocks the loop
-        for tried, name in enumerate(self._candidates(call)):
-            if self._stale_probe(name):
-                await asyncio.wrap_future(self._probe_future(name))
-            digest = self._digest_check(call, name)
-            if digest is None:
+        if router.evidence_due():
+            await router.await_evidence()  # so the plan below never blocks the loop
+        admitted = self._candidates(call)
+        seen = len(call.skipped) + len(call.attempts)
+        for lease in admitted:
+            if not isinstance(lease, Lease):
+                await asyncio.wrap_future(lease)
                 continue
-            if not router.acquire(name):
-                cfg = router.get(name).config
-                call.skipped.append(SkipRecord(name, cfg.safe_url, "circuit open"))
-                continue
-            started = time.perf_counter()
-            try:
-                got = await self._ainner(name).aembed_documents(batch)
-            except Exception as exc:
-                if not self._failed(call, name, exc, started):
-                    raise
-                continue
-            finally:
-                router.release(name)
-            router.record_success(name, time.perf_counter() - started, None)
-            return self._succeeded(
-                call, name, digest, start, batch, got, tried > 0 or bool(call.avoid - {name})
-            )
+            with lease:
+                att = _Try(call, lease, False)
+                try:
+                    got = await self._ainner(lease.name).aembed_documents(batch)
+                except Exception as exc:
+                    if not self._failed(call, att, exc):
+                        raise
+                    continue
+                lease.succeeded(time.perf_counter() - att.started, None)
+                return self._succeeded(call, lease, start, batch, got, seen)
         raise self._all_failed(call)
