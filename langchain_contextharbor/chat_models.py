@@ -694,9 +694,14 @@ class HybridChatOllama(RoutedFields, BaseChatModel):
         twins) converts its input through this one method. Sent on, ``[]`` reaches Ollama
         as a chat without messages, which only loads the model and answers nothing
         (``done_reason='load'``), so the caller got an ``EmptyResponseError`` about the
-        answer instead of being told the request was empty. One ``isinstance`` per call."""
+        answer instead of being told the request was empty. A string (most calls) costs
+        one class comparison; ``isinstance`` on a pydantic class is slower."""
         value = super()._convert_input(model_input)
-        if isinstance(value, ChatPromptValue) and not value.messages:
+        if (
+            model_input.__class__ is not str
+            and isinstance(value, ChatPromptValue)
+            and not value.messages
+        ):
             raise ValueError(
                 f"{type(self).__name__} was given no messages: pass a string or a non-empty "
                 "list of messages (nothing was sent)"
