@@ -60,7 +60,7 @@ configuration:
   --gpu-url / --cpu-url override them. Credentials in URLs are never printed.
 
 exit codes:
-  {EXIT_OK}    every configured backend is healthy (route: a backend can serve the model)
+  {EXIT_OK}    every configured backend is healthy (route: a backend can serve MODEL)
   {EXIT_CONFIG}    configuration error (bad URL, no backend configured)
   {EXIT_USAGE}    usage error (bad command line)
   {EXIT_DEGRADED}    some backends are down (the others answered)

@@ -113,6 +113,16 @@ def _printed(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return out
 
 
+@pytest.mark.parametrize("argv", [[], ["check"], ["models"], ["route"]], ids=" ".join)
+def test_help_fits_80_columns(
+    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps option help to the terminal's width
+    assert main([*argv, "--help"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if len(line) > WIDTH] == []
+
+
 @pytest.mark.parametrize(
     "argv",
     [["check"], ["models"], ["route", "qwen3:8b"], ["route", "qwen3:8b", "--table"]],
