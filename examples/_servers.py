@@ -2,11 +2,13 @@
 
 If an Ollama server answers at ``OLLAMA_GPU_URL`` / ``OLLAMA_CPU_URL`` (default
 127.0.0.1:11434 and :11435; ``OLLAMA_HOST`` counts for the GPU one, as in the library), the
-examples use it, with the model named in
-``CONTEXTHARBOR_EXAMPLE_MODEL`` or else the first one it has. Otherwise they start two
-embedded Ollama stand-ins on loopback (``langchain_contextharbor.testing``): a "gpu" and a
-"cpu" server with the scripted engine, which answers, streams, calls tools and fills JSON
-schemas without a real model. Every example prints which of the two it is using.
+examples use it, with the model named in ``CONTEXTHARBOR_EXAMPLE_MODEL`` or else the first
+one it lists that can chat: its ``/api/show`` ``capabilities`` include ``completion`` (and
+``tools`` for the agent examples). An embedding model such as ``nomic-embed-text`` cannot
+chat, and a server lists the model pulled last first. Otherwise they start two embedded
+Ollama stand-ins on loopback (``langchain_contextharbor.testing``): a "gpu" and a "cpu"
+server with the scripted engine, which answers, streams, calls tools and fills JSON schemas
+without a real model. Every example prints which of the two it is using.
 """
 
 from __future__ import annotations
@@ -41,14 +43,49 @@ def answers(url: str) -> bool:
         return False
 
 
-def first_model(url: str, *, skip: str | None = None) -> str | None:
-    """The first model the server at ``url`` lists (names containing ``skip`` left out)."""
+MODEL_ENV = "CONTEXTHARBOR_EXAMPLE_MODEL"
+"""The one variable every example and ``make demo`` read for the chat model to use."""
+
+
+def live_urls() -> list[str]:
+    """The servers HybridChatOllama would use (``OLLAMA_GPU_URL``, else ``OLLAMA_HOST``;
+    ``OLLAMA_CPU_URL``) that answer now."""
+    return [c.base_url for c in backends_from_env() if answers(c.base_url)]
+
+
+def capabilities(url: str, model: str) -> list[str] | None:
+    """``model``'s capabilities as ``/api/show`` reports them (``["completion", "tools"]``,
+    ``["embedding"]``); None when the server does not say (Ollama before 0.6)."""
+    try:
+        show = httpx.post(f"{url.rstrip('/')}/api/show", json={"model": model}, timeout=5)
+        caps = show.json().get("capabilities") if show.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    return [str(c) for c in caps] if isinstance(caps, list) else None
+
+
+def first_model(url: str, *, needs: tuple[str, ...] = ("completion",)) -> str | None:
+    """The first model the server at ``url`` lists that has every capability in ``needs``
+    (``()``: the first one). A server that reports no capabilities is trusted for any model
+    whose name does not say ``embed``."""
     try:
         models = httpx.get(f"{url.rstrip('/')}/api/tags", timeout=2).json().get("models", [])
     except (httpx.HTTPError, ValueError):
         return None
-    names = [str(m["model"]) for m in models if not (skip and skip in str(m["model"]))]
-    return names[0] if names else None
+    for name in (str(m["model"]) for m in models):
+        if not needs:
+            return name
+        caps = capabilities(url, name)
+        if caps is None and "embed" not in name:
+            return name
+        if caps is not None and all(c in caps for c in needs):
+            return name
+    return None
+
+
+def chat_model(url: str, *, needs: tuple[str, ...] = ("completion",)) -> str | None:
+    """``CONTEXTHARBOR_EXAMPLE_MODEL`` if set, else :func:`first_model` of ``url``."""
+    return os.environ.get(MODEL_ENV) or first_model(url, needs=needs)
 
 
 def _has_model(url: str, model: str) -> bool:
@@ -61,15 +98,23 @@ def _has_model(url: str, model: str) -> bool:
 
 
 @contextlib.contextmanager
-def servers(embed_model: str | None = None) -> Iterator[Servers]:
+def servers(
+    embed_model: str | None = None, *, needs: tuple[str, ...] = ("completion",)
+) -> Iterator[Servers]:
     """Real Ollama if one answers, else two embedded stand-ins (stopped on exit).
 
     ``embed_model``: an embedding model the example needs too; real Ollama is used only
-    when it has that model (``ollama pull nomic-embed-text``).
+    when it has that model (``ollama pull nomic-embed-text``). ``needs``: the capabilities
+    the chat model must have (``("completion", "tools")`` for an agent).
     """
-    # The servers HybridChatOllama would use: OLLAMA_GPU_URL (else OLLAMA_HOST), OLLAMA_CPU_URL.
-    live = [c.base_url for c in backends_from_env() if answers(c.base_url)]
-    model = os.environ.get("CONTEXTHARBOR_EXAMPLE_MODEL") or (live and first_model(live[0]))
+    live = live_urls()
+    model = chat_model(live[0], needs=needs) if live else None
+    if live and not model:
+        what = " and ".join(needs)
+        print(
+            f"Ollama at {live[0]} lists no model with {what} (/api/show capabilities): "
+            f"`ollama pull {STANDIN_MODEL}`, or set {MODEL_ENV}"
+        )
     if live and embed_model and not _has_model(live[0], embed_model):
         print(f"Ollama at {live[0]} has no {embed_model}: `ollama pull {embed_model}` to use it")
         live = []
@@ -82,7 +127,8 @@ def servers(embed_model: str | None = None) -> Iterator[Servers]:
     cpu = OllamaStandIn(name="cpu", models=models, gpu_fraction=0.0)
     with gpu, cpu:
         print(
-            f"No Ollama with a model answers: using two embedded stand-ins ({gpu.url}, {cpu.url})"
+            f"No Ollama with a chat model answers: using two embedded stand-ins "
+            f"({gpu.url}, {cpu.url})"
         )
         yield Servers(
             model=STANDIN_MODEL,

@@ -1,8 +1,9 @@
 """The main demo: one chat model over a GPU and a CPU Ollama server, with failover.
 
 Run it with ``make demo``. If Ollama servers answer at ``OLLAMA_GPU_URL`` /
-``OLLAMA_CPU_URL`` (default 127.0.0.1:11434 and :11435), the demo routes real calls to them
-(set ``CONTEXTHARBOR_DEMO_MODEL`` to pick the model). Otherwise it starts two embedded
+``OLLAMA_CPU_URL`` (default 127.0.0.1:11434 and :11435), the demo routes real calls to them,
+with the model in ``CONTEXTHARBOR_EXAMPLE_MODEL`` (the variable every example reads) or the
+first one listed that can chat (``/api/show`` capabilities). Otherwise it starts two embedded
 Ollama stand-ins on loopback — serving SmolLM2-135M through llama.cpp when that engine is
 installed (real tokens), a scripted engine otherwise — and also shows a failover by stopping
 the "GPU" server in the middle of the run.
@@ -11,16 +12,13 @@ the "GPU" server in the middle of the run.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Iterator
 
-from _servers import answers, first_model
+from _servers import MODEL_ENV, chat_model, live_urls
 from pydantic import BaseModel, Field
 
 from langchain_contextharbor import (
-    DEFAULT_CPU_URL,
-    DEFAULT_GPU_URL,
     BackendConfig,
     HybridChatOllama,
     Timeouts,
@@ -147,14 +145,15 @@ def demo_tools(gpu: OllamaStandIn, cpu: OllamaStandIn) -> None:
 
 
 def main() -> int:
-    gpu_url = os.environ.get("OLLAMA_GPU_URL", DEFAULT_GPU_URL)
-    cpu_url = os.environ.get("OLLAMA_CPU_URL", DEFAULT_CPU_URL)
-    live = [u for u in (gpu_url, cpu_url) if u and answers(u)]
+    live = live_urls()
     question = "What is the capital of France?"
     if live:
-        model = os.environ.get("CONTEXTHARBOR_DEMO_MODEL") or first_model(live[0])
+        model = chat_model(live[0])
         if not model:
-            print(f"Ollama answers at {live} but has no model; run `ollama pull llama3.2:1b`.")
+            print(
+                f"Ollama answers at {', '.join(live)} but lists no model that can chat "
+                f"(/api/show capabilities); run `ollama pull llama3.2:1b` or set {MODEL_ENV}."
+            )
             return 1
         say(f"live Ollama servers found: {', '.join(live)}; model {model}")
         llm = HybridChatOllama(model=model)

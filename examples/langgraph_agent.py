@@ -20,7 +20,7 @@ def get_weather(city: str) -> str:
     return f"sunny in {city}"
 
 
-with servers() as s:
+with servers(needs=("completion", "tools")) as s:
     llm = HybridChatOllama(model=s.model, backends=s.backends, temperature=0)
     model = llm.bind_tools([get_weather])
 

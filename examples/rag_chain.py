@@ -2,8 +2,9 @@
 
 Run it with ``python examples/rag_chain.py``. If Ollama answers at ``OLLAMA_GPU_URL`` /
 ``OLLAMA_CPU_URL`` (default 127.0.0.1:11434 and :11435), the chain runs on those servers
-(chat model: ``CONTEXTHARBOR_EXAMPLE_MODEL`` or the first one listed; embedding model:
-``CONTEXTHARBOR_EMBED_MODEL``, default ``nomic-embed-text``, which must be pulled on each).
+(chat model: ``CONTEXTHARBOR_EXAMPLE_MODEL`` or the first one listed that can chat;
+embedding model: ``CONTEXTHARBOR_EMBED_MODEL``, default ``nomic-embed-text``, which must be
+pulled on each).
 Otherwise it starts two embedded Ollama stand-ins on loopback: SmolLM2-135M on llama.cpp
 when that engine is installed (real embeddings and real tokens), the scripted engine
 otherwise (``CONTEXTHARBOR_RAG_ENGINE=scripted`` forces it) - and it also stops the "GPU"
@@ -19,7 +20,8 @@ import os
 import sys
 from collections.abc import Iterator
 
-from _servers import answers, first_model
+from _servers import chat_model as pick_chat_model
+from _servers import live_urls
 from langchain_core.documents import Document
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
@@ -27,8 +29,6 @@ from langchain_core.runnables import Runnable, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 
 from langchain_contextharbor import (
-    DEFAULT_CPU_URL,
-    DEFAULT_GPU_URL,
     BackendConfig,
     EmbeddingDigestMismatchError,
     HybridChatOllama,
@@ -111,20 +111,16 @@ def embedded_servers() -> Iterator[tuple[OllamaStandIn, OllamaStandIn, str, str,
 
 
 def main() -> int:
-    gpu_url = os.environ.get("OLLAMA_GPU_URL", DEFAULT_GPU_URL)
-    cpu_url = os.environ.get("OLLAMA_CPU_URL", DEFAULT_CPU_URL)
-    live = [u for u in (gpu_url, cpu_url) if u and answers(u)]
+    live = live_urls()
     if live:
-        chat_model = os.environ.get("CONTEXTHARBOR_EXAMPLE_MODEL") or first_model(
-            live[0], skip="embed"
-        )
+        chat = pick_chat_model(live[0])
         embed_model = os.environ.get("CONTEXTHARBOR_EMBED_MODEL", "nomic-embed-text")
-        if not chat_model:
+        if not chat:
             print(f"Ollama answers at {live} but has no chat model; `ollama pull llama3.2:1b`.")
             return 1
-        print(f"Using real Ollama at {', '.join(live)} with model {chat_model}")
-        say(f"chat model {chat_model}, embedding model {embed_model}")
-        llm = HybridChatOllama(model=chat_model)
+        print(f"Using real Ollama at {', '.join(live)} with model {chat}")
+        say(f"chat model {chat}, embedding model {embed_model}")
+        llm = HybridChatOllama(model=chat)
         emb = HybridOllamaEmbeddings.from_chat_model(llm, model=embed_model)
         chain, _ = build_chain(llm, emb)
         ask(chain, emb)

@@ -23,7 +23,7 @@ def get_time(city: str) -> str:
     return f"10:30 in {city}"
 
 
-with servers() as s:
+with servers(needs=("completion", "tools")) as s:
     llm = HybridChatOllama(model=s.model, backends=s.backends, temperature=0)
     agent = create_agent(llm, tools=[get_weather, get_time])
     for question in ("What is the weather in Paris?", "What time is it in Tokyo?"):

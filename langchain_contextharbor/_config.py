@@ -22,7 +22,14 @@ from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from langchain_core.utils import from_env
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
 
 from langchain_contextharbor._router import Router
 from langchain_contextharbor._settings import RouterSettings, check_seconds
@@ -37,6 +44,7 @@ from langchain_contextharbor.backends import (
     default_gpu_url,
     ollama_host_url,
     redact_url,
+    validation_problems,
 )
 from langchain_contextharbor.breaker import BreakerPolicy
 from langchain_contextharbor.errors import ConfigurationError
@@ -60,11 +68,7 @@ def configuration_errors(what: str) -> Iterator[None]:
     except ConfigurationError:
         raise
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc']) or 'config'}: "
-            f"{str(e['msg']).removeprefix('Value error, ')}"
-            for e in exc.errors(include_input=False, include_url=False)
-        )
+        problems = validation_problems(exc)
         raise ConfigurationError(f"invalid {what} configuration: {problems}") from None
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
@@ -103,13 +107,10 @@ def with_client_kwargs(cfg: BackendConfig, extra: Mapping[str, Any]) -> BackendC
     fields["client_kwargs"] = {**kwargs, **cfg.client_kwargs}
     try:
         return BackendConfig(**fields)
-    except ConfigurationError:
-        raise
     except Exception as exc:
-        msg = (
-            "; ".join(str(e.get("msg", "")) for e in getattr(exc, "errors", lambda **_: [])())
-            or type(exc).__name__
-        )
+        # BackendConfig's own errors name fields and never quote inputs; anything else
+        # (a third party's text may) is named by its type only.
+        msg = str(exc) if isinstance(exc, ConfigurationError) else type(exc).__name__
         raise ConfigurationError(f"client_kwargs do not fit backend {cfg.name!r}: {msg}") from None
 
 
@@ -219,6 +220,18 @@ class RoutedFields(BaseModel):
         return self._inner_class(
             model=self.model, **inner_client_kwargs(cfg), **self._inner_params()
         )
+
+    @field_validator("num_ctx", mode="before")
+    @classmethod
+    def _positive_num_ctx(cls, v: Any) -> Any:
+        """A context window is a positive whole number of tokens. Ollama would take
+        ``-5`` or ``0`` silently (its default instead) while the router planned memory for
+        it, and pydantic alone would turn ``True`` into 1 and ``"5"`` into 5."""
+        if v is None:
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"must be a whole number of tokens > 0 or None, got {v!r}")
+        return v
 
     @field_serializer("base_url", "gpu_url", "cpu_url")
     def _dump_url(self, v: str | None) -> str | None:

@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationError,
     field_serializer,
     field_validator,
     model_validator,
@@ -151,7 +152,32 @@ def _finite_positive(v: float | None, name: str) -> float | None:
     return float(v)
 
 
-class Timeouts(BaseModel):
+def validation_problems(exc: ValidationError) -> str:
+    """Each bad field of ``exc`` as ``field: why``, joined by ``;``, never quoting an input
+    (URLs and headers carry secrets). Shared with the models' own configuration errors."""
+    return "; ".join(
+        f"{'.'.join(str(x) for x in e['loc']) or 'config'}: "
+        f"{str(e['msg']).removeprefix('Value error, ')}"
+        for e in exc.errors(include_input=False, include_url=False)
+    )
+
+
+class _Checked(BaseModel):
+    """A settings value whose bad input raises :class:`ConfigurationError` (still a
+    ``ValueError``), as every other setting of the package does, instead of pydantic's own
+    ``ValidationError``: callers catch one error type, and its text names the field."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            what = type(self).__name__
+            raise ConfigurationError(
+                f"invalid {what} configuration: {validation_problems(exc)}"
+            ) from None
+
+
+class Timeouts(_Checked):
     """Client timeouts of one backend, in seconds. ``None`` nowhere: nothing may hang.
 
     * ``connect`` — TCP/TLS connect; a dead host fails fast.
@@ -186,7 +212,7 @@ class Timeouts(BaseModel):
         return _finite_positive(v, "timeouts.total")
 
 
-class BackendConfig(BaseModel):
+class BackendConfig(_Checked):
     """One Ollama server.
 
     ``client_kwargs`` go to the httpx clients (``verify``, ``cert``, ``transport``,
@@ -424,8 +450,6 @@ def coerce_backends(items: Sequence[BackendConfig | Mapping[str, Any]]) -> list[
         elif isinstance(item, Mapping):
             try:
                 out.append(BackendConfig(**dict(item)))
-            except ConfigurationError:
-                raise
             except Exception as exc:
                 raise ConfigurationError(f"backends[{i}] is invalid: {exc}") from None
         else:

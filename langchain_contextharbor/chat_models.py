@@ -40,6 +40,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.output_parsers import JsonOutputKeyToolsParser, JsonOutputParser
 from langchain_core.output_parsers.openai_tools import PydanticToolsParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.prompt_values import ChatPromptValue, PromptValue
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env
@@ -607,6 +608,27 @@ class HybridChatOllama(RoutedFields, BaseChatModel):
         if ls_stop := stop or self.stop:
             params["ls_stop"] = ls_stop
         return params
+
+    def _convert_input(self, model_input: LanguageModelInput) -> PromptValue:
+        """LangChain's conversion, refusing an empty message list before anything is sent.
+
+        Why here: every entry point (``invoke``, ``stream``, ``batch`` and their async
+        twins) converts its input through this one method. Sent on, ``[]`` reaches Ollama
+        as a chat without messages, which only loads the model and answers nothing
+        (``done_reason='load'``), so the caller got an ``EmptyResponseError`` about the
+        answer instead of being told the request was empty. A string (most calls) costs
+        one class comparison; ``isinstance`` on a pydantic class is slower."""
+        value = super()._convert_input(model_input)
+        if (
+            model_input.__class__ is not str
+            and isinstance(value, ChatPromptValue)
+            and not value.messages
+        ):
+            raise ValueError(
+                f"{type(self).__name__} was given no messages: pass a string or a non-empty "
+                "list of messages (nothing was sent)"
+            )
+        return value
 
     # ------------------------------------------------------------------ routing
     def _policy(self, h: _HotState | None = None) -> RoutePolicy:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -59,7 +60,7 @@ configuration:
   --gpu-url / --cpu-url override them. Credentials in URLs are never printed.
 
 exit codes:
-  {EXIT_OK}    every configured backend is healthy (route: a backend can serve the model)
+  {EXIT_OK}    every configured backend is healthy (route: a backend can serve MODEL)
   {EXIT_CONFIG}    configuration error (bad URL, no backend configured)
   {EXIT_USAGE}    usage error (bad command line)
   {EXIT_DEGRADED}    some backends are down (the others answered)
@@ -216,9 +217,76 @@ def _gb(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f} GiB"
 
 
-def _table(rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+WIDTH = 80
+"""Columns every printed line fits in: a terminal's default, and what a pasted report or a
+log viewer shows without wrapping rows into each other."""
+
+
+def _column_widths(rows: Sequence[Sequence[str]], limit: int) -> list[int]:
+    """Each column's width so that a row fits ``limit``: the widest columns give way first,
+    down to their longest word (at most 24 characters), so text wraps between words and a
+    URL stays whole where it can."""
+    n = len(rows[0])
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
+    floors = [
+        min(
+            widths[i],
+            max(len(rows[0][i]), min(24, max(len(w) for r in rows for w in r[i].split() or [""]))),
+        )
+        for i in range(n)
+    ]
+    excess = sum(widths) + 2 * (n - 1) - limit
+    while excess > 0:
+        i = max(range(n), key=lambda j: (widths[j] > floors[j], widths[j]))
+        if widths[i] <= floors[i]:
+            break
+        widths[i] -= 1
+        excess -= 1
+    return widths
+
+
+def _table(rows: Sequence[Sequence[str]], limit: int = WIDTH) -> list[list[str]]:
+    """The rows as aligned text, each row a list of lines: a cell too wide for its column
+    wraps onto the row's next lines within that column (a row never spills into the next
+    one), so every line fits ``limit`` columns."""
+    widths = _column_widths(rows, limit)
+    out: list[list[str]] = []
+    for r in rows:
+        cells = [
+            textwrap.wrap(c, max(w, 1), break_on_hyphens=False) or [""]
+            for c, w in zip(r, widths, strict=True)
+        ]
+        height = max(len(c) for c in cells)
+        out.append(
+            [
+                "  ".join(
+                    (c[k] if k < len(c) else "").ljust(w)
+                    for c, w in zip(cells, widths, strict=True)
+                ).rstrip()
+                for k in range(height)
+            ]
+        )
+    return out
+
+
+def _wrap(line: str, limit: int = WIDTH) -> str:
+    """One line of free text wrapped to ``limit``; its continuations indented under it (past
+    a leading ``- `` bullet), so wrapped text still reads as one item."""
+    body = line.lstrip(" ")
+    indent = " " * (len(line) - len(body))
+    hang = indent + ("  " if body.startswith("- ") else "    ")
+    return textwrap.fill(
+        body,
+        limit,
+        initial_indent=indent,
+        subsequent_indent=hang,
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+
+
+def _say(line: str, out: TextIO) -> None:
+    print(_wrap(line), file=out)
 
 
 def _memory(h: BackendHealth) -> str:
@@ -235,47 +303,67 @@ def _memory(h: BackendHealth) -> str:
     return ", ".join(parts)
 
 
+def _memory_cell(h: BackendHealth) -> str:
+    """The table's short memory figure; the whole split (total, free, held by loaded
+    models) is the row's ``memory:`` line, which has the room."""
+    if h.free_memory_gb is not None:
+        return f"{_gb(h.free_memory_gb)} free"
+    if h.max_memory_gb is not None:
+        return f"{_gb(h.max_memory_gb)} total"
+    return "unknown"
+
+
 def _print_check(healths: Sequence[BackendHealth], out: TextIO) -> None:
     rows = [("BACKEND", "KIND", "STATUS", "VERSION", "LATENCY", "MEMORY", "URL")]
     rows += [
-        (h.name, h.kind, h.status, h.version or "-", f"{h.latency_ms:.0f} ms", _memory(h), h.url)
+        (
+            h.name,
+            h.kind,
+            h.status,
+            h.version or "-",
+            f"{h.latency_ms:.0f} ms",
+            _memory_cell(h),
+            h.url,
+        )
         for h in healths
     ]
-    header, *lines = _table(rows)
-    print(header, file=out)
-    for h, line in zip(healths, lines, strict=True):
-        print(line, file=out)
+    header, *blocks = _table(rows)
+    print("\n".join(header), file=out)
+    for h, block in zip(healths, blocks, strict=True):
+        print("\n".join(block), file=out)
         if not h.healthy:
-            print(f"    error: {h.error}", file=out)
+            _say(f"    error: {h.error}", out)
             continue
+        if _memory(h) != _memory_cell(h):
+            _say(f"    memory: {_memory(h)}", out)
         if h.memory_source != "unknown":
-            print(f"    memory source: {h.memory_source}", file=out)
+            _say(f"    memory source: {h.memory_source}", out)
         for warning in h.warnings:
-            print(f"    WARNING: {warning}", file=out)
+            _say(f"    WARNING: {warning}", out)
         if not h.loaded:
-            print(f"    loaded: none ({len(h.models or ())} models available)", file=out)
+            _say(f"    loaded: none ({len(h.models or ())} models available)", out)
         for m in h.loaded:
             ctx = f", ctx {m.context_length}" if m.context_length else ""
-            print(f"    loaded: {m.name}  {m.placement}  ({_gb(m.size / 1024**3)}{ctx})", file=out)
+            _say(f"    loaded: {m.name}  {m.placement}  ({_gb(m.size / 1024**3)}{ctx})", out)
     up = sum(h.healthy for h in healths)
     warned = sum(len(h.warnings) for h in healths)
     tail = f", {warned} warning(s) above" if warned else ""
-    print(f"{up}/{len(healths)} backends healthy{tail}", file=out)
+    _say(f"{up}/{len(healths)} backends healthy{tail}", out)
 
 
 def _print_route_table(plan: RoutePlan, out: TextIO) -> None:
     """The plan as rows: order tried, backend, kind, URL, and the reasons in one cell."""
-    print(f"route for {plan.model!r}: {plan.summary}", file=out)
+    _say(f"route for {plan.model!r}: {plan.summary}", out)
     rows: list[tuple[str, ...]] = [("#", "BACKEND", "KIND", "URL", "WHY")]
     rows += [
         (str(i), c.backend, c.kind, c.url, "; ".join(c.reasons))
         for i, c in enumerate(plan.candidates, 1)
     ]
     rows += [("-", s.backend, "", s.url, f"skipped: {s.reason}") for s in plan.skipped]
-    for line in _table(rows):
-        print(line, file=out)
+    for block in _table(rows):
+        print("\n".join(block), file=out)
     for note in plan.notes:
-        print(f"note: {note}", file=out)
+        _say(f"note: {note}", out)
 
 
 def _digest_cells(healths: Sequence[BackendHealth], model: str) -> dict[str, str]:
@@ -310,25 +398,25 @@ def _print_models(healths: Sequence[BackendHealth], out: TextIO) -> None:
         if m in only:
             notes.append(f"* only on {only[m]}: no fallback")
         rows.append((m, *cells, shown, "; ".join(notes)))
-    for line in _table(rows):
-        print(line, file=out)
+    for block in _table(rows):
+        print("\n".join(block), file=out)
     if not names:
         print("(no models listed)", file=out)
     for h in healths:
         if h.models is None:
-            print(f"{h.name}: down, its models are unknown ({h.error})", file=out)
+            _say(f"{h.name}: down, its models are unknown ({h.error})", out)
     if only:
-        print(
+        _say(
             f"{len(only)} model(s) on one backend only (marked *): a failure there "
             "cannot fall back",
-            file=out,
+            out,
         )
     if differ:
-        print(
+        _say(
             f"{differ} model(s) with different builds on different backends (marked !): "
             "answers may differ after a failover, and embeddings of one build do not match "
             "an index made with the other; pull the same build on every server",
-            file=out,
+            out,
         )
 
 
@@ -374,7 +462,34 @@ def _dump(obj: Any, out: TextIO) -> None:
 
 # ---------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (the console script passes it to ``sys.exit``)."""
+    """Run the CLI; returns the exit code (the console script passes it to ``sys.exit``).
+
+    A reader that stops early (``contextharbor --json check | head -3``) closes the pipe
+    under the printing: that ends the command quietly, with the exit code of what was
+    found (the answer did not change because fewer lines were read), not a
+    ``BrokenPipeError`` traceback and exit 1."""
+    found = [EXIT_OK]
+    try:
+        return _main(argv, found)
+    except BrokenPipeError:
+        _detach_stdout()
+        return found[0]
+
+
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered would raise again when the
+    interpreter flushes it at exit (the reader is gone either way)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        pass
+
+
+def _main(argv: Sequence[str] | None, found: list[int]) -> int:
+    """:func:`main`'s work; ``found[0]`` holds the exit code as soon as it is known, before
+    the printing that a closed pipe can cut short."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -404,25 +519,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "route":
             plan = preview_route(args.model, num_ctx=args.num_ctx, **config)
+            found[0] = EXIT_OK if plan.candidates else EXIT_NO_ROUTE
             if as_json:
                 _dump(plan.as_dict(), out)
             elif getattr(args, "table", False):
                 _print_route_table(plan, out)
             else:
-                print(plan.explain(), file=out)
-            return EXIT_OK if plan.candidates else EXIT_NO_ROUTE
-        healths = check_backends(**config)
-        if command == "check":
-            if as_json:
-                _dump(health_report(healths), out)
-            else:
-                _print_check(healths, out)
-        elif as_json:
-            detail = bool(getattr(args, "detail", False))
-            _dump(_models_detail(healths) if detail else list_models(healths=healths), out)
+                for line in plan.explain().splitlines():
+                    _say(line, out)
         else:
-            _print_models(healths, out)
-        return _health_exit(healths)
+            healths = check_backends(**config)
+            found[0] = _health_exit(healths)
+            if command == "check":
+                if as_json:
+                    _dump(health_report(healths), out)
+                else:
+                    _print_check(healths, out)
+            elif as_json:
+                detail = bool(getattr(args, "detail", False))
+                _dump(_models_detail(healths) if detail else list_models(healths=healths), out)
+            else:
+                _print_models(healths, out)
+        out.flush()  # a closed pipe shows here, inside main, not at interpreter exit
+        return found[0]
     except ConfigurationError as exc:
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"contextharbor: error: {message}", file=sys.stderr)

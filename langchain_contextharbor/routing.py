@@ -365,6 +365,16 @@ def plan_route(
             f"{format_bytes(policy.size_threshold_bytes)}"
         )
 
+    if usable and not any(b.kind == tier for b in usable):
+        # Nothing of the chosen tier can take the call (down, circuit open, no model, or
+        # none configured): the other tier leads, and the summary says so.
+        kinds = {b.name: b.kind for b in backends}
+        gone = "; ".join(f"{s.backend} {s.reason}" for s in skipped if kinds.get(s.backend) == tier)
+        tier, moot = ("cpu", "gpu") if tier == "gpu" else ("gpu", "cpu")
+        why_tier = (
+            f"{tier} first: no {moot} backend can take the call ({gone or 'none configured'})"
+        )
+
     any_free_slot = any(b.in_flight < b.max_parallel for b in usable)
     # Finish times decide only while spilling over: with a free slot everywhere the tier
     # and residency rules below keep their meaning (and their cheap, stable order).
@@ -457,6 +467,8 @@ def plan_route(
                 and (b.speed is None or b.speed.samples <= 0)
             ):
                 unmeasured.append(b.name)
+    if scored and scored[0][1].kind != tier:
+        why_tier = _why_other_tier(tier, why_tier, scored, policy)
     candidates = tuple(Candidate(b.name, b.kind, b.url, tuple(r)) for _, b, r in scored)
     summary = (
         f"{req.size_detail}; {req.footprint_detail}; {why_tier}"
@@ -466,3 +478,33 @@ def plan_route(
     return RoutePlan(
         req.model, req, candidates, tuple(skipped), summary, tuple(notes), tuple(unmeasured)
     )
+
+
+def _why_other_tier(
+    tier: str,
+    why_tier: str,
+    scored: Sequence[tuple[tuple[float, ...], BackendSnapshot, list[str]]],
+    policy: RoutePolicy,
+) -> str:
+    """The summary's tier clause when the first candidate is not of the preferred tier,
+    although one of that tier is usable, so that the header of ``contextharbor route``
+    agrees with the order below it: the first rank component in which the leader beats
+    the tier's best backend names what put it ahead (memory, spill-over, warmth, priority).
+    """
+    lead = scored[0][1]
+    key_lead = scored[0][0]
+    key_best, best = next((key, b) for key, b, _ in scored if b.kind == tier)
+    i = next(
+        (i for i, (a, b) in enumerate(zip(key_lead, key_best, strict=True)) if a != b),
+        len(key_lead),
+    )
+    warm_at = 3 if policy.prefer_warm else 4
+    causes = {
+        0: f"{best.name} ran out of memory on this model recently",
+        1: f"the request does not fit {best.name}",
+        2: "spill-over: it is expected to finish sooner",
+        warm_at: f"prefer_warm: the model is loaded on {lead.name}",
+        5: f"priority {lead.priority} < {best.priority}",
+    }
+    cause = causes.get(i, "its position in the configuration")
+    return f"{why_tier}; but {lead.name} ({lead.kind}) is tried first: {cause}"

@@ -397,10 +397,19 @@ if [[ $USE_SYSTEMCTL == 1 ]]; then
         else
           what="another program"
         fi
-        taken="127.0.0.1:$port is already taken by $what, and $unit is not running.
+        # The advice depends on the server: the installer's ollama.service takes the GPU
+        # server's default port and can serve as it; nothing of the kind is a CPU server.
+        if [[ $kind == gpu ]]; then
+          taken="127.0.0.1:$port is already taken by $what, and $unit is not running.
 It is probably the system-wide ollama.service from Ollama's installer. Either stop it
-(sudo systemctl disable --now ollama), or pick another port (--gpu-port / --cpu-port),
+(sudo systemctl disable --now ollama), or pick another port (--gpu-port PORT),
 or keep it as your GPU server and run this script with --gpu no."
+        else
+          taken="127.0.0.1:$port is already taken by $what, and $unit is not running.
+The CPU-only server needs a port of its own: it hides every GPU, which a server started
+elsewhere does not. Either stop that program (an 'ollama serve' you started by hand, say),
+or pick another port with --cpu-port PORT and set OLLAMA_CPU_URL=http://127.0.0.1:PORT."
+        fi
         if [[ $DRY_RUN == 1 ]]; then
           warn "$taken
 A real run would stop here with exit code $EXIT_PORT_TAKEN."

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from langchain_contextharbor.testing import StandInModel
 from langchain_contextharbor.testing.pytest_plugin import StandInFactory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +46,7 @@ def _dead_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
-def _run(script: str, gpu_url: str, cpu_url: str) -> subprocess.CompletedProcess[str]:
+def _run(script: str, gpu_url: str, cpu_url: str, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -53,6 +54,7 @@ def _run(script: str, gpu_url: str, cpu_url: str) -> subprocess.CompletedProcess
         "OLLAMA_CPU_URL": cpu_url,
     }
     env.pop("CONTEXTHARBOR_EXAMPLE_MODEL", None)
+    env.update(extra)
     return subprocess.run(
         [sys.executable, str(ROOT / "examples" / script)],
         capture_output=True,
@@ -91,3 +93,38 @@ def test_example_uses_the_servers_that_answer(
     assert gpu.requests_to("/api/chat") or cpu.requests_to("/api/chat")
     if script == "failover.py":
         assert "call 3: served by cpu" in r.stdout  # a dead "gpu" URL, the real one behind it
+
+
+@pytest.mark.parametrize("script", ["quickstart.py", "failover.py", "demo.py", "tool_agent.py"])
+def test_examples_pick_a_model_that_can_chat(
+    script: str, ollama_standin_factory: StandInFactory
+) -> None:
+    """The README has users pull nomic-embed-text, and a server lists the model pulled last
+    first: the examples took it and crashed (``"nomic-embed-text:latest" does not support
+    chat``). They read ``/api/show`` capabilities and take the first model that chats."""
+    gpu = ollama_standin_factory(name="gpu")
+    cpu = ollama_standin_factory(name="cpu", gpu_fraction=0.0)
+    for server in (gpu, cpu):
+        server.add_model(StandInModel("nomic-embed-text"))  # pulled last: listed first
+    r = _run(script, gpu.url, cpu.url)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "does not support" not in r.stdout + r.stderr
+    chats = gpu.requests_to("/api/chat") + cpu.requests_to("/api/chat")
+    assert chats and {req.body["model"] for req in chats} == {"llama3.2:1b"}
+
+
+@pytest.mark.parametrize("script", ["quickstart.py", "demo.py"])
+def test_one_variable_picks_the_model_of_every_example(
+    script: str, ollama_standin_factory: StandInFactory
+) -> None:
+    """``make demo`` read ``CONTEXTHARBOR_DEMO_MODEL``, the examples
+    ``CONTEXTHARBOR_EXAMPLE_MODEL``: now both read the one the README documents."""
+    models: list[StandInModel | str] = ["llama3.2:1b", StandInModel("qwen2.5:0.5b")]
+    gpu = ollama_standin_factory(name="gpu", models=models)
+    cpu = ollama_standin_factory(name="cpu", models=models, gpu_fraction=0.0)
+    r = _run(script, gpu.url, cpu.url, CONTEXTHARBOR_EXAMPLE_MODEL="qwen2.5:0.5b")
+    assert r.returncode == 0, r.stdout + r.stderr
+    chats = gpu.requests_to("/api/chat") + cpu.requests_to("/api/chat")
+    assert chats and {req.body["model"] for req in chats} == {"qwen2.5:0.5b"}
+    for path in [*(ROOT / "examples").glob("*.py"), ROOT / "README.md", ROOT / "Makefile"]:
+        assert "CONTEXTHARBOR_DEMO_MODEL" not in path.read_text(), path

@@ -2,7 +2,9 @@
 
 Each is executed top to bottom by nbclient in a Python kernel of this interpreter (any
 cell that raises fails the test), with the Ollama URLs pointing at a port where nothing
-listens, so the notebooks use their embedded stand-ins.
+listens, so the notebooks use their embedded stand-ins. Each runs from its own folder and
+from a folder outside the repository (VS Code and ``jupyter lab`` started elsewhere do
+not start the kernel in the notebook's folder).
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ def test_notebook_is_stored_with_outputs_cleared(name: str) -> None:
             assert cell.outputs == [] and cell.execution_count is None, (name, cell.source)
 
 
+@pytest.mark.parametrize("where", ["own folder", "outside the repo"])
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs_headless(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notebook_runs_headless(
+    name: str, where: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
@@ -44,7 +49,7 @@ def test_notebook_runs_headless(name: str, monkeypatch: pytest.MonkeyPatch) -> N
         nb,
         timeout=120,
         kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOKS)}},
+        resources={"metadata": {"path": str(NOTEBOOKS if where == "own folder" else tmp_path)}},
     )
     client.execute()  # raises CellExecutionError on the first failing cell
     text = "".join(

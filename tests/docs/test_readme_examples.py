@@ -21,6 +21,7 @@ import shlex
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ COVERED_ELSEWHERE = {
     "python3 -m pip wheel": "tests/ops/test_packaging.py",
     "python3 -m pip install dist/": "tests/ops/test_packaging.py",
     "scripts/setup_hybrid_ollama.sh": "tests/ops/test_setup_script.py",
+    "python3 -m pip install '.[agents]'": "test_the_agents_extra_installs_what_create_agent_needs",
+    "contextharbor-standin": "readme_servers: the Python blocks run against exactly these",
 }
 
 
@@ -62,7 +65,52 @@ def servers(ollama_standin_factory: StandInFactory) -> tuple[OllamaStandIn, Olla
     return gpu, cpu
 
 
-def _env(gpu: OllamaStandIn, cpu: OllamaStandIn) -> dict[str, str]:
+@dataclasses.dataclass(frozen=True)
+class Started:
+    """A stand-in started from a README command line, in its own process."""
+
+    url: str
+
+
+@pytest.fixture
+def readme_servers() -> Iterator[tuple[Started, Started]]:
+    """The servers the README tells a reader to start, started from its own command lines
+    (``contextharbor-standin ...``): the GPU one and the CPU one, by their default port.
+    Each gets a free port instead of 11434/11435, which a real Ollama may hold here; the
+    README says to name other ports in ``OLLAMA_GPU_URL`` / ``OLLAMA_CPU_URL``."""
+    lines = [
+        line.split(" #", 1)[0].strip().removesuffix("&").strip()
+        for block in blocks("bash")
+        for line in block.splitlines()
+        if line.startswith("contextharbor-standin ")
+    ]
+    assert len(lines) == 2, lines
+    procs: list[subprocess.Popen[str]] = []
+    started: dict[str, Started] = {}
+    try:
+        for line in lines:
+            args = shlex.split(line)[1:]
+            port = args[args.index("--port") + 1]
+            args[args.index("--port") + 1] = "0"
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "langchain_contextharbor.testing", *args],
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+            procs.append(proc)
+            assert proc.stdout is not None
+            first = proc.stdout.readline()  # "listening on http://HOST:PORT (name)"
+            assert first.startswith("listening on "), first
+            started[port] = Started(first.split()[2])
+        yield started["11434"], started["11435"]
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def _env(gpu: OllamaStandIn | Started, cpu: OllamaStandIn | Started) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if k not in {"OLLAMA_HOST", "CONTEXTHARBOR_REDIS_URL"}
     }
@@ -71,8 +119,10 @@ def _env(gpu: OllamaStandIn, cpu: OllamaStandIn) -> dict[str, str]:
 
 
 def test_readme_python_blocks_run_in_order(
-    servers: tuple[OllamaStandIn, OllamaStandIn], tmp_path: Path
+    readme_servers: tuple[Started, Started], tmp_path: Path
 ) -> None:
+    """Against the stand-ins the README's own commands start (not a fixture's models: the
+    ten-line example named a model those commands did not serve)."""
     session = "\n\n".join(blocks("python"))
     script = tmp_path / "readme_session.py"
     script.write_text(
@@ -84,7 +134,7 @@ def test_readme_python_blocks_run_in_order(
         [sys.executable, str(script)],
         capture_output=True,
         text=True,
-        env=_env(*servers),
+        env=_env(*readme_servers),
         cwd=tmp_path,
         timeout=170,
     )
@@ -232,3 +282,22 @@ def test_readme_figures_are_the_ones_in_docs_benchmarks() -> None:
     for script in re.findall(r"`(bench_\w+\.py)`", region):
         assert (ROOT / "benchmarks" / script).exists(), script
         assert f"benchmarks/{script}" in bench, script
+
+
+def test_the_testing_helpers_the_readme_names_import_from_where_it_says() -> None:
+    """``FakeClock`` was named beside ``langchain_contextharbor.testing`` without its module,
+    and ``from langchain_contextharbor.testing import FakeClock`` fails."""
+    named = re.findall(r"`(\w+)` \(in `(langchain_contextharbor[\w.]*)`\)", TEXT)
+    assert ("FakeClock", "langchain_contextharbor.testing.clock") in named
+    for name, module in named:
+        assert hasattr(__import__(module, fromlist=[name]), name), (module, name)
+
+
+def test_the_agents_extra_installs_what_create_agent_needs() -> None:
+    """``create_agent`` is in ``langchain``, which no extra installed."""
+    pyproject = (ROOT / "pyproject.toml").read_text()  # no tomllib before Python 3.11
+    extra = re.search(r"^agents = \[(.*)\]$", pyproject, re.M)
+    assert extra and '"langchain>=' in extra.group(1), extra
+    agents = TEXT[TEXT.index("### Agents and LangGraph") :].split("```python", 1)[0]
+    assert "'.[agents]'" in agents
+    assert "python3 -m pip install '.[agents]'" in TEXT  # in the Install block too

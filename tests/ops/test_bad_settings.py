@@ -9,12 +9,27 @@ of range 0-65535`` for ``OLLAMA_HOST=127.0.0.1:99999``).
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pydantic
 import pytest
+
+from langchain_contextharbor import (
+    BackendConfig,
+    ConfigurationError,
+    EmptyResponseError,
+    HybridChatOllama,
+    HybridOllamaEmbeddings,
+    Timeouts,
+)
+from langchain_contextharbor.testing import OllamaStandIn
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,3 +114,82 @@ def test_the_cli_reports_a_bad_ollama_host_in_one_line() -> None:
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("contextharbor: error: OLLAMA_HOST"), lines[0]
     assert "port must be 1..65535" in lines[0]
+
+
+# --------------------------------------------------------------- bad values given in code
+# A bad value written in code is reported at construction, as a ConfigurationError (also a
+# ValueError) whose text names the setting, before any request is made.
+
+BAD_NUM_CTX = [-5, 0, math.nan, 2.5, "big", "4096", True]
+
+
+@pytest.mark.parametrize("cls", [HybridChatOllama, HybridOllamaEmbeddings])
+@pytest.mark.parametrize("value", BAD_NUM_CTX, ids=repr)
+def test_a_bad_num_ctx_is_a_configuration_error(cls: type[Any], value: object) -> None:
+    with pytest.raises(ConfigurationError, match=r"num_ctx: must be a whole number") as info:
+        cls(model="m", base_url="http://127.0.0.1:9", num_ctx=value, background_probes=False)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("cls", [HybridChatOllama, HybridOllamaEmbeddings])
+def test_a_good_num_ctx_is_kept(cls: type[Any]) -> None:
+    m = cls(model="m", base_url="http://127.0.0.1:9", num_ctx=8192, background_probes=False)
+    assert m.num_ctx == 8192
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"connect": 0}, "connect"),
+        ({"first_token": -1}, "first_token"),
+        ({"idle": math.nan}, "idle"),
+        ({"probe": math.inf}, "probe"),
+        ({"total": 0}, "total"),
+        ({"read": 3}, "read"),
+    ],
+)
+def test_bad_timeouts_are_a_configuration_error(kwargs: dict[str, Any], field: str) -> None:
+    """``Timeouts(connect=0)`` raised pydantic's own ``ValidationError``."""
+    with pytest.raises(ConfigurationError) as info:
+        Timeouts(**kwargs)
+    assert isinstance(info.value, ValueError)
+    assert not isinstance(info.value, pydantic.ValidationError)
+    assert str(info.value).startswith(f"invalid Timeouts configuration: {field}:"), info.value
+
+
+def test_a_bad_backend_config_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match=r"^invalid BackendConfig configuration: max_par"):
+        BackendConfig(name="b", base_url="http://127.0.0.1:9", max_parallel=0)
+
+
+# ------------------------------------------------------------------------- no messages
+def _empty_calls() -> list[tuple[str, Callable[[HybridChatOllama], Any]]]:
+    async def agen(llm: HybridChatOllama) -> None:
+        async for _ in llm.astream([]):
+            pass
+
+    return [
+        ("invoke", lambda llm: llm.invoke([])),
+        ("stream", lambda llm: list(llm.stream([]))),
+        ("batch", lambda llm: llm.batch([[]])),
+        ("ainvoke", lambda llm: asyncio.run(llm.ainvoke([]))),
+        ("astream", lambda llm: asyncio.run(agen(llm))),
+    ]
+
+
+@pytest.mark.parametrize(("name", "call"), _empty_calls(), ids=[n for n, _ in _empty_calls()])
+def test_no_messages_is_refused_before_anything_is_sent(
+    ollama_standin: OllamaStandIn, name: str, call: Callable[[HybridChatOllama], Any]
+) -> None:
+    """``llm.invoke([])`` went to Ollama, which only loads the model for a chat without
+    messages (``done_reason='load'``): the caller got ``EmptyResponseError``."""
+    llm = HybridChatOllama(model="llama3.2:1b", base_url=ollama_standin.url)
+    try:
+        llm.invoke("hi")  # the model works, over real HTTP
+        ollama_standin.clear_log()
+        with pytest.raises(ValueError, match="was given no messages") as info:
+            call(llm)
+        assert not isinstance(info.value, EmptyResponseError)
+        assert ollama_standin.requests_to("/api/chat") == []
+    finally:
+        llm.close()

@@ -65,6 +65,22 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def table_rows(out: str) -> list[str]:
+    """The rows of a printed table, each with the continuation lines of its wrapped cells
+    (lines that start with a space) joined on, whitespace collapsed: one string per row."""
+    rows: list[list[str]] = []
+    for line in out.splitlines():
+        if line[:1].isspace() and rows:
+            rows[-1].append(line)
+        else:
+            rows.append([line])
+    return [" ".join(" ".join(r).split()) for r in rows]
+
+
+def table_row(out: str, prefix: str) -> str:
+    return next(r for r in table_rows(out) if r.startswith(prefix))
+
+
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
     code, out, err = run(capsys, *argv)
     assert "Traceback" not in err
@@ -426,7 +442,7 @@ def test_models_flags_different_builds_of_one_model(
     cpu.add_model(StandInModel("nomic-embed-text", digest="b2" * 32))
     code, out, _ = run(capsys, "models")
     assert code == EXIT_OK
-    line = next(x for x in out.splitlines() if x.startswith("nomic-embed-text"))
+    line = table_row(out, "nomic-embed-text")
     assert line.split()[1:4] == ["yes", "yes", "DIFFERS"]
     assert "! different builds: gpu a1a1a1a1a1a1, cpu b2b2b2b2b2b2" in line
     assert "1 model(s) with different builds" in out and "pull the same build" in out

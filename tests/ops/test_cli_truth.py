@@ -21,6 +21,18 @@ GIB = 1024**3
 MODEL = "llama3.2:1b"
 
 
+def table_rows(out: str) -> list[str]:
+    """The rows of a printed table, each with the continuation lines of its wrapped cells
+    (lines that start with a space) joined on, whitespace collapsed: one string per row."""
+    rows: list[list[str]] = []
+    for line in out.splitlines():
+        if line[:1].isspace() and rows:
+            rows[-1].append(line)
+        else:
+            rows.append([line])
+    return [" ".join(" ".join(r).split()) for r in rows]
+
+
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -118,7 +130,7 @@ def test_route_table_lists_backends_in_the_order_they_are_tried(
     argv = ("--gpu-url", gpu.url, "--cpu-url", cpu.url)
     code, out, _ = _run(capsys, "route", MODEL, "--table", *argv)
     assert code == EXIT_OK
-    summary, header, first, second = out.splitlines()
+    summary, header, first, second = table_rows(out)  # cells wrap within 80 columns
     assert summary.startswith(f"route for '{MODEL}': ")
     assert header.split() == ["#", "BACKEND", "KIND", "URL", "WHY"]
     assert first.split()[:4] == ["1", "gpu", "gpu", gpu.url]
@@ -127,5 +139,5 @@ def test_route_table_lists_backends_in_the_order_they_are_tried(
 
     cpu.remove_model(MODEL)
     _, out, _ = _run(capsys, "route", MODEL, "--table", *argv)
-    skipped = out.splitlines()[-1]
+    skipped = table_rows(out)[-1]
     assert skipped.split()[:3] == ["-", "cpu", cpu.url] and "skipped: model" in skipped

@@ -539,13 +539,39 @@ def test_wait_times_out_with_a_pointer_to_the_journal(host: Host) -> None:
 
 
 def test_port_taken_by_another_server_exits_7(host: Host, stub_ports: tuple[int, int]) -> None:
-    # Our unit is not active, yet the port answers: the system ollama.service, say.
+    # Our unit is not active, yet the port answers: an `ollama serve` started by hand, say.
     _, cpu = stub_ports
     r = host.run("--unit-dir", str(host.unit_dir), "--cpu-port", str(cpu), FAKE_IS_ACTIVE="3")
     assert r.rc == 7, r.text
     assert "already taken by an Ollama server" in r.err
-    assert "--gpu no" in r.err
+    assert "--cpu-port PORT" in r.err
     assert not any(c.split()[1] in {"start", "restart"} for c in r.calls)
+
+
+@pytest.mark.parametrize("kind", ["gpu", "cpu"])
+def test_a_taken_port_gets_the_advice_of_its_own_server(
+    host: Host, stub_ports: tuple[int, int], kind: str
+) -> None:
+    """The CPU port taken got the GPU port's advice: "probably the system-wide
+    ollama.service ... keep it as your GPU server and run this script with --gpu no",
+    which leaves the CPU server's port as taken as before."""
+    gpu, cpu = stub_ports
+    free = free_ports(1)[0]
+    host.gpu("nvidia")
+    ports = {"gpu": (gpu, free), "cpu": (free, cpu)}[kind]
+    argv = ("--dry-run", "--gpu-port", str(ports[0]), "--cpu-port", str(ports[1]))
+    r = host.run(*argv, FAKE_IS_ACTIVE="3")
+    assert r.rc == 0, r.text
+    taken = ports[0] if kind == "gpu" else ports[1]
+    assert f"127.0.0.1:{taken} is already taken by an Ollama server" in r.err
+    assert r.err.count("already taken") == 1
+    if kind == "gpu":
+        assert "ollama.service" in r.err and "--gpu no" in r.err and "--gpu-port PORT" in r.err
+        assert "--cpu-port" not in r.err
+    else:
+        assert "--cpu-port PORT" in r.err and "OLLAMA_CPU_URL=http://127.0.0.1:PORT" in r.err
+        assert "--gpu no" not in r.err and "ollama.service" not in r.err
+        assert "GPU server" not in r.err
 
 
 @pytest.mark.parametrize("bus", ["user bus", "no user bus"])
@@ -559,7 +585,7 @@ def test_dry_run_over_a_port_in_use_warns_as_a_real_run_would(
     assert r.rc == 0, r.text
     assert f"127.0.0.1:{cpu} is already taken by an Ollama server" in r.err
     assert "A real run would stop here with exit code 7" in r.err
-    assert "--gpu no" in r.err
+    assert "--cpu-port PORT" in r.err  # the CPU server's advice, not the GPU's --gpu no
     assert f"[dry-run] would run: systemctl --user start ollama-cpu@{cpu}.service" in r.out
 
     free_port = free_ports(1)[0]
