@@ -171,9 +171,10 @@ class ProbeWatch(float):
         return w
 
     def describe(self) -> str:
+        p = self.probe_timeout
         return (
-            f"first-token deadline until probe evidence {self.probe_timeout:g}s probe timeout "
-            f"+ {EVIDENCE_MARGIN:g}s"
+            f"first-token deadline until the probe's verdict {p + EVIDENCE_MARGIN:g}s "
+            f"(probe timeout {p:g}s + {EVIDENCE_MARGIN:g}s)"
         )
 
     def outcome(self, request: httpx.Request) -> None:
@@ -187,13 +188,12 @@ class ProbeWatch(float):
             if reason is None:
                 return
             raise ProbeEvidenceTimeout(
-                f"attempt ended by probe evidence: the probe of {self.backend} found it down "
-                f"({reason}) before any answer ({self.describe()})",
+                f"ended by probe evidence before any answer: the probe of {self.backend} "
+                f"found it down ({reason}); {self.describe()}",
                 request=request,
             )
         raise ProbeEvidenceTimeout(
-            f"{self.describe()} ran out: no probe verdict on {self.backend} within "
-            f"{self.probe_timeout + EVIDENCE_MARGIN:g}s",
+            f"{self.describe()} ran out: no verdict from the probe of {self.backend}",
             request=request,
         )
 
@@ -259,6 +259,15 @@ def _timeouts(t: Timeouts, first: float | None) -> dict[str, float]:
         for k, v in out.items():
             out[k] = min(v, left)
     return out
+
+
+def _watch_left(w: ProbeWatch) -> float:
+    """Seconds to wait for a probe's verdict: until the watch's bound, within the call's."""
+    left = w.until - time.perf_counter()
+    deadline = CALL_DEADLINE.get()
+    if deadline is not None:
+        left = min(left, deadline - time.monotonic())
+    return max(0.0, left)
 
 
 def _idle(t: Timeouts) -> float:
@@ -371,7 +380,7 @@ class PhaseTimeoutTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         first = FIRST_TOKEN.get()
         if type(first) is ProbeWatch:  # no evidence yet: wait for the probe's verdict
-            concurrent.futures.wait([first.verdict], timeout=first.until - time.perf_counter())
+            concurrent.futures.wait([first.verdict], timeout=_watch_left(first))
             first.outcome(request)
             first = None  # the probe says up: the cold-load deadline
         t = _timeouts(self._t, first)
@@ -428,7 +437,7 @@ class AsyncPhaseTimeoutTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         first = FIRST_TOKEN.get()
         if type(first) is ProbeWatch:  # no evidence yet: wait for the probe's verdict
-            left = first.until - time.perf_counter()
+            left = _watch_left(first)
             if not first.verdict.done() and left > 0:
                 await asyncio.wait([asyncio.wrap_future(first.verdict)], timeout=left)
             first.outcome(request)
