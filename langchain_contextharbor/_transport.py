@@ -224,7 +224,8 @@ def not_ollama_reason(status: int, ctype: str, body: bytes | None) -> str | None
     Ollama answers its API paths with JSON; its error bodies are ``{"error": "<text>"}``
     (so a 501 ``{"error": ...}`` is Ollama's own and stays a request error). ``body`` is
     the error body when the status is 400 or more (None: not read). An error answer with
-    no body and no type (Ollama's 403 for a foreign ``Host`` header) may be Ollama's."""
+    no body and no type (Ollama's 403 for a foreign ``Host`` header) may be Ollama's.
+    Redirects (3xx) never reach this test: the client follows them."""
     what = f"HTTP {status}, {ctype or 'no content type'}"
     if ctype not in _OLLAMA_TYPES:
         if status >= 400 and not ctype and not body:
@@ -392,7 +393,7 @@ class PhaseTimeoutTransport(httpx.BaseTransport):
         idle = t["read"] = _idle(self._t)
         status = response.status_code
         ctype = content_type(response.headers)
-        if ctype not in _OLLAMA_TYPES or status >= 400:
+        if (ctype not in _OLLAMA_TYPES or status >= 400) and not 300 <= status < 400:
             body = None
             if status >= 400:
                 try:
@@ -451,7 +452,7 @@ class AsyncPhaseTimeoutTransport(httpx.AsyncBaseTransport):
         idle = t["read"] = _idle(self._t)
         status = response.status_code
         ctype = content_type(response.headers)
-        if ctype not in _OLLAMA_TYPES or status >= 400:
+        if (ctype not in _OLLAMA_TYPES or status >= 400) and not 300 <= status < 400:
             body = None
             if status >= 400:
                 try:

@@ -292,3 +292,40 @@ def test_probe_replies_are_bounded_in_bytes(cpu: OllamaStandIn) -> None:
         gpu, _ = check_backends(gpu_url=url, cpu_url=cpu.url, timeout=5.0)
     assert not gpu.healthy
     assert gpu.error is not None and "/api/version reply over 65536 bytes" in gpu.error
+
+
+def test_a_redirect_in_front_of_ollama_is_followed(cpu: OllamaStandIn) -> None:
+    # A proxy that redirects (an HTML 307 page) is not "not Ollama": the client follows it.
+    import http.server
+
+    from langchain_contextharbor.testing.foreign import _serve
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def _go(self) -> None:
+            n = int(self.headers.get("Content-Length") or 0)
+            if n:
+                self.rfile.read(n)
+            body = b"<html>moved</html>"
+            self.send_response(307)
+            self.send_header("Location", cpu.url + self.path)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _go
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    with _serve(Redirect) as url:
+        llm = HybridChatOllama(
+            model=MODEL,
+            backends=[BackendConfig(name="gpu", base_url=url, kind="gpu", timeouts=T)],
+            background_probes=False,
+        )
+        try:
+            msg = llm.invoke("hi")
+        finally:
+            llm.close()
+    assert _meta(msg)["backend"] == "gpu" and msg.content
