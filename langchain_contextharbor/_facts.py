@@ -11,6 +11,8 @@ Nothing here does I/O, takes a lock or reads a clock: every time is an argument.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -39,11 +41,13 @@ __all__ = [
     "ProbeResult",
     "build_snapshots",
     "capacity",
+    "decode_reply",
     "learn_speed",
     "models_list",
     "parse_digests",
     "parse_loaded",
     "parse_tags",
+    "read_version",
     "route_costs",
     "service_s",
     "size_request",
@@ -71,6 +75,63 @@ class ProbeResult:
 
 
 # ---------------------------------------------------------------------- probe replies
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def decode_reply(body: bytes, path: str) -> Any:
+    """A probe reply's JSON (``NaN``/``Infinity`` rejected: Ollama never sends them), or
+    ValueError naming ``path``."""
+    try:
+        return json.loads(body, parse_constant=_no_constant)
+    except ValueError as exc:
+        raise ValueError(f"malformed {path} reply: {exc}") from None
+
+
+_VERSION_MAX = 64
+"""Characters of a version string worth keeping (Ollama's are like ``0.14.3``)."""
+
+
+def read_version(
+    status: int, ctype: str, body: bytes, root: tuple[int, bytes] | None = None
+) -> tuple[str | None, str | None]:
+    """What a ``GET /api/version`` answer says: ``(version, None)`` from an Ollama server,
+    ``(None, reason)`` from anything else, the reason saying what answered instead
+    (``"HTTP 501, text/html: not an Ollama server"``). ``root``: the ``GET /`` answer
+    (status, body) asked for when ``/api/version`` said 404 -- a gateway that exposes
+    part of the API; Ollama's own ``/`` says ``Ollama is running`` (then the version is
+    unknown, the server healthy). Pure."""
+    what = f"HTTP {status}, {ctype or 'no content type'}"
+    if status == 200 and ctype == "application/json":
+        try:
+            data = decode_reply(body, "/api/version")
+        except ValueError:
+            return None, f"{what} that is not JSON: not an Ollama server"
+        v = data.get("version") if isinstance(data, dict) else None
+        if isinstance(v, str) and v.strip():
+            return v.strip()[:_VERSION_MAX], None
+        return None, f'{what} without a "version" string: not an Ollama server'
+    if status == 404 and root is not None:
+        if root[0] == 200 and root[1].lstrip().startswith(b"Ollama is running"):
+            return None, None
+    if status in (401, 403, 407):
+        return None, f"{what}: access refused (credentials, or a proxy in front of Ollama)"
+    if status >= 500 and status != 501:
+        return None, f"{what}: server error (the server, or a proxy in front of it)"
+    return None, f"{what}: not an Ollama server"
+
+
+def _count(v: Any) -> int | None:
+    """A byte count or length from JSON: a non-negative finite number (bools are not)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v if v >= 0 else None
+    if isinstance(v, float) and math.isfinite(v) and v >= 0:
+        return int(v)
+    return None
+
+
 def models_list(data: Any, path: str, key: str) -> list[Mapping[str, Any]]:
     """The ``key`` list of a decoded probe reply (its dict items), or ValueError naming
     ``path`` when the reply has no such list."""
@@ -80,23 +141,26 @@ def models_list(data: Any, path: str, key: str) -> list[Mapping[str, Any]]:
 
 
 def parse_loaded(items: Iterable[Mapping[str, Any]]) -> dict[str, LoadedModel]:
-    """``/api/ps`` models by normalized name; malformed entries are left out."""
+    """``/api/ps`` models by normalized name; malformed entries (a name that is not a
+    string, a size that is not a non-negative finite number) are left out."""
     out: dict[str, LoadedModel] = {}
     for m in items:
-        try:
-            name = str(m.get("model") or m.get("name") or "")
-            if not name:
-                continue
-            size = int(m.get("size") or 0)
-            out[normalize_model_name(name)] = LoadedModel(
-                name=name,
-                size=size,
-                size_vram=int(m.get("size_vram") or 0),
-                expires_at=m.get("expires_at"),
-                context_length=int(m["context_length"]) if m.get("context_length") else None,
-            )
-        except (TypeError, ValueError):
+        name = m.get("model") or m.get("name")
+        if not isinstance(name, str) or not name:
             continue
+        size = _count(m.get("size", 0))
+        vram = _count(m.get("size_vram", 0))
+        if size is None or vram is None:
+            continue
+        expires = m.get("expires_at")
+        ctx = _count(m.get("context_length"))
+        out[normalize_model_name(name)] = LoadedModel(
+            name=name,
+            size=size,
+            size_vram=vram,
+            expires_at=expires if isinstance(expires, str) else None,
+            context_length=ctx or None,
+        )
     return out
 
 
@@ -106,10 +170,7 @@ def parse_tags(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     for m in items:
         name = m.get("model") or m.get("name")
         if isinstance(name, str) and name:
-            try:
-                out[normalize_model_name(name)] = int(m.get("size") or 0)
-            except (TypeError, ValueError):
-                out[normalize_model_name(name)] = 0
+            out[normalize_model_name(name)] = _count(m.get("size")) or 0
     return out
 
 

@@ -16,9 +16,19 @@ async :meth:`Prober.await_evidence`): the very first plan of a router has no fac
 (is the model on the GPU server? how big is it?), and scripts, notebooks and CLI tools
 make *only* first calls, so it waits for the backends' first probes, bounded by
 ``first_probe_wait`` seconds of real time (a loopback probe takes about a millisecond).
-Once every backend has been probed, or the budget is spent, no call waits again unless
-every backend is closed off (then a recheck probe, at most one per ``recheck_interval``)
-or it asks to (``refresh()``).
+The same budget covers the ``/api/show`` of the first calls' model: without it the first
+plan sizes the KV cache by a heuristic (about four times too big for a small modern model),
+and the first call would be routed differently from every later one and from
+``contextharbor route``. Once every backend has been probed, or the budget is spent, no
+call waits again unless every backend is closed off (then a recheck probe, at most one per
+``recheck_interval``) or it asks to (``refresh()``).
+
+A probe first asks ``/api/version`` and accepts only Ollama's answer (``{"version":
+"x.y.z"}``, or ``Ollama is running`` on ``/`` from a gateway without that path): anything
+else makes the backend unhealthy, with a reason that says what answered instead. Its
+verdict is published at once (``health_future``), before ``/api/tags`` and ``/api/ps``,
+so a call waiting on a backend with no evidence yet learns "up" or "down" as early as the
+probe does. Every reply is read with a byte bound and validated before use.
 """
 
 from __future__ import annotations
@@ -27,20 +37,22 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 
 from langchain_contextharbor._facts import (
     ProbeResult,
+    decode_reply,
     models_list,
     parse_digests,
     parse_loaded,
     parse_tags,
+    read_version,
 )
 from langchain_contextharbor._table import BackendRuntime, BackendTable
-from langchain_contextharbor._transport import probe_client
+from langchain_contextharbor._transport import content_type, probe_client
 from langchain_contextharbor.backends import BackendConfig
 from langchain_contextharbor.fleet import SharedBreaker
 from langchain_contextharbor.sizing import ArchInfo, normalize_model_name
@@ -60,9 +72,49 @@ def _in_event_loop() -> bool:
     return True
 
 
-def _json_list(resp: httpx.Response, key: str) -> list[Mapping[str, Any]]:
-    resp.raise_for_status()
-    return models_list(resp.json(), resp.request.url.path, key)
+REPLY_LIMIT = 8 * 1024 * 1024
+"""Bytes of one ``/api/tags``, ``/api/ps`` or ``/api/show`` reply read at most (thousands of
+models fit; a server that streams without end does not)."""
+VERSION_LIMIT = 64 * 1024
+"""Bytes of a ``/api/version`` (or ``/``) reply read at most."""
+
+
+def _get(c: httpx.Client, method: str, path: str, limit: int, **kw: Any) -> tuple[int, str, bytes]:
+    """Status, media type and body of one request, the body bounded to ``limit`` bytes."""
+    with c.stream(method, path, **kw) as r:
+        buf = bytearray()
+        for chunk in r.iter_bytes():
+            buf += chunk
+            if len(buf) > limit:
+                raise ValueError(f"{path} reply over {limit} bytes")
+        return r.status_code, content_type(r.headers), bytes(buf)
+
+
+def _json(c: httpx.Client, method: str, path: str, **kw: Any) -> Any:
+    """The decoded JSON of a 2xx reply (bounded, validated), or an exception saying why not."""
+    status, ctype, body = _get(c, method, path, REPLY_LIMIT, **kw)
+    if status >= 400:
+        raise ValueError(f"{path}: HTTP {status}")
+    if ctype != "application/json":
+        raise ValueError(f"{path}: HTTP {status}, {ctype or 'no content type'} is not JSON")
+    return decode_reply(body, path)
+
+
+def _json_list(c: httpx.Client, path: str, key: str) -> list[Mapping[str, Any]]:
+    return models_list(_json(c, "GET", path), path, key)
+
+
+def _set_verdict(b: BackendRuntime, verdict: str | None) -> None:
+    f = b.health_future
+    if f is not None and not f.done():
+        try:
+            f.set_result(verdict)
+        except concurrent.futures.InvalidStateError:  # set by another thread meanwhile
+            pass
+
+
+class _NotOllama(Exception):
+    """The server's health answer is not Ollama's (the message says what it was)."""
 
 
 class Prober:
@@ -92,6 +144,8 @@ class Prober:
         """Clock time of the next stale probe; before it only new models need a look."""
         self.shows_checked: set[str] = set()
         """Models whose /api/show is fresh everywhere they are (bounded)."""
+        self._prime_keys: set[str] = set()
+        """Models the first calls asked for: their /api/show is part of the first wait."""
 
     # ------------------------------------------------------------------ threads, clients
     def pool(self) -> concurrent.futures.ThreadPoolExecutor:
@@ -139,6 +193,7 @@ class Prober:
             for b in t.backends:
                 b.probe_future = None
                 b.show_futures.clear()
+                _set_verdict(b, "the router was closed")
             self.next_check = float("-inf")
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
@@ -152,6 +207,8 @@ class Prober:
         if now < self.next_check and key in self.shows_checked:
             return  # hot path: every probe is fresh and this model's /api/show is known
         t = self._t
+        if not self.primed and len(self._prime_keys) < 8:
+            self._prime_keys.add(key)
         due = float("inf")
         all_shown = True
         for b in t.backends:
@@ -182,6 +239,9 @@ class Prober:
             fut = b.probe_future
             if fut is not None and not fut.cancelled():
                 return fut
+            if b.health_future is None or b.health_future.done():
+                b.health_future = concurrent.futures.Future()
+            b.probe_started = time.perf_counter()
             fut = self.pool().submit(self._run_probe, b)
             b.probe_future = fut
             return fut
@@ -229,6 +289,7 @@ class Prober:
             t._version += 1
             self.next_check = float("-inf")
             self._apply_evidence(b, res)
+            _set_verdict(b, None if res.ok else (res.reason or "probe failed"))
         t.publish_pending(b)
 
     def _apply_evidence(self, b: BackendRuntime, res: ProbeResult) -> None:
@@ -251,7 +312,7 @@ class Prober:
     def _optional(b: BackendRuntime, c: httpx.Client, path: str) -> list[Mapping[str, Any]] | None:
         """The ``models`` list of an optional probe endpoint, or None when it fails."""
         try:
-            return _json_list(c.get(path), "models")
+            return _json_list(c, path, "models")
         except Exception as exc:
             logger.debug(
                 "optional probe %s on %s failed (left unknown): %s",
@@ -267,15 +328,15 @@ class Prober:
         res: ProbeResult
         try:
             c = self.http(b)
-            r = c.get("/api/version")
-            if r.status_code == 404:  # a gateway without /api/version: Ollama's "/" works
-                r = c.get("/")
-            r.raise_for_status()
-            version = (
-                r.json().get("version")
-                if r.headers.get("content-type", "").startswith("application/json")
-                else None
-            )
+            status, ctype, body = _get(c, "GET", "/api/version", VERSION_LIMIT)
+            root = None
+            if status == 404:  # a gateway without /api/version: Ollama's "/" works
+                rs, _, rbody = _get(c, "GET", "/", VERSION_LIMIT)
+                root = (rs, rbody)
+            version, bad = read_version(status, ctype, body, root)
+            if bad is not None:
+                raise _NotOllama(bad)
+            _set_verdict(b, None)  # up: a call waiting on this evidence may go now
             # Only the health answer above decides "down". /api/tags and /api/ps are
             # optional (older servers, gateways exposing part of the API): failing, they
             # leave the model list or the loaded set unknown, not the server unusable.
@@ -292,11 +353,20 @@ class Prober:
             )
             self._read_capacity(b.config, res)
         except Exception as exc:  # a probe never raises into callers
+            if isinstance(exc, _NotOllama):
+                why = str(exc)
+            elif isinstance(exc, httpx.TimeoutException):
+                why = (
+                    f"{type(exc).__name__}: no answer within the probe deadline "
+                    f"{b.config.timeouts.probe:g}s (Timeouts.probe)"
+                )
+            else:
+                why = f"{type(exc).__name__}: {exc}"
             res = ProbeResult(
                 False,
                 clock(),
                 (time.perf_counter() - t0) * 1000,
-                reason=b.config.scrub(f"{type(exc).__name__}: {exc}")[:300],
+                reason=b.config.scrub(why)[:300],
             )
         self._store_probe(b, res)
         if res.ok:
@@ -336,9 +406,7 @@ class Prober:
     def _run_show(self, b: BackendRuntime, key: str) -> ArchInfo | None:
         arch: ArchInfo | None = None
         try:
-            r = self.http(b).post("/api/show", json={"model": key})
-            r.raise_for_status()
-            arch = ArchInfo.from_show(r.json())
+            arch = ArchInfo.from_show(_json(self.http(b), "POST", "/api/show", json={"model": key}))
         except Exception as exc:
             logger.debug("show %s on %s failed: %s", key, b.config.name, exc)
         t = self._t
@@ -353,7 +421,8 @@ class Prober:
 
     # ------------------------------------------------------------------ evidence waits
     def _first_probes(self) -> tuple[Futures, float]:
-        """The in-flight first probes a call should wait for, and for how long (seconds)."""
+        """The first probes (or, once they are in, the first calls' ``/api/show``) a call
+        should wait for, and for how long (seconds)."""
         t = self._t
         now = time.perf_counter()
         with t._lock:
@@ -365,16 +434,30 @@ class Prober:
                     if b.probe is None and b.probe_future is None:
                         self.submit_probe(b)
             unprobed = [b for b in t.backends if b.probe is None]
-            if left <= 0 or not unprobed:
+            shows = self._first_shows() if left > 0 else []
+            if left <= 0 or (not unprobed and not shows):
                 self.primed = True
                 return [], 0.0
-            futs = [b.probe_future for b in unprobed if b.probe_future is not None]
-            return futs, left
+            futs: list[concurrent.futures.Future[Any]] = [
+                b.probe_future for b in unprobed if b.probe_future is not None
+            ]
+            return futs + shows, left
 
-    def _after_first_wait(self, futs: Sequence[concurrent.futures.Future[ProbeResult]]) -> None:
-        assert self._prime_deadline is not None
-        if all(f.done() for f in futs) or time.perf_counter() >= self._prime_deadline:
-            self.primed = True
+    def _first_shows(self) -> list[concurrent.futures.Future[Any]]:
+        """Start (or join) the ``/api/show`` of the first calls' models where a probe
+        found them and none was read yet; the ones still running (under the lock)."""
+        out: list[concurrent.futures.Future[Any]] = []
+        for key in self._prime_keys:
+            for b in self._t.backends:
+                p = b.probe
+                if p is None or not p.ok or not p.models or key not in p.models:
+                    continue
+                if key not in b.shows:
+                    self._submit_show(b, key)
+                f = b.show_futures.get(key)
+                if f is not None and not f.done():
+                    out.append(f)
+        return out
 
     def _recheck(self, now: float) -> Futures:
         """Probe the backends a call cannot use (at most one probe each per
@@ -392,7 +475,7 @@ class Prober:
                     futs.append(fut)
         return futs
 
-    def _evidence(self) -> tuple[Futures, float, bool]:
+    def _evidence(self) -> tuple[list[concurrent.futures.Future[Any]], float, bool]:
         """Probes worth waiting for before planning, the budget, and whether they were first
         probes. Cheap when nothing is pending: a flag and one breaker check per backend."""
         t = self._t
@@ -417,24 +500,33 @@ class Prober:
         return [], 0.0, False
 
     def wait_for_evidence(self) -> None:
-        """Block until the probes a plan needs are in (first probes of a fresh router, or a
-        recheck of backends that are all closed off), bounded by ``first_probe_wait``.
-        Inside an event loop it never blocks (async calls use :meth:`await_evidence`)."""
+        """Block until the probes a plan needs are in (first probes of a fresh router and
+        the first calls' ``/api/show`` where each probe found the model, or a recheck of
+        backends that are all closed off), bounded by ``first_probe_wait``. Inside an event
+        loop it never blocks (async calls use :meth:`await_evidence`)."""
         futs, left, first = self._evidence()
-        if futs:
-            if _in_event_loop():
-                return
+        if not futs or _in_event_loop():
+            return
+        if not first:
             concurrent.futures.wait(futs, timeout=left)
-            if first:
-                self._after_first_wait(futs)
+            return
+        while futs:  # each answer may start an /api/show; each turn ends one wait
+            concurrent.futures.wait(futs, timeout=left, return_when="FIRST_COMPLETED")
+            futs, left = self._first_probes()
 
     async def await_evidence(self) -> None:
         """The async twin of :meth:`wait_for_evidence`: awaits, never blocks the loop."""
         futs, left, first = self._evidence()
-        if futs:
+        if not futs:
+            return
+        if not first:
             await asyncio.wait([asyncio.wrap_future(f) for f in futs], timeout=left)
-            if first:
-                self._after_first_wait(futs)
+            return
+        while futs:  # each answer may start an /api/show; each turn ends one wait
+            await asyncio.wait(
+                [asyncio.wrap_future(f) for f in futs], timeout=left, return_when="FIRST_COMPLETED"
+            )
+            futs, left = self._first_probes()
 
     def refresh(self, model: str | None = None) -> dict[str, ProbeResult]:
         """Probe every backend now (sharing any probe already running) and wait."""

@@ -26,6 +26,7 @@ from typing import Any
 from langchain_contextharbor._facts import DECAY, BackendFacts, ProbeResult, learn_speed, service_s
 from langchain_contextharbor._settings import RouterSettings
 from langchain_contextharbor._stats import BackendStats
+from langchain_contextharbor._transport import EVIDENCE_MARGIN, ProbeWatch
 from langchain_contextharbor.backends import BackendConfig
 from langchain_contextharbor.breaker import CircuitBreaker
 from langchain_contextharbor.fleet import SharedBackend, SharedBreaker, SharedState
@@ -48,6 +49,11 @@ class BackendRuntime:
     probe: ProbeResult | None = None
     probe_future: concurrent.futures.Future[ProbeResult] | None = None
     """The probe running now (at most one per backend), shared by every waiter."""
+    health_future: concurrent.futures.Future[str | None] | None = None
+    """The running probe's health verdict, set as soon as ``/api/version`` has answered (or
+    not): None = up, else why it is down. What a call with no evidence yet waits on."""
+    probe_started: float = 0.0
+    """``time.perf_counter()`` when the running (or last) probe started."""
     shows: dict[str, tuple[float, ArchInfo | None]] = field(default_factory=dict)
     show_futures: dict[str, concurrent.futures.Future[ArchInfo | None]] = field(
         default_factory=dict
@@ -185,18 +191,30 @@ class BackendTable:
         that window. The deadline is ``warm_first_token_factor`` times the learned time to
         first token (the prior's before any call), at least ``warm_first_token`` seconds,
         never more than the configured one. With another call queued ahead on the last slot
-        the long deadline stays: waiting for a slot is not a hang."""
+        the long deadline stays: waiting for a slot is not a hang.
+
+        A backend with no probe evidence (never probed, or its last probe failed) while a
+        probe of it is out gets a :class:`~langchain_contextharbor._transport.ProbeWatch`
+        instead: until that probe's ``/api/version`` verdict, at most the probe timeout
+        plus a margin from the probe's start; the transport then ends the attempt at once
+        ("down") or applies the cold deadline ("up")."""
+        b = self._by_name[name]
+        p = b.probe
+        if p is None or not p.ok:
+            hf = b.health_future
+            if hf is not None and not hf.done():
+                probe = b.config.timeouts.probe
+                until = b.probe_started + probe + EVIDENCE_MARGIN
+                return ProbeWatch.make(name, hf, until, probe), "no probe evidence yet"
         floor = self.warm_first_token
         if floor is None:
             return None, ""
-        b = self._by_name[name]
         now = self.clock()
         window = self.warm_window
         at = b.answered_at
         if at is None or now - at > window:
             return None, "cold deadline: the server has not answered recently"
         key = self._keys.get(model) or normalize_model_name(model)
-        p = b.probe
         loaded = p is not None and p.loaded is not None and key in p.loaded
         if not loaded:
             seen = b.warm.get(key)

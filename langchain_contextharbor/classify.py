@@ -10,6 +10,14 @@ The facts behind the table come from what ollama-python and httpx actually raise
 streaming path (builtin ``ConnectionError`` on the non-streaming one), a stall is
 ``httpx.ReadTimeout``, a cut stream ``httpx.RemoteProtocolError``, an ``{"error"}``
 line mid-stream ``ollama.ResponseError`` with ``status_code == -1``.
+
+An answer that is not Ollama's protocol at all (an HTML page, a plain web server's 501,
+JSON of another shape) is the *backend's* fault, whatever its status: the router's
+transport raises :class:`~langchain_contextharbor._transport.NotOllamaResponse` for it
+(failover, counted), and a reply the client could not read as Ollama's
+(pydantic's ``ValidationError`` on ``ChatResponse`` and friends, an HTML error text) is
+classified the same way. Ollama's own 501 (``{"error": "... does not support ..."}``)
+stays a request error.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from enum import Enum
 
 import httpx
 
+from langchain_contextharbor._transport import NotOllamaResponse
 from langchain_contextharbor.errors import (
     AllBackendsFailedError,
     AllBackendsUnreachableError,
@@ -100,8 +109,29 @@ def _c(
     return Classification(cat, failover, counts, status)
 
 
+_RESPONSE_TYPES = frozenset(
+    {
+        "ChatResponse",
+        "EmbedResponse",
+        "EmbeddingsResponse",
+        "GenerateResponse",
+        "ShowResponse",
+        "ListResponse",
+        "ProcessResponse",
+    }
+)
+"""ollama-python's reply models: a ``ValidationError`` on one is a reply of another shape."""
+
+
+def _looks_html(low: str) -> bool:
+    head = low.lstrip()[:16]
+    return head.startswith(("<!doctype", "<html", "<head", "<body", "<?xml"))
+
+
 def _classify_response_error(status: int, text: str) -> Classification:
     low = text.lower()
+    if _looks_html(low):  # a web page where Ollama answers {"error": ...}: not Ollama
+        return _c(FailoverCategory.MALFORMED, True, True, status)
     if status == -1:
         if any(m in low for m in _OOM_MARKERS):
             return _c(FailoverCategory.OUT_OF_MEMORY, True, False, status)
@@ -136,6 +166,8 @@ def classify_exception(exc: BaseException) -> Classification:
         return _c(FailoverCategory.CANCELLED, False, False)
     if isinstance(exc, ResponseError):
         return _classify_response_error(int(exc.status_code), str(exc.error))
+    if isinstance(exc, NotOllamaResponse):  # before TransportError: it is one, but worse
+        return _c(FailoverCategory.MALFORMED, True, True)
     if isinstance(exc, DeadlineExceededError):  # the call's budget, not the server's fault
         return _c(FailoverCategory.TIMEOUT, False, False)
     if isinstance(exc, EmptyResponseError):  # the model's (empty) answer: as ChatOllama
@@ -160,7 +192,23 @@ def classify_exception(exc: BaseException) -> Classification:
         return _c(FailoverCategory.CONNECT, True, True)
     if isinstance(exc, (json.JSONDecodeError, TruncatedStreamError)):
         return _c(FailoverCategory.MALFORMED, True, True)
+    if _is_reply_validation(exc):
+        return _c(FailoverCategory.MALFORMED, True, True)
     return _c(FailoverCategory.FATAL, False, False)
+
+
+def _is_reply_validation(exc: BaseException) -> bool:
+    """A pydantic error on one of ollama-python's reply models (a request's own validation
+    error, on ``ChatRequest`` or ``Message`` built from the caller's input, stays fatal:
+    those are raised before anything is sent, from ``*Request`` models)."""
+    title = getattr(exc, "title", None)
+    if not isinstance(title, str) or title not in _RESPONSE_TYPES:
+        return False
+    try:
+        from pydantic import ValidationError
+    except ImportError:  # pragma: no cover - pydantic is a dependency
+        return False
+    return isinstance(exc, ValidationError)
 
 
 def all_failed_error(
