@@ -47,6 +47,8 @@ from langchain_contextharbor.testing._requests import (
     _GIB,
     _REQUEST_TYPES,
     _ROUTES,
+    host_allowed,
+    origin_allowed,
     parse_keep_alive,
 )
 from langchain_contextharbor.testing._residency import Residency
@@ -402,6 +404,15 @@ class OllamaStandIn:
                 parse_error = "invalid character looking for beginning of value"
         record = self._record(method, path, body)
         ex = _Exchange(handler, record, self.config, self._stop_event, self._release)
+        host = handler.headers.get("Host", "")
+        if not host_allowed(host, self.host) or not origin_allowed(
+            handler.headers.get("Origin", ""), host, self.config.origins
+        ):
+            # the CORS check and allowedHostsMiddleware: a bare 403 before any route (and
+            # before any injected fault, which this request does not consume)
+            with contextlib.suppress(OSError):
+                ex.send_status(403)
+            return
         ex.rule = self._faults.take(path)
         try:
             self._route(ex, method, path, raw, body, parse_error)
