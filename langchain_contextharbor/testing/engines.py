@@ -15,6 +15,7 @@ integration suite to pass against plain ``ChatOllama``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -181,23 +182,25 @@ def embedding_features(text: str) -> list[tuple[str, float]]:
 
 def _bands(dim: int) -> list[tuple[int, int, float]]:
     """``(start, size, scale)`` of the nested bands of a ``dim``-long scripted vector:
-    ``[0, 8)``, ``[8, 16)``, ``[16, 32)``, ... up to ``dim``; ``scale`` is sqrt(size/dim)."""
+    ``[0, 1)``, ``[1, 2)``, ``[2, 4)``, ``[4, 8)``, ... up to ``dim``; ``scale`` is
+    sqrt(size/dim), so each band weighs its share and the whole behaves as one hash."""
     bounds = [0]
-    edge = min(8, dim)
+    edge = 1
     while edge < dim:
         bounds.append(edge)
         edge *= 2
     bounds.append(dim)
-    return [(a, b - a, math.sqrt((b - a) / dim)) for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [(a, b - a, math.sqrt((b - a) / dim)) for a, b in itertools.pairwise(bounds)]
 
 
 def embed_text(digest: str, text: str, dimensions: int) -> list[float]:
     """Deterministic, L2-normalised scripted embedding of ``text`` by the build ``digest``.
 
     Feature hashing: every feature of :func:`embedding_features` adds its weight, with a
-    hashed sign, to one hashed slot of each nested band (``[0, 8)``, ``[8, 16)``,
-    ``[16, 32)``, ... up to ``dimensions``), scaled by the square root of the band's share
-    of the vector; the hash is salted with the model's digest. So the cosine of two vectors
+    hashed sign, to one hashed slot of each nested band (``[0, 1)``, ``[1, 2)``, ``[2, 4)``,
+    ... up to ``dimensions``), scaled by the square root of the band's share
+    of the vector (and jittered by under 1%, so that no prefix cancels out exactly); the
+    hash is salted with the model's digest. So the cosine of two vectors
     of one build approximates the weighted overlap of the two texts' features (with the
     collision noise of one hash over all the slots), and two builds (digests) of the same
     model put the same text in unrelated directions, like two real models that do not share
@@ -213,6 +216,8 @@ def embed_text(digest: str, text: str, dimensions: int) -> list[float]:
     bands = _bands(dim)
     for feature, weight in embedding_features(text) or [("<no features>", 1.0)]:
         h = hashlib.blake2b(feature.encode(), key=salt, digest_size=64).digest()
+        # a jitter under 1% so that features never cancel exactly in a short prefix
+        weight *= 1.0 + int.from_bytes(h[62:], "big") / 6_553_600
         for i, (start, size, scale) in enumerate(bands):
             word = int.from_bytes(h[(4 * i) % 64 : (4 * i) % 64 + 4], "big")
             if i >= 16:  # more than 16 bands (dim > 256k): mix the band into the reuse
