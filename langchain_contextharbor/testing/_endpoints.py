@@ -14,10 +14,11 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from langchain_contextharbor.testing._exchange import _Exchange
+from langchain_contextharbor.testing._gguf import GGUFError, GGUFInfo, read_gguf
 from langchain_contextharbor.testing._requests import (
     _THINK_LEVELS,
     _StopFilter,
@@ -54,6 +55,16 @@ from langchain_contextharbor.testing.models import (
 )
 
 
+@dataclass(frozen=True)
+class Blob:
+    """An uploaded blob: its size and, for a GGUF file, its header (``None`` otherwise).
+    The bytes themselves are not kept."""
+
+    size: int
+    gguf: GGUFInfo | None = None
+    gguf_error: str = ""
+
+
 class StandIn(Protocol):
     """What an endpoint uses of the stand-in it answers for (``server.OllamaStandIn`` is
     one): its settings, engine, models, residency and slots, through their public API.
@@ -64,6 +75,7 @@ class StandIn(Protocol):
     engine: Engine
     residency: Residency
     slots: Slots
+    blobs: dict[str, Blob]
 
     @property
     def name(self) -> str: ...
@@ -243,8 +255,10 @@ def _create_lines(srv: StandIn, name: str, body: dict[str, Any]) -> Iterator[dic
     reused, new template/system/parameters layers, the manifest, ``success``."""
     source = body.get("from")
     if not source:
-        if body.get("files"):
-            raise _RequestError(400, "create from files is not supported by the stand-in")
+        files = body.get("files")
+        if isinstance(files, dict):
+            yield from _from_files(srv, name, files)
+            return
         raise _RequestError(400, "neither 'from' or 'files' was specified")
     if not _valid_name(source):
         raise _RequestError(400, "invalid model name")
@@ -282,6 +296,105 @@ def _create_lines(srv: StandIn, name: str, body: dict[str, Any]) -> Iterator[dic
         if content is not None:
             digest = "sha256:" + hashlib.sha256(content.encode()).hexdigest()
             yield {"status": f"creating new layer {digest}"}
+    yield {"status": "writing manifest"}
+    srv.add_model(spec)
+    yield {"status": "success"}
+
+
+BLOBS_PREFIX = "/api/blobs/"
+BLOB_METHODS = frozenset({"HEAD", "POST"})
+_DIGEST = re.compile(r"sha256[:-][0-9a-fA-F]{64}")
+
+
+def blob_endpoint(srv: StandIn, ex: _Exchange, method: str, digest: str, raw: bytes) -> None:
+    """``HEAD`` / ``POST /api/blobs/:digest`` (HeadBlobHandler / CreateBlobHandler)."""
+    if not _DIGEST.fullmatch(digest):
+        raise _RequestError(400, "invalid digest format")
+    key = "sha256:" + digest[7:].lower()
+    if method == "HEAD":
+        if key not in srv.blobs:
+            raise _RequestError(404, f"blob {_go_quote(digest)} not found")
+        ex.send_status(200)
+        return
+    if key in srv.blobs:
+        ex.send_status(200)
+        return
+    got = "sha256:" + hashlib.sha256(raw).hexdigest()
+    if got != key:
+        raise _RequestError(
+            400, f"digest mismatch, expected {_go_quote(digest)}, got {_go_quote(got)}"
+        )
+    gguf: GGUFInfo | None = None
+    error = ""
+    try:
+        gguf = read_gguf(raw)
+    except GGUFError as exc:
+        error = str(exc)
+    srv.blobs[key] = Blob(len(raw), gguf, error)
+    ex.send_status(201)
+
+
+def _parameter_size(count: int) -> str:
+    """Ollama's ``format.HumanNumber`` of a parameter count, as ``parameter_size`` shows it
+    (``1B``, ``1.2B``, ``134.52M``, ``22K``)."""
+    if count >= 1_000_000_000:
+        value = count / 1e9
+        return f"{value:.0f}B" if value == math.floor(value) else f"{value:.1f}B"
+    if count >= 1_000_000:
+        value = count / 1e6
+        return f"{value:.0f}M" if value == math.floor(value) else f"{value:.2f}M"
+    if count >= 1_000:
+        return f"{count / 1e3:.0f}K"
+    return str(count)
+
+
+def _from_files(srv: StandIn, name: str, files: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """``convertModelFromFiles`` for GGUF blobs: the model's numbers come from the header."""
+    if not files:
+        raise _RequestError(400, "no files provided to convert")
+    if any(str(f).endswith(".safetensors") for f in files):
+        raise _RequestError(400, "the stand-in does not convert safetensors")
+    blobs = []
+    for fname, digest in files.items():
+        blob = (
+            srv.blobs.get("sha256:" + str(digest)[7:].lower()) if isinstance(digest, str) else None
+        )
+        if not str(fname).endswith(".gguf") and (blob is None or blob.gguf is None):
+            raise _RequestError(400, "unknown type")
+        yield {"status": "parsing GGUF"}
+        if blob is None:
+            raise _RequestError(500, f"open {digest}: no such file or directory")
+        if blob.gguf is None:
+            raise _RequestError(400, "supplied file was not in GGUF format")
+        blobs.append((str(digest), blob))
+    digest, blob = blobs[0]
+    info = blob.gguf
+    assert info is not None
+    arch = info.architecture or "llama"
+    caps = ["embedding"] if info.arch_value("pooling_type") is not None else ["completion"]
+    extra: dict[str, Any] = {}
+    for key, attr in (
+        ("context_length", "context_length"),
+        ("embedding_length", "embedding_length"),
+        ("block_count", "block_count"),
+        ("attention.head_count", "head_count"),
+        ("attention.head_count_kv", "head_count_kv"),
+    ):
+        value = info.arch_value(key)
+        if isinstance(value, int) and value > 0:
+            extra[attr] = value
+    spec = StandInModel(
+        name,
+        size=sum(b.size for _d, b in blobs),
+        digest=hashlib.sha256(digest.encode()).hexdigest(),
+        family=arch,
+        parameter_size=_parameter_size(info.parameter_count) if info.parameter_count else "",
+        quantization_level=info.quantization_level or "unknown",
+        capabilities=caps,
+        **extra,
+    )
+    for d, _b in blobs:
+        yield {"status": f"using existing layer {d}"}
     yield {"status": "writing manifest"}
     srv.add_model(spec)
     yield {"status": "success"}

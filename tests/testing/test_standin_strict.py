@@ -8,15 +8,18 @@ its source has them (server/routes.go, server/create.go, server/images.go at v0.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import pathlib
+import struct
 from typing import Any
 
 import httpx
 import ollama
 import pytest
 
-from langchain_contextharbor.testing import Fault, OllamaStandIn, StandInModel
+from langchain_contextharbor.testing import Fault, OllamaStandIn, StandInModel, smollm2_gguf_path
 from langchain_contextharbor.testing.engines import normalize
 from langchain_contextharbor.testing.pytest_plugin import StandInFactory
 
@@ -407,3 +410,91 @@ def test_dimensions_truncates_and_normalises_a_meaningful_vector(client: ollama.
     assert cos(cut[0], cut[1]) > cos(cut[0], cut[2]) + 0.2  # still says what is similar
     big = client.embed("nomic-embed-text", texts[0], dimensions=10_000).embeddings[0]
     assert len(big) == 768 and big == pytest.approx(full[0])  # beyond the length: unchanged
+
+
+# ---------------------------------------------------------------------------- create from GGUF
+def _gguf(metadata: dict[str, Any], tensors: list[tuple[str, list[int]]]) -> bytes:
+    """A minimal GGUF v3 file: the header Ollama reads, and no tensor data."""
+
+    def string(text: str) -> bytes:
+        raw = text.encode()
+        return struct.pack("<Q", len(raw)) + raw
+
+    out = [b"GGUF", struct.pack("<IQQ", 3, len(tensors), len(metadata))]
+    for key, value in metadata.items():
+        out.append(string(key))
+        if isinstance(value, str):
+            out.append(struct.pack("<I", 8) + string(value))
+        elif isinstance(value, list):  # an array of strings (a vocabulary)
+            out.append(struct.pack("<IIQ", 9, 8, len(value)) + b"".join(map(string, value)))
+        else:
+            out.append(struct.pack("<II", 4, value))
+    for name, dims in tensors:
+        out.append(string(name) + struct.pack("<I", len(dims)))
+        out.append(struct.pack(f"<{len(dims)}Q", *dims) + struct.pack("<IQ", 0, 0))
+    return b"".join(out)
+
+
+def test_create_from_a_gguf_file(
+    client: ollama.Client, srv: OllamaStandIn, tmp_path: pathlib.Path
+) -> None:
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(
+        _gguf(
+            {
+                "general.architecture": "llama",
+                "general.file_type": 15,
+                "llama.context_length": 2048,
+                "llama.embedding_length": 64,
+                "llama.block_count": 2,
+                "llama.attention.head_count": 4,
+                "llama.attention.head_count_kv": 2,
+                "tokenizer.ggml.tokens": ["<s>", "</s>", "hi"],
+            },
+            [("token_embd.weight", [64, 1000]), ("output.weight", [64, 1000])],
+        )
+    )
+    digest = client.create_blob(path)  # POST /api/blobs/<digest>: 201
+    assert httpx.head(f"{srv.url}/api/blobs/{digest}", timeout=10).status_code == 200
+    parts = list(client.create("tiny", files={"tiny.gguf": digest}, stream=True))
+    assert parts[0].status == "parsing GGUF"
+    assert parts[-1].status == "success"
+    show = client.show("tiny")
+    assert show.details is not None
+    assert (show.details.family, show.details.quantization_level) == ("llama", "Q4_K_M")
+    assert show.details.parameter_size == "128K"
+    assert show.modelinfo is not None and show.modelinfo["llama.context_length"] == 2048
+    assert show.capabilities == ["completion"]
+    assert client.chat("tiny", USER).message.content
+    # what Ollama refuses
+    missing = "sha256:" + "0" * 64
+    assert httpx.head(f"{srv.url}/api/blobs/{missing}", timeout=10).status_code == 404
+    r = httpx.post(f"{srv.url}/api/blobs/{missing}", content=b"not it", timeout=10)
+    got = "sha256:" + hashlib.sha256(b"not it").hexdigest()
+    assert (r.status_code, r.json()["error"]) == (
+        400,
+        f'digest mismatch, expected "{missing}", got "{got}"',
+    )
+    r = httpx.post(f"{srv.url}/api/blobs/nonsense", content=b"x", timeout=10)
+    assert (r.status_code, r.json()) == (400, {"error": "invalid digest format"})
+    text = tmp_path / "notes.gguf"
+    text.write_bytes(b"just some text")
+    not_gguf = client.create_blob(text)
+    with pytest.raises(ollama.ResponseError) as info:
+        client.create("bad", files={"notes.gguf": not_gguf})
+    assert _error(info) == (400, "supplied file was not in GGUF format")
+    with pytest.raises(ollama.ResponseError) as info:
+        client.create("bad", files={"/abs/tiny.gguf": digest})
+    assert _error(info) == (400, "file path must be relative")
+
+
+@pytest.mark.skipif(smollm2_gguf_path() is None, reason="the SmolLM2 GGUF is not on this machine")
+def test_create_from_the_real_smollm2_gguf(client: ollama.Client) -> None:
+    path = smollm2_gguf_path()
+    assert path is not None
+    digest = client.create_blob(path)
+    assert client.create("smol", files={path.name: digest}).status == "success"
+    show = client.show("smol")
+    assert show.details is not None and show.details.family == "llama"
+    assert show.modelinfo is not None and show.modelinfo["llama.embedding_length"] == 576
+    assert (show.details.parameter_size or "").endswith("M")
