@@ -26,6 +26,7 @@ from langchain_contextharbor.testing._requests import (
     _validate_options,
     check_top_logprobs,
     parse_keep_alive,
+    version_at_least,
 )
 from langchain_contextharbor.testing._residency import Residency
 from langchain_contextharbor.testing._slots import Slots
@@ -553,7 +554,10 @@ def _complete(srv: StandIn, ex: _Exchange, body: dict[str, Any], *, generate: bo
                 f'invalid think value: "{shown}" (must be "high", "medium", "low", true, or false)',
             )
     # Checked before the model is looked up (and again after, in 0.14.3's handlers).
-    top_logprobs = check_top_logprobs(body, "GenerateRequest" if generate else "ChatRequest")
+    with_logprobs = version_at_least(srv.config.version, 0, 12, 11)
+    top_logprobs = 0
+    if with_logprobs:
+        top_logprobs = check_top_logprobs(body, "GenerateRequest" if generate else "ChatRequest")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _RequestError(400, "model is required")
@@ -631,7 +635,7 @@ def _complete(srv: StandIn, ex: _Exchange, body: dict[str, Any], *, generate: bo
         )
     stream = body.get("stream", True) is not False
 
-    logprobs = body.get("logprobs") is True
+    logprobs = with_logprobs and body.get("logprobs") is True
     turn = ChatTurn(
         model=model,
         spec=spec,
@@ -703,6 +707,9 @@ def _generate(
     and a non-streamed answer carries them all.
     """
     opts = turn.options
+    version = srv.config.version
+    call_ids = version_at_least(version, 0, 12, 10)  # tool calls carry an id from 0.12.10
+    always_index = version_at_least(version, 0, 12, 6)  # index,omitempty before 0.12.6
     num_predict = opts.get("num_predict")
     limit = int(num_predict) if isinstance(num_predict, (int, float)) else -1
     stops = opts.get("stop") or []
@@ -768,14 +775,13 @@ def _generate(
             if t_first is None:
                 t_first = time.perf_counter_ns()
             if isinstance(event, ToolCallEvent):
-                call = {
-                    "id": _tool_call_id(),
-                    "function": {
-                        "index": len(tool_calls),
-                        "name": event.name,
-                        "arguments": event.arguments,
-                    },
-                }
+                function: dict[str, Any] = {"index": len(tool_calls)}
+                if not always_index and not tool_calls:
+                    del function["index"]
+                function.update(name=event.name, arguments=event.arguments)
+                call = {"id": _tool_call_id(), "function": function}
+                if not call_ids:
+                    del call["id"]
                 tool_calls.append(call)
                 eval_count += len(split_tokens(json.dumps(event.arguments))) + 1
                 if generate:

@@ -193,6 +193,17 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+@functools.lru_cache(maxsize=64)
+def version_at_least(version: str, *minimum: int) -> bool:
+    """Whether the advertised Ollama ``version`` is ``minimum`` or later (a version that does
+    not parse, a dev build, counts as a current one). What changed when, at the stand-in's
+    switch points: 0.12.6 frames an early stream error as JSON and always sends a tool
+    call's ``function.index``; 0.12.10 gives tool calls an ``id``; 0.12.11 adds ``logprobs``
+    and ``top_logprobs`` (before, like any unknown field, they were ignored)."""
+    parsed = _version_tuple(version)
+    return not parsed or parsed >= minimum
+
+
 @functools.lru_cache(maxsize=32)
 def early_errors_as_json(version: str) -> bool:
     """Whether Ollama ``version`` answers an error met before any chunk of a stream as a
@@ -203,8 +214,7 @@ def early_errors_as_json(version: str) -> bool:
     0.12.6). The stand-in's advertised ``version`` (``/api/version``) is the one switch: a
     version that does not parse (a dev build) counts as a current one.
     """
-    parsed = _version_tuple(version)
-    return not parsed or parsed >= (0, 12, 6)
+    return version_at_least(version, 0, 12, 6)
 
 
 #: Origins Ollama's CORS check always lets through (``envconfig.AllowedOrigins``), besides

@@ -498,3 +498,48 @@ def test_create_from_the_real_smollm2_gguf(client: ollama.Client) -> None:
     assert show.details is not None and show.details.family == "llama"
     assert show.modelinfo is not None and show.modelinfo["llama.embedding_length"] == 576
     assert (show.details.parameter_size or "").endswith("M")
+
+
+# ---------------------------------------------------------------------------- the version switch
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "the weather of a city",
+        "parameters": {
+            "type": "object",
+            "required": ["city"],
+            "properties": {"city": {"type": "string"}},
+        },
+    },
+}
+
+
+def test_the_advertised_version_decides_what_changed_between_versions(
+    ollama_standin_factory: StandInFactory,
+) -> None:
+    """Tool-call ``id`` (0.12.10), an always-sent ``index`` (0.12.6) and ``logprobs``
+    (0.12.11, before which the fields were ignored like any unknown one) follow
+    ``/api/version``, as the error framing does."""
+    body = {
+        "model": "llama3.2:1b",
+        "stream": False,
+        "tools": [WEATHER],
+        "messages": [{"role": "user", "content": "weather in Tokyo?"}],
+    }
+    new = ollama_standin_factory()
+    call = _post(new, "/api/chat", body).json()["message"]["tool_calls"][0]
+    assert call["id"].startswith("call_") and call["function"]["index"] == 0
+    old = ollama_standin_factory(version="0.12.5")
+    call = _post(old, "/api/chat", body).json()["message"]["tool_calls"][0]
+    assert list(call) == ["function"] and list(call["function"]) == ["name", "arguments"]
+    mid = ollama_standin_factory(version="0.12.9")
+    call = _post(mid, "/api/chat", body).json()["message"]["tool_calls"][0]
+    assert list(call) == ["function"] and call["function"]["index"] == 0
+    # logprobs: not known to 0.12.10, so neither refused nor answered
+    lp = {"model": "llama3.2:1b", "messages": USER, "stream": False, "logprobs": True}
+    before = ollama_standin_factory(version="0.12.10")
+    r = _post(before, "/api/chat", {**lp, "top_logprobs": 99})
+    assert r.status_code == 200 and "logprobs" not in r.json()
+    assert _post(new, "/api/chat", {**lp, "top_logprobs": 99}).status_code == 400
+    assert _post(new, "/api/chat", lp).json()["logprobs"]
