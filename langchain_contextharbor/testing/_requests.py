@@ -254,6 +254,7 @@ def _split_host(host_header: str) -> str:
     return host_header
 
 
+@functools.lru_cache(maxsize=256)
 def host_allowed(host_header: str, bind_host: str) -> bool:
     """Ollama's ``allowedHostsMiddleware``: may a request with this ``Host`` reach a server
     bound to ``bind_host``?
