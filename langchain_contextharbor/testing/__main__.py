@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import threading
@@ -72,7 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (0 = ephemeral; default 11434)")
     p.add_argument("--name", default=None, help="instance name used in answers (default ollama)")
-    p.add_argument("--version", dest="ollama_version", default=None, help="/api/version value")
+    p.add_argument(
+        "--version",
+        dest="ollama_version",
+        default=None,
+        help="/api/version value (default 0.14.3); also the error framing: below 0.12.6 an "
+        "error before a stream's first chunk is HTTP 200 and an error line, not a 500",
+    )
+    p.add_argument(
+        "--origins",
+        default=os.environ.get("OLLAMA_ORIGINS"),
+        help="extra allowed browser origins, comma-separated (default: $OLLAMA_ORIGINS)",
+    )
     p.add_argument(
         "--model",
         action="append",
@@ -106,8 +118,9 @@ def config_from_args(args: argparse.Namespace) -> StandInConfig:
     if args.config:
         with open(args.config, encoding="utf-8") as fh:
             data = json.load(fh)
-    if "models" in data:
-        data["models"] = [_model_from_json(m) for m in data["models"]]
+    for key in ("models", "catalogue"):
+        if isinstance(data.get(key), list):
+            data[key] = [_model_from_json(m) for m in data[key]]
     flags = {
         "host": args.host,
         "port": args.port,
@@ -125,6 +138,8 @@ def config_from_args(args: argparse.Namespace) -> StandInConfig:
     data.update({k: v for k, v in flags.items() if v is not None})
     if args.model:
         data["models"] = [parse_model_spec(m) for m in args.model]
+    if args.origins:
+        data["origins"] = [o.strip() for o in args.origins.split(",") if o.strip()]
     data.setdefault("port", 11434)
     engine: Engine = ScriptedEngine()
     if args.engine == "llama":

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+from langchain_contextharbor.testing._requests import early_errors_as_json
 from langchain_contextharbor.testing._values import RequestRecord, StandInConfig
 from langchain_contextharbor.testing._wire import _POLL, _Aborted, _dumps, _Handler
 from langchain_contextharbor.testing.faults import (
@@ -109,10 +110,11 @@ class _Exchange:
         raise _Aborted
 
     # -- plain responses -----------------------------------------------------------
-    def _headers(self, status: int, content_type: str, length: int | None) -> None:
+    def _headers(self, status: int, content_type: str | None, length: int | None) -> None:
         self.record.status = status
         self.h.send_response(status)
-        self.h.send_header("Content-Type", content_type)
+        if content_type is not None:
+            self.h.send_header("Content-Type", content_type)
         if length is None:
             self.h.send_header("Transfer-Encoding", "chunked")
         else:
@@ -160,6 +162,32 @@ class _Exchange:
         """Ollama's ``{"error": message}`` response."""
         self.send_json(status, {"error": message})
 
+    def send_status(self, status: int) -> None:
+        """A bare status, no body and no ``Content-Type`` (gin's ``AbortWithStatus``: the
+        403 of the host and origin checks). No fault acts on it."""
+        self._headers(status, None, 0)
+
+    def stream_error(self, status: int, message: str) -> None:
+        """End a stream with an error, framed as the advertised version does.
+
+        After a chunk: one ``{"error": ...}`` line and a clean end, the status stays 200.
+        Before any chunk: ``status`` with a JSON body from 0.12.6, a 200 and the line in
+        0.12.0-0.12.5 (:func:`~._requests.early_errors_as_json`). No fault acts on it.
+        """
+        if self.finished:
+            return
+        body = _dumps({"error": message})
+        if not self.headers_sent and early_errors_as_json(self.config.version):
+            # streamResponse: c.Header("Content-Type", "application/json"); c.JSON(status, ...)
+            self._headers(status, "application/json", len(body))
+            if self.h.command != "HEAD":
+                self.h.wfile.write(body)
+            self.finished = True
+            return
+        self._ensure_stream_headers()
+        self._write_chunk(body + b"\n")
+        self.end_stream()
+
     # -- NDJSON streaming ----------------------------------------------------------
     def _write_chunk(self, data: bytes) -> None:
         self.h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -198,13 +226,14 @@ class _Exchange:
             self.hang(rule)
             return True
         self.sleep(rule.delay or 0.0)
+        if f is Fault.ERROR_MID_STREAM:
+            # before the first chunk the advertised version decides: 500 JSON or a 200 line
+            self.stream_error(rule.status or 500, rule.message or MID_STREAM_ERROR_MESSAGE)
+            return False
         self._ensure_stream_headers()
         if f is Fault.CUT_MID_STREAM:
             self.abort()
-        if f is Fault.ERROR_MID_STREAM:
-            line = _dumps({"error": rule.message or MID_STREAM_ERROR_MESSAGE}) + b"\n"
-        else:  # MALFORMED_LINE
-            line = (rule.message or MALFORMED_LINE).encode() + b"\n"
+        line = (rule.message or MALFORMED_LINE).encode() + b"\n"  # MALFORMED_LINE
         self._write_chunk(line)
         self.end_stream()
         return False

@@ -31,6 +31,17 @@ class StandInConfig:
     so nothing can block forever. ``available_memory`` is the "available" figure of the OOM
     fault's text (0 = a third of what the model needs). ``max_log`` bounds the request log
     (oldest entries are dropped), so a long-running CLI instance does not grow without end.
+
+    ``version`` is what ``/api/version`` advertises, and the one switch between the two ways
+    Ollama frames an error met before a stream's first chunk: from 0.12.6 (the default
+    0.14.3) a plain JSON error (``500 {"error": ...}``), in 0.12.0-0.12.5 HTTP 200 and one
+    ``{"error": ...}`` NDJSON line (``version="0.12.5"`` reproduces that). The same switch
+    drops what older versions did not send: a tool call's ``id`` before 0.12.10, its
+    ``index`` 0 before 0.12.6, ``logprobs`` before 0.12.11. ``catalogue`` is
+    what ``/api/pull`` can fetch (``None``: :data:`~.models.CATALOGUE`, the well-known
+    models; a list: only those). ``origins`` plays ``OLLAMA_ORIGINS``: extra browser origins
+    (wildcards allowed) let past the CORS check, which refuses any other ``Origin`` with 403.
+    Bound to loopback, the stand-in also refuses a ``Host`` that is not local with 403.
     """
 
     name: str = "ollama"
@@ -50,6 +61,8 @@ class StandInConfig:
     available_memory: int = 0
     max_log: int = 10_000
     engine: Engine | None = None
+    catalogue: list[StandInModel | str] | None = None
+    origins: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -15,6 +15,7 @@ integration suite to pass against plain ``ChatOllama``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -179,24 +180,50 @@ def embedding_features(text: str) -> list[tuple[str, float]]:
     return out
 
 
+def _bands(dim: int) -> list[tuple[int, int, float]]:
+    """``(start, size, scale)`` of the nested bands of a ``dim``-long scripted vector:
+    ``[0, 1)``, ``[1, 2)``, ``[2, 4)``, ``[4, 8)``, ... up to ``dim``; ``scale`` is
+    sqrt(size/dim), so each band weighs its share and the whole behaves as one hash."""
+    bounds = [0]
+    edge = 1
+    while edge < dim:
+        bounds.append(edge)
+        edge *= 2
+    bounds.append(dim)
+    return [(a, b - a, math.sqrt((b - a) / dim)) for a, b in itertools.pairwise(bounds)]
+
+
 def embed_text(digest: str, text: str, dimensions: int) -> list[float]:
     """Deterministic, L2-normalised scripted embedding of ``text`` by the build ``digest``.
 
     Feature hashing: every feature of :func:`embedding_features` adds its weight, with a
-    hashed sign, to a hashed one of ``dimensions`` slots; the hash is salted with the model's
-    digest. So the cosine of two vectors of one build approximates the weighted overlap of
-    the two texts' features, and two builds (digests) of the same model put the same text in
-    unrelated directions, like two real models that do not share a vector space. A text with
-    no features (empty, only stop words) gets a fixed direction of its own.
+    hashed sign, to one hashed slot of each nested band (``[0, 1)``, ``[1, 2)``, ``[2, 4)``,
+    ... up to ``dimensions``), scaled by the square root of the band's share
+    of the vector (and jittered by under 1%, so that no prefix cancels out exactly); the
+    hash is salted with the model's digest. So the cosine of two vectors
+    of one build approximates the weighted overlap of the two texts' features (with the
+    collision noise of one hash over all the slots), and two builds (digests) of the same
+    model put the same text in unrelated directions, like two real models that do not share
+    a vector space. The bands make every prefix an embedding of its own, as in the
+    Matryoshka-trained models ``dimensions`` is meant for: Ollama cuts a vector to
+    ``dimensions`` and normalises it again, and a prefix of a vector hashed into one slot
+    per feature would mostly be zeros. A text with no features (empty, only stop words)
+    gets a fixed direction of its own.
     """
     dim = max(1, dimensions)
     vec = [0.0] * dim
-    salt = digest.encode()
+    salt = digest.encode()[:64]
+    bands = _bands(dim)
     for feature, weight in embedding_features(text) or [("<no features>", 1.0)]:
-        h = int.from_bytes(
-            hashlib.blake2b(feature.encode(), key=salt[:64], digest_size=8).digest(), "big"
-        )
-        vec[h % dim] += -weight if h >> 63 else weight
+        h = hashlib.blake2b(feature.encode(), key=salt, digest_size=64).digest()
+        # a jitter under 1% so that features never cancel exactly in a short prefix
+        weight *= 1.0 + int.from_bytes(h[62:], "big") / 6_553_600
+        for i, (start, size, scale) in enumerate(bands):
+            word = int.from_bytes(h[(4 * i) % 64 : (4 * i) % 64 + 4], "big")
+            if i >= 16:  # more than 16 bands (dim > 256k): mix the band into the reuse
+                word = (word * 2654435761 + i) & 0xFFFFFFFF
+            slot = start + (word & 0x7FFFFFFF) % size
+            vec[slot] += -weight * scale if word >> 31 else weight * scale
     norm = math.sqrt(sum(v * v for v in vec))
     if norm == 0.0:  # features cancelled out exactly: fall back to one fixed slot
         vec[0], norm = 1.0, 1.0

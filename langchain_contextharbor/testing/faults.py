@@ -17,7 +17,9 @@ with the exception ollama-python / ChatOllama raise for it:
   zero-length chunk. Client: K chunks, then ``httpx.RemoteProtocolError``.
 - ``ERROR_MID_STREAM``: K chunks, one ``{"error": ...}`` line, a clean end of the body (no
   ``done`` chunk). Client: K chunks, then ``ollama.ResponseError`` with status_code -1. With
-  K=0 this is also the 0.12.0-0.12.5 way of reporting an early error (HTTP 200).
+  K=0 the framing is the advertised version's (``StandInConfig.version``): from 0.12.6 (the
+  default 0.14.3) a ``500 {"error": ...}`` answer (``status=`` overrides the 500), client
+  ``ResponseError`` 500; at 0.12.0-0.12.5 HTTP 200 and the error line, status_code -1.
 - ``MALFORMED_LINE``: K chunks, then a line that is not JSON. Client:
   ``json.JSONDecodeError``.
 - ``SLOW_FIRST_TOKEN``: ``delay`` seconds (default 1) of silence, then a normal stream.

@@ -22,10 +22,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 __all__ = [
+    "CATALOGUE",
     "DEFAULT_NUM_CTX",
     "EMBEDDING_MODELS",
     "LoadedModel",
     "StandInModel",
+    "catalogue_model",
     "human_bytes2",
     "normalize_model_name",
     "parse_parameter_size",
@@ -85,6 +87,42 @@ EMBEDDING_MODELS: dict[str, tuple[str, str, int]] = {
     "snowflake-arctic-embed": ("335M", "bert", 1024),
     "bge-m3": ("567M", "bert", 1024),
 }
+
+
+#: What ``/api/pull`` can fetch, standing in for the registry: base name -> (capabilities,
+#: tags). A pulled ``qwen3:0.6b`` becomes ``StandInModel("qwen3:0.6b", capabilities=...)``
+#: (sizes derived from the tag); a name or tag not listed fails as a registry 404 does.
+#: Capabilities are those ``/api/show`` reports for the real models (qwen2.5-coder is the one
+#: with ``insert``, i.e. ``suffix``).
+CATALOGUE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "llama3.2": (("completion", "tools"), ("latest", "1b", "3b")),
+    "llama3.1": (("completion", "tools"), ("latest", "8b")),
+    "qwen3": (("completion", "tools", "thinking"), ("latest", "0.6b", "1.7b", "4b", "8b")),
+    "qwen2.5": (("completion", "tools"), ("latest", "0.5b", "1.5b", "3b", "7b")),
+    "qwen2.5-coder": (("completion", "tools", "insert"), ("latest", "0.5b", "1.5b", "7b")),
+    "gemma3": (("completion", "vision"), ("latest", "270m", "1b", "4b")),
+    "deepseek-r1": (("completion", "thinking"), ("latest", "1.5b", "7b", "8b")),
+    "gpt-oss": (("completion", "tools", "thinking"), ("latest", "20b")),
+    "smollm2": (("completion",), ("latest", "135m", "360m", "1.7b")),
+    "nomic-embed-text": (("embedding",), ("latest", "v1.5")),
+    "mxbai-embed-large": (("embedding",), ("latest",)),
+    "all-minilm": (("embedding",), ("latest", "22m", "33m")),
+    "snowflake-arctic-embed": (("embedding",), ("latest",)),
+    "bge-m3": (("embedding",), ("latest",)),
+}
+
+
+def catalogue_model(name: str) -> StandInModel | None:
+    """The model ``/api/pull`` of ``name`` fetches from :data:`CATALOGUE` (``None``: the
+    registry has no such model or tag)."""
+    short = normalize_model_name(name)
+    if "/" in short:
+        return None
+    base, _, tag = short.partition(":")
+    entry = CATALOGUE.get(base.lower())
+    if entry is None or tag.lower() not in entry[1]:
+        return None
+    return StandInModel(short, capabilities=list(entry[0]))
 
 
 def _base_name(short_name: str) -> str:
@@ -289,6 +327,20 @@ class StandInModel:
         """Total bytes of a loaded runner: weights + KV cache + a compute-graph allowance."""
         graph = max(64 * _MIB, self.size // 20)
         return self.size + self.kv_cache_bytes(num_ctx) + graph
+
+    def layers(self) -> list[tuple[str, int]]:
+        """``(digest, size)`` of the blobs a pull of this model fetches, model weights first
+        (then template, params and config), as a registry manifest lists them."""
+        parts = [
+            ("model", self.size),
+            ("template", len(self.template.encode())),
+            ("params", len(self.parameters.encode()) + 2),
+            ("config", 487),
+        ]
+        return [
+            ("sha256:" + hashlib.sha256(f"{self.digest}:{kind}".encode()).hexdigest(), size)
+            for kind, size in parts
+        ]
 
     # ------------------------------------------------------------------ wire renderings
     def details(self) -> dict[str, Any]:

@@ -41,12 +41,20 @@ from types import EllipsisType
 from typing import Any
 from urllib.parse import urlsplit
 
-from langchain_contextharbor.testing._endpoints import ENDPOINTS
+from langchain_contextharbor.testing._endpoints import (
+    BLOB_METHODS,
+    BLOBS_PREFIX,
+    ENDPOINTS,
+    Blob,
+    blob_endpoint,
+)
 from langchain_contextharbor.testing._exchange import _Exchange
 from langchain_contextharbor.testing._requests import (
     _GIB,
     _REQUEST_TYPES,
     _ROUTES,
+    host_allowed,
+    origin_allowed,
     parse_keep_alive,
 )
 from langchain_contextharbor.testing._residency import Residency
@@ -107,6 +115,8 @@ class OllamaStandIn:
         """The ``num_parallel`` generation slots and the queue before them."""
         for name in cfg.loaded:
             self.set_loaded(name)
+        self.blobs: dict[str, Blob] = {}
+        """Files uploaded with ``POST /api/blobs/<digest>`` (their size and GGUF header)."""
         self._faults = FaultTable()
         self._log: deque[RequestRecord] = deque(maxlen=max(1, cfg.max_log))
         self._log_lock = threading.Lock()
@@ -393,7 +403,9 @@ class OllamaStandIn:
             return
         body: Any = None
         parse_error: str | None = None
-        if raw.strip():
+        if path.startswith(BLOBS_PREFIX):
+            pass  # an uploaded file, not JSON (and not kept in the request log)
+        elif raw.strip():
             try:
                 body = json.loads(raw)
             except json.JSONDecodeError as exc:
@@ -402,6 +414,15 @@ class OllamaStandIn:
                 parse_error = "invalid character looking for beginning of value"
         record = self._record(method, path, body)
         ex = _Exchange(handler, record, self.config, self._stop_event, self._release)
+        host = handler.headers.get("Host", "")
+        if not host_allowed(host, self.host) or not origin_allowed(
+            handler.headers.get("Origin", ""), host, self.config.origins
+        ):
+            # the CORS check and allowedHostsMiddleware: a bare 403 before any route (and
+            # before any injected fault, which this request does not consume)
+            with contextlib.suppress(OSError):
+                ex.send_status(403)
+            return
         ex.rule = self._faults.take(path)
         try:
             self._route(ex, method, path, raw, body, parse_error)
@@ -452,14 +473,18 @@ class OllamaStandIn:
             ex.send_error(status, message)
             return
 
-        allowed = _ROUTES.get(path)
-        if allowed is None:
+        blob = path[len(BLOBS_PREFIX) :] if path.startswith(BLOBS_PREFIX) else None
+        allowed = _ROUTES.get(path) if blob is None else BLOB_METHODS
+        if allowed is None or blob == "" or (blob is not None and "/" in blob):
             ex.send(404, "text/plain", b"404 page not found")
             return
         if method not in allowed:
             ex.send(405, "text/plain", b"405 method not allowed")
             return
         try:
+            if blob is not None:
+                blob_endpoint(self, ex, method, blob, raw)
+                return
             if method in ("POST", "DELETE"):
                 if parse_error is not None:
                     raise _RequestError(400, parse_error)

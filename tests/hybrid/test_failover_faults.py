@@ -54,7 +54,10 @@ BEFORE_FIRST_CHUNK: list[tuple[Fault, dict[str, Any], str]] = [
         {"status": 500, "message": "model runner has unexpectedly stopped"},
         "server_error",
     ),
-    (Fault.ERROR_MID_STREAM, {"after_chunks": 0}, "stream_error"),
+    # An error before the first chunk is an NDJSON line (HTTP 200) only in Ollama
+    # 0.12.0-0.12.5: the stand-in advertising 0.12.5 frames it so. From 0.12.6 it is a 500
+    # JSON, a server error (test_error_before_first_chunk_from_0_12_6_is_a_server_error).
+    (Fault.ERROR_MID_STREAM, {"after_chunks": 0, "version": "0.12.5"}, "stream_error"),
     (Fault.CUT_MID_STREAM, {"after_chunks": 0}, "transport"),
     (Fault.MALFORMED_LINE, {"after_chunks": 0}, "malformed"),
 ]
@@ -67,6 +70,9 @@ AFTER_FIRST_CHUNK: list[tuple[Fault, str]] = [
 
 
 def _inject(srv: OllamaStandIn, fault: Fault, kw: dict[str, Any]) -> None:
+    kw = dict(kw)
+    if "version" in kw:  # the Ollama version the stand-in advertises, and frames errors as
+        srv.config.version = kw.pop("version")
     if fault is Fault.REFUSE:
         srv.inject(fault)
     else:
@@ -128,6 +134,33 @@ async def test_fault_before_first_chunk_falls_back_invisibly(
     assert info["fallback"] is True
     assert [(a["backend"], a["category"]) for a in info["attempts"]] == [("gpu", category)]
     assert info["route"] == ["gpu", "cpu"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("api", ["invoke", "stream"])
+async def test_error_before_first_chunk_from_0_12_6_is_a_server_error(
+    pair: tuple[OllamaStandIn, OllamaStandIn],
+    make_model: Callable[..., HybridChatOllama],
+    api: str,
+    mode: str,
+) -> None:
+    """At the version the stand-in advertises (0.14.3), an error met before any chunk is a
+    500 JSON answer, as Ollama's streamResponse sends it: the router sees a server error
+    and moves to the CPU just as invisibly."""
+    gpu, _cpu = pair
+    assert gpu.config.version == "0.14.3"
+    model = _model(make_model, pair, Fault.ERROR_MID_STREAM)
+    _inject(gpu, Fault.ERROR_MID_STREAM, {"after_chunks": 0})
+    if api == "invoke":
+        msg = model.invoke(PROMPT) if mode == "sync" else await model.ainvoke(PROMPT)
+        text, meta = msg.content, msg.response_metadata
+    else:
+        chunks = list(model.stream(PROMPT)) if mode == "sync" else await _collect_async(model)
+        text = "".join(str(c.content) for c in chunks)
+        meta = chunks[0].response_metadata
+    assert text == CPU_ANSWER
+    info = meta["contextharbor"]
+    assert [(a["backend"], a["category"]) for a in info["attempts"]] == [("gpu", "server_error")]
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
