@@ -8,16 +8,25 @@ a fleet must give the same servers the same names):
 
 * ``lease:<backend>`` — sorted set of calls in flight, one member per call, scored with
   its expiry (fleet clock). A worker renews the leases it holds every ``lease_ttl / 3``;
-  a worker that dies stops renewing and its calls stop counting within ``lease_ttl``.
-* ``breaker:<backend>`` — hash of an open circuit (opened_at, cooldown, failures);
-  absent = closed. ``trial:<backend>`` — who holds the fleet's one trial call.
-* ``marks:<backend>`` — hash of learned 404 / out-of-memory marks (JSON per model).
+  a worker that dies stops renewing and its calls stop counting within ``lease_ttl`` (30 s,
+  as ``trial_ttl``: a worker killed at any point costs the fleet at most that long, in
+  phantom load as in a held trial).
+* ``breaker:<backend>`` — hash of an open circuit (opened_at, cooldown, failures, until);
+  absent or past ``until`` = closed. ``trial:<backend>`` — hash of who holds the fleet's one
+  trial call (``m``) and until when (``exp``, ``trial_ttl`` ahead, renewed by its living
+  holder with its leases): a worker killed while it holds the trial costs the fleet at most
+  ``trial_ttl`` seconds of that backend.
+* ``marks:<backend>`` — hash of learned 404 / out-of-memory marks (JSON per model, each
+  with its ``until``).
 * ``probe:<backend>`` — the last probe result (JSON) with its time; ``probing:<backend>``
   — a short lock so that one worker probes per TTL for the whole fleet.
 * ``speeds`` — learned speeds per ``<backend>|<model>`` (JSON), exchanged every few
   seconds off the hot path; a worker takes those it has not measured itself.
 * ``ver`` — bumped on every breaker, trial or mark change, so a plan reads the in-flight
-  counts plus one integer (one round trip) and fetches the rest only when it changed.
+  counts plus one integer (one round trip) and fetches the rest only when it changed, or
+  when something it read expires: every expiry (trial, circuit, mark) is a time on the fleet
+  clock stored in the value, and the details are read again once the earliest of them has
+  passed (an expiry bumps no version). Redis's own key expiry only collects garbage.
 
 Per call: one round trip to acquire (a Lua script: trial claim, fleet-wide slot check,
 lease) on the caller's thread, and one to release, sent by a background thread (releases
@@ -31,7 +40,10 @@ Failure policy: every Redis error (connection refused, timeout after ``timeout``
 anything) is caught; the store is then treated as absent for a back-off period (1 s,
 doubling to 30 s, on the router's clock) during which the router decides locally. The first
 error of an outage is logged once at WARNING, the recovery at INFO. The URL's credentials
-never appear in logs, reprs or ``describe()``.
+never appear in logs, reprs or ``describe()``. Releases that cannot be sent (the store down,
+or a round trip that failed) are kept and sent as soon as it answers again, and so is the
+release of an acquire whose reply never came (a paused Redis runs it when it resumes):
+without that, a lease released during an outage counted as load until it expired.
 """
 
 from __future__ import annotations
@@ -77,10 +89,13 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[2 + here], '-inf', now)
 local status = 1
 if ARGV[4] == '1' then
-  if redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ARGV[5]) then
-    redis.call('INCR', KEYS[2])
-  else
+  local held = redis.call('HMGET', KEYS[1], 'm', 'exp')
+  if held[1] and tonumber(held[2] or '0') > tonumber(now) then
     status = -1
+  else
+    redis.call('HSET', KEYS[1], 'm', ARGV[3], 'exp', ARGV[5])
+    redis.call('PEXPIRE', KEYS[1], ARGV[8 + 3 * n])
+    redis.call('INCR', KEYS[2])
   end
 else
   local c = redis.call('ZCARD', KEYS[2 + here])
@@ -101,16 +116,19 @@ for i = 1, n do out[#out + 1] = live(i) end
 return out
 """
 """KEYS: trial of this backend, ver, then the lease set of every backend (n). ARGV: now,
-expiry, member, trial?, trial ms, index of this backend, indexes of the spill-over
+expiry, member, trial?, the trial's expiry, index of this backend, indexes of the spill-over
 alternatives (comma separated), then per backend: max_parallel (n values), expected seconds
-with a free slot (n), seconds added per call queued ahead per slot (n). Returns status (1
+with a free slot (n), seconds added per call queued ahead per slot (n); last, the trial key's
+lifetime in ms (garbage collection only: a trial is over at its expiry on the fleet clock,
+which is what makes the expiry visible to, and testable with, an injected clock). The trial
+key is a hash (``m``: the member holding it, ``exp``: its expiry). Returns status (1
 reserved; -1 the fleet's trial is taken; -2 no free slot here and an alternative is
 expected to finish sooner on these counts: spill over, as the plan would), ver, and the
 live count of every backend (so the next plan needs no round trip of its own)."""
 
 _RELEASE = """
 redis.call('ZREM', KEYS[1], ARGV[2])
-if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[2], 'm') == ARGV[3] then
   redis.call('DEL', KEYS[2])
   redis.call('INCR', KEYS[3])
 end
@@ -122,12 +140,22 @@ return out
 trial member held or ''. Returns like _ACQUIRE."""
 
 _RELEASE_TRIAL = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.call('HGET', KEYS[1], 'm') == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('INCR', KEYS[2])
 end
 return 0
 """
+
+_RENEW_TRIAL = """
+if redis.call('HGET', KEYS[1], 'm') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'exp', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return 0
+"""
+"""KEYS: a trial key. ARGV: the member holding it, its new expiry (fleet clock), key lifetime
+(ms). A trial whose holder is alive is pushed ahead; another worker's is left alone."""
 
 _PROBE = """
 local at = redis.call('HGET', KEYS[1], 'at')
@@ -167,7 +195,8 @@ class RedisSharedState:
         max_parallel: Mapping[str, int] | None = None,
         clock: Callable[[], float] | None = None,
         namespace: str = "default",
-        lease_ttl: float = 120.0,
+        lease_ttl: float = 30.0,
+        trial_ttl: float = 30.0,
         timeout: float = 0.25,
         view_max_age: float = 0.002,
         async_release: bool = True,
@@ -178,12 +207,15 @@ class RedisSharedState:
                 f"shared_state {redact_url(str(url))!r} must be a redis://, rediss:// or "
                 "unix:// URL"
             )
-        if not (lease_ttl > 0 and timeout > 0):
-            raise ConfigurationError("lease_ttl and timeout must be > 0 seconds")
+        if not (lease_ttl > 0 and trial_ttl > 0 and timeout > 0):
+            raise ConfigurationError("lease_ttl, trial_ttl and timeout must be > 0 seconds")
         self._url = url
         self.safe_url = redact_url(url)
         self.fleet_clock = clock or time.time
         self.lease_ttl = float(lease_ttl)
+        self.trial_ttl = float(trial_ttl)
+        """Seconds the fleet's trial call is held without renewal (its holder renews it
+        every ``trial_ttl / 3``): what a worker killed mid-trial costs the fleet."""
         self.max_parallel = dict(max_parallel or {})
         p = f"contextharbor:{namespace}:"
         self._k_ver = p + "ver"
@@ -209,6 +241,9 @@ class RedisSharedState:
         self._counts_now = float("-inf")
         self._held: dict[str, list[str]] = {b: [] for b in backends}
         self._trials: dict[str, str] = {}
+        self._unsent: list[tuple[str, str, str | None]] = []
+        """Releases (backend, member, trial member) not sent yet: the store was down, or the
+        round trip failed (also acquires whose reply never came). Sent on recovery."""
         self._lock = threading.Lock()
         try:
             self._r: Any = client or redis.Redis.from_url(
@@ -226,12 +261,15 @@ class RedisSharedState:
         self._acquire = self._r.register_script(_ACQUIRE)
         self._release = self._r.register_script(_RELEASE)
         self._release_trial = self._r.register_script(_RELEASE_TRIAL)
+        self._renew_trial = self._r.register_script(_RENEW_TRIAL)
         self._probe = self._r.register_script(_PROBE)
         self._down_until = float("-inf")
         self._backoff = 1.0
         self._down = False
         self._ver: Any = None
         self._details: dict[str, tuple[SharedBreaker | None, dict[str, Any], dict[str, Any]]] = {}
+        self._details_until = float("inf")
+        """Router-clock time when the first expiry among the details read passes."""
         self._renewer: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -257,11 +295,33 @@ class RedisSharedState:
         self._down_until = now + self._backoff
         self._ver = None
 
-    def _recovered(self) -> None:
+    def _recovered(self, now: float) -> None:
         if self._down:
             self._down = False
             self._backoff = 1.0
             logger.info("fleet state at %s reachable again", self.safe_url)
+            self._send_unsent(now)
+
+    def _keep_unsent(self, items: Sequence[tuple[str, str, str | None]]) -> None:
+        """Keep releases that did not reach the store, to send on recovery (bounded: a
+        very long outage loses the oldest, which their expiry then ends)."""
+        with self._lock:
+            self._unsent.extend(items)
+            del self._unsent[:-10_000]
+
+    def _send_unsent(self, now: float) -> None:
+        """Send the releases kept during an outage (releasing twice is harmless)."""
+        with self._lock:
+            items, self._unsent = self._unsent, []
+        if not items:
+            return
+        batch = [(b, m, t, now) for b, m, t in items]
+        if self.async_release:
+            for item in batch:
+                self._outbox.put(item)
+            self._ensure_sender()
+        else:
+            self._send_releases(batch)
 
     def _to_local(self, t: float, now: float, fnow: float) -> float:
         return now - (fnow - t)
@@ -295,13 +355,15 @@ class RedisSharedState:
                 *counts, ver = pipe.execute()
                 self._counts = ([int(x) for x in counts], ver, time.perf_counter())
                 self._counts_now = now
-            if ver != self._ver or not self._details:
+            if ver != self._ver or not self._details or now >= self._details_until:
+                # Changed, or something read last time has expired since (no version
+                # marks an expiry): read again.
                 self._details = self._read_details(now, self.fleet_clock())
                 self._ver = ver
         except (redis.RedisError, OSError, ValueError) as exc:
             self._failed(exc, now)
             return None
-        self._recovered()
+        self._recovered(now)
         out: dict[str, SharedBackend] = {}
         for b, n in zip(self._k, counts, strict=True):
             br, missing, oom = self._details.get(b, (None, {}, {}))
@@ -314,14 +376,26 @@ class RedisSharedState:
         pipe = self._r.pipeline(transaction=False)
         for keys in self._k.values():
             pipe.hgetall(keys["breaker"])
-            pipe.get(keys["trial"])
+            pipe.hmget(keys["trial"], "m", "exp")
             pipe.hgetall(keys["marks"])
         res = pipe.execute()
         out: dict[str, tuple[SharedBreaker | None, dict[str, Any], dict[str, Any]]] = {}
+        first_expiry = float("inf")  # on the fleet clock
         for i, b in enumerate(self._k):
-            h, trial, marks = res[3 * i : 3 * i + 3]
+            h, (holder, trial_exp), marks = res[3 * i : 3 * i + 3]
             mine = self._trials.get(b)
-            busy = trial is not None and trial.decode() != mine
+            busy = False
+            if holder is not None and holder.decode() != mine:
+                exp = float(trial_exp or 0.0)
+                busy = exp > fnow
+                if busy:
+                    first_expiry = min(first_expiry, exp)
+            if h:
+                until = float(h.get(b"until", "inf"))
+                if until <= fnow:
+                    h = {}  # faded out: closed as far as the fleet knows
+                else:
+                    first_expiry = min(first_expiry, until)
             br: SharedBreaker | None = None
             if h:
                 br = SharedBreaker(
@@ -341,12 +415,14 @@ class RedisSharedState:
                 until = float(m["until"])
                 if until <= fnow:
                     continue
+                first_expiry = min(first_expiry, until)
                 local_until = self._to_local(until, now, fnow)
                 if kind == "missing":
                     missing[model] = local_until
                 elif kind == "oom":
                     oom[model] = (int(m.get("ctx", 0)), local_until, str(m.get("msg", "")))
             out[b] = (br, missing, oom)
+        self._details_until = self._to_local(first_expiry, now, fnow)
         return out
 
     def acquire(
@@ -372,19 +448,23 @@ class RedisSharedState:
                     repr(fnow + self.lease_ttl),
                     member,
                     "1" if trial else "0",
-                    int(self.lease_ttl * 1000),
+                    repr(fnow + self.trial_ttl),
                     self._index[backend],
                     alts,
                     *self._caps,
                     *self._costs(costs),
+                    self._trial_key_ms(),
                 ],
             )
         except (redis.RedisError, OSError) as exc:
+            # No reply, but the script may still run (a paused Redis runs what it was sent
+            # when it resumes): release what it would hold, once the store answers again.
+            self._keep_unsent([(backend, member, member if trial else None)])
             self._failed(exc, now)
             return None
         self._remember(reply, now)
         n = reply[0]
-        self._recovered()
+        self._recovered(now)
         if int(n) < 0:
             return False
         with self._lock:
@@ -393,6 +473,11 @@ class RedisSharedState:
                 self._trials[backend] = member
         self._ensure_renewer()
         return True
+
+    def _trial_key_ms(self) -> int:
+        """Lifetime of a trial key in Redis (garbage collection; the expiry that counts is
+        the ``exp`` in the key, on the fleet clock)."""
+        return int(max(4 * self.trial_ttl, 60.0) * 1000)
 
     def _costs(self, costs: Mapping[str, tuple[float, float]] | None) -> list[str]:
         """The per-backend finish-time inputs for _ACQUIRE (queue depth per slot when the
@@ -413,7 +498,10 @@ class RedisSharedState:
             held = self._held[backend]
             member = held.pop() if held else None
             trial = self._trials.pop(backend, None)
-        if member is None or not self._ok(now):
+        if member is None:
+            return
+        if not self._ok(now):  # the store is down: sent when it is back
+            self._keep_unsent([(backend, member, trial)])
             return
         cached = self._counts
         if cached is not None:  # our own lease is gone: the next plan must not count it
@@ -450,6 +538,7 @@ class RedisSharedState:
                     )
                 reply = pipe.execute()[-1]
         except (redis.RedisError, OSError) as exc:
+            self._keep_unsent([(b, m, t) for b, m, t, _ in batch])
             self._failed(exc, now)
             return
         self._remember(reply, now)
@@ -499,16 +588,18 @@ class RedisSharedState:
             if breaker.state == "closed" or breaker.opened_at is None:
                 pipe.delete(keys["breaker"])
             else:
+                # Kept well past the trial time; a circuit nobody re-opens fades out.
+                keep = max(600.0, breaker.cooldown * 4)
                 pipe.hset(
                     keys["breaker"],
                     mapping={
                         "opened_at": repr(self._to_fleet(breaker.opened_at, now, fnow)),
                         "cooldown": repr(breaker.cooldown),
                         "failures": breaker.failures,
+                        "until": repr(fnow + keep),
                     },
                 )
-                # Kept well past the trial time; a circuit nobody re-opens fades out.
-                pipe.expire(keys["breaker"], int(max(600.0, breaker.cooldown * 4)))
+                pipe.expire(keys["breaker"], int(keep) + 60)
             trial = self._trials.get(backend)
             if trial is not None:
                 self._release_trial(keys=[keys["trial"], self._k_ver], args=[trial], client=pipe)
@@ -556,7 +647,7 @@ class RedisSharedState:
         except (redis.RedisError, OSError) as exc:
             self._failed(exc, now)
             return ("probe", None)
-        self._recovered()
+        self._recovered(now)
         kind = res[0].decode()
         if kind == "probe" or not res[1]:
             return ("probe", None) if kind == "probe" else ("skip", None)
@@ -614,12 +705,23 @@ class RedisSharedState:
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": "redis", "url": self.safe_url, "worker": self.worker, "down": self._down}
+        return {
+            "mode": "redis",
+            "url": self.safe_url,
+            "worker": self.worker,
+            "down": self._down,
+            "unsent_releases": len(self._unsent),
+        }
 
     def close(self) -> None:
-        """Send queued releases, stop renewing, drop the connections. Usable afterwards:
-        the next call reconnects (the router's close() keeps it usable too)."""
+        """Send queued releases (and, once more, those kept from an outage), stop renewing,
+        drop the connections. Usable afterwards: the next call reconnects (the router's
+        close() keeps it usable too)."""
         self.flush()
+        with self._lock:
+            unsent, self._unsent = self._unsent, []
+        if unsent:
+            self._send_releases([(b, m, t, float("-inf")) for b, m, t in unsent])
         self._stop.set()
         self._stop = threading.Event()
         self._renewer = None
@@ -640,21 +742,30 @@ class RedisSharedState:
                     t.start()
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.lease_ttl / 3):
+        while not self._stop.wait(min(self.lease_ttl, self.trial_ttl) / 3):
             self.renew_leases()
 
     def renew_leases(self) -> int:
-        """Push the expiry of every lease this worker holds ``lease_ttl`` ahead (the
-        background thread does it every ``lease_ttl / 3``); returns how many."""
+        """Push the expiry of every lease this worker holds ``lease_ttl`` ahead, and of every
+        trial it holds ``trial_ttl`` ahead (the background thread does it every third of the
+        shorter); returns how many leases."""
         with self._lock:
             held = {b: list(ms) for b, ms in self._held.items() if ms}
-        if not held:
+            trials = dict(self._trials)
+        if not held and not trials:
             return 0
-        expiry = self.fleet_clock() + self.lease_ttl
+        fnow = self.fleet_clock()
+        expiry = fnow + self.lease_ttl
         try:
             pipe = self._r.pipeline(transaction=False)
             for b, members in held.items():
                 pipe.zadd(self._k[b]["lease"], dict.fromkeys(members, expiry), xx=True)
+            for b, member in trials.items():
+                self._renew_trial(
+                    keys=[self._k[b]["trial"]],
+                    args=[member, repr(fnow + self.trial_ttl), self._trial_key_ms()],
+                    client=pipe,
+                )
             pipe.execute()
         except (redis.RedisError, OSError):
             return 0

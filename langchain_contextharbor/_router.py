@@ -191,13 +191,16 @@ class Router(BackendTable):
         now = self.clock()
         with self._lock:
             before = b.breaker.state
-            if not b.breaker.acquire(now):
+            if b.breaker.acquire(now):
+                trial = b.breaker.state == "half_open"
+                if b.breaker.state != before:
+                    self._version += 1
+            elif self.admits_on_evidence(b, now):
+                trial = False  # every circuit is closed off, a probe says this one is up
+            else:
                 return False
-            if b.breaker.state != before:
-                self._version += 1
             b.in_flight += 1
             b.stats.requests += 1
-            trial = b.breaker.state == "half_open"
         sh = self._shared
         if (
             sh is not None
@@ -307,7 +310,15 @@ class Router(BackendTable):
                 b.stats.interrupted += 1
             before = (b.breaker.state, b.breaker.opened_at)
             if c.counts_against_backend:
-                b.breaker.record_failure(now)
+                # The evidence for the breaker's overload rule: a connect timeout on a server
+                # that answered recently and whose last probe did not see it down is load.
+                p = b.probe
+                b.breaker.record_failure(
+                    now,
+                    slow_accept=c.slow_accept,
+                    answered_at=b.answered_at,
+                    probe_down=p is not None and not p.ok,
+                )
             if c.category is FailoverCategory.MODEL_NOT_FOUND:
                 b.missing[key] = now + self.missing_ttl
             elif c.category is FailoverCategory.OUT_OF_MEMORY:

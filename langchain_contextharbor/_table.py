@@ -256,15 +256,32 @@ class BackendTable:
         if old is None or abs(after - before) > 0.1 * before:
             self._version += 1
 
+    def _circuit_admits(self, b: BackendRuntime, now: float) -> bool:
+        """Whether ``b``'s circuit lets a call through now (fleet-wide in fleet mode)."""
+        if not b.breaker.would_allow(now):
+            return False
+        f = b.fleet
+        return f is None or f.breaker is None or not f.breaker.trial_busy
+
+    def admits_on_evidence(self, b: BackendRuntime, now: float) -> bool:
+        """A call that finds every backend's circuit closed off may still try ``b`` when its
+        last probe answered after the last failure counted there (the rule:
+        :meth:`~langchain_contextharbor.breaker.CircuitBreaker.admits_on_evidence`). Called
+        under the lock, only once the circuit refused (never on the hot path)."""
+        p = b.probe
+        if p is None or not p.ok or not b.breaker.admits_on_evidence(p.at):
+            return False
+        return not any(self._circuit_admits(o, now) for o in self._backends)
+
     def facts(self, key: str, now: float) -> list[BackendFacts]:
         """Each row's facts about normalized model ``key``, as plain values for
         :func:`~langchain_contextharbor._facts.build_snapshots` (called under the lock)."""
         out = []
-        for b in self._backends:
+        admitted = [self._circuit_admits(b, now) for b in self._backends]
+        if not any(admitted):  # every circuit closed off: a probe that says "up" decides
+            admitted = [self.admits_on_evidence(b, now) for b in self._backends]
+        for b, allows in zip(self._backends, admitted, strict=True):
             br = b.breaker
-            allows = br.would_allow(now)
-            if allows and b.fleet is not None and b.fleet.breaker is not None:
-                allows = not b.fleet.breaker.trial_busy  # another worker holds the trial
             out.append(
                 BackendFacts(
                     b.config,

@@ -26,7 +26,7 @@ import asyncio
 import concurrent.futures
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import httpx
@@ -82,6 +82,12 @@ class Classification:
     counts_against_backend: bool
     """Feed the backend's circuit breaker."""
     status_code: int | None = None
+    slow_accept: bool = field(default=False, compare=False)
+    """A connect timeout (the handshake did not complete in time), as opposed to a refused
+    or reset connection: what a healthy server with a full accept queue gives under a rush.
+    The breaker forgives it on a server that answers (see
+    :mod:`~langchain_contextharbor.breaker`). A refinement of ``CONNECT``, left out of
+    equality: two classifications that fail over and count alike compare equal."""
 
     @property
     def is_oom(self) -> bool:
@@ -107,6 +113,9 @@ def _c(
     cat: FailoverCategory, failover: bool, counts: bool, status: int | None = None
 ) -> Classification:
     return Classification(cat, failover, counts, status)
+
+
+_SLOW_ACCEPT = Classification(FailoverCategory.CONNECT, True, True, slow_accept=True)
 
 
 _RESPONSE_TYPES = frozenset(
@@ -172,7 +181,9 @@ def classify_exception(exc: BaseException) -> Classification:
         return _c(FailoverCategory.TIMEOUT, False, False)
     if isinstance(exc, EmptyResponseError):  # the model's (empty) answer: as ChatOllama
         return _c(FailoverCategory.FATAL, False, False)
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+    if isinstance(exc, httpx.ConnectTimeout):
+        return _SLOW_ACCEPT
+    if isinstance(exc, httpx.ConnectError):
         return _c(FailoverCategory.CONNECT, True, True)
     if isinstance(exc, httpx.TimeoutException):
         return _c(FailoverCategory.TIMEOUT, True, True)

@@ -86,7 +86,12 @@ class SharedState(Protocol):
     """
 
     def view(self, now: float) -> Mapping[str, SharedBackend] | None:
-        """The fleet's state of every backend, or None when unavailable."""
+        """The fleet's state of every backend, or None when unavailable.
+
+        What expires (a trial whose holder died, a lease, a mark, a faded circuit) is gone
+        from the view once ``now`` passes its expiry, whether or not anything else changed
+        since: a view cached until the next change would keep a dead worker's trial busy
+        for good, and the fleet would never use that backend again."""
         ...
 
     def acquire(
@@ -109,7 +114,9 @@ class SharedState(Protocol):
         ...
 
     def release(self, backend: str, now: float) -> None:
-        """The call counted by :meth:`acquire` ended (also frees a trial it held)."""
+        """The call counted by :meth:`acquire` ended (also frees a trial it held). A
+        release the store cannot take now is kept and delivered once it can: a lost
+        release counts as load until its lease expires."""
         ...
 
     def publish_breaker(self, backend: str, breaker: SharedBreaker, now: float) -> None:

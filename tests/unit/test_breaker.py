@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from langchain_contextharbor import BreakerPolicy, CircuitBreaker
+from langchain_contextharbor import BreakerPolicy, CircuitBreaker, ConfigurationError
 
 # A scripted step: (operation, now, expected state afterwards, expected return or None).
 # Operations: "allow" (would_allow, no state change), "acquire", "ok" (record_success),
@@ -300,6 +300,24 @@ def test_policy_rejects(kwargs: dict[str, object], match: str) -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
+        {"cooldown": -1},
+        {"failure_threshold": 0},
+        {"failure_threshold": "2"},
+        {"backoff": 0.5},
+        {"cooldown": 400.0, "max_cooldown": 300.0},
+        {"overload_window": -1},
+        {"overload_window": math.nan},
+    ],
+)
+def test_policy_errors_are_configuration_errors(kwargs: dict[str, object]) -> None:
+    """The package's one error for a setting that cannot work (still a ValueError)."""
+    with pytest.raises(ConfigurationError):
+        BreakerPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
         pytest.param({"cooldown": 400.0, "max_cooldown": 300.0}, id="cooldown>max_cooldown"),
         pytest.param({"backoff": 0.5}, id="backoff<1"),
         pytest.param({"backoff": 0.0}, id="backoff=0"),
@@ -314,3 +332,96 @@ def test_policy_is_frozen() -> None:
     p = BreakerPolicy()
     with pytest.raises(AttributeError):
         p.cooldown = 1  # type: ignore[misc]
+
+
+# The overload rule: (now, slow_accept, answered_at, probe_down, state after, failures after).
+Slow = tuple[float, bool, "float | None", bool, str, int]
+OVERLOAD: dict[str, tuple[BreakerPolicy, list[Slow]]] = {
+    "a rush on a server that answers: nothing opens": (
+        BreakerPolicy(cooldown=10, overload_window=10),
+        [(100.0 + i / 10, True, 99.0, False, "closed", 0) for i in range(40)],
+    ),
+    "refused on a server that answered a moment ago: opens at once": (
+        BreakerPolicy(cooldown=10, overload_window=10),
+        [(100.0, False, 99.9, False, "open", 1)],
+    ),
+    "connect timeout, the last probe saw it down: opens at once": (
+        BreakerPolicy(cooldown=10, overload_window=10),
+        [(100.0, True, 99.0, True, "open", 1)],
+    ),
+    "connect timeout on a server never seen answering: opens at once": (
+        BreakerPolicy(cooldown=10, overload_window=10),
+        [(100.0, True, None, False, "open", 1)],
+    ),
+    "connect timeout, silent for longer than the window: opens": (
+        BreakerPolicy(cooldown=10, overload_window=10),
+        [(100.0, True, 89.9, False, "open", 1)],
+    ),
+    "connect timeouts going on for the whole window, no success: open": (
+        BreakerPolicy(cooldown=10, overload_window=5),
+        [
+            (100.0, True, 99.0, False, "closed", 0),
+            (103.0, True, 102.0, False, "closed", 0),  # probes still answer
+            (104.9, True, 104.0, False, "closed", 0),
+            (105.0, True, 104.5, False, "open", 1),  # the run began 5 s ago
+        ],
+    ),
+    "the window set to 0: every connect timeout counts (the old behaviour)": (
+        BreakerPolicy(cooldown=10, overload_window=0),
+        [(100.0, True, 100.0, False, "open", 1)],
+    ),
+    "threshold 2: forgiven timeouts neither add to nor reset the count": (
+        BreakerPolicy(failure_threshold=2, cooldown=10, overload_window=10),
+        [
+            (100.0, False, 99.0, False, "closed", 1),
+            (100.5, True, 99.0, False, "closed", 1),
+            (101.0, False, 99.0, False, "open", 2),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(OVERLOAD))
+def test_overload_rule(name: str) -> None:
+    policy, steps = OVERLOAD[name]
+    b = CircuitBreaker(policy)
+    for i, (now, slow, answered, down, state, failures) in enumerate(steps):
+        b.record_failure(now, slow_accept=slow, answered_at=answered, probe_down=down)
+        assert (b.state, b.failures) == (state, failures), f"step {i} @{now}"
+
+
+def test_a_success_ends_the_run_of_forgiven_connect_timeouts() -> None:
+    b = CircuitBreaker(BreakerPolicy(overload_window=5))
+    b.record_failure(100.0, slow_accept=True, answered_at=99.0)
+    assert not b.is_clean and b.slow_accepts == 1  # a success must reach the breaker
+    b.record_success()
+    assert b.is_clean and b.slow_accepts == 0
+    # A new run starts at 104.5: at 105 it is 0.5 s old, not 5 s.
+    b.record_failure(104.5, slow_accept=True, answered_at=104.0)
+    b.record_failure(105.0, slow_accept=True, answered_at=104.0)
+    assert b.state == "closed"
+    b.record_failure(109.5, slow_accept=True, answered_at=109.0)
+    assert b.state == "open"
+
+
+def test_a_trial_call_is_judged_on_its_outcome_even_a_connect_timeout() -> None:
+    b = CircuitBreaker(BreakerPolicy(cooldown=10, overload_window=10))
+    b.record_failure(0.0)
+    assert b.acquire(10.0) and b.state == "half_open"
+    b.record_failure(10.5, slow_accept=True, answered_at=10.0)
+    assert (b.state, b.cooldown) == ("open", 20.0)
+
+
+def test_admits_on_evidence_needs_a_probe_newer_than_the_last_failure() -> None:
+    b = CircuitBreaker(BreakerPolicy(cooldown=100))
+    assert not b.admits_on_evidence(5.0)  # closed: nothing to admit past
+    b.record_failure(10.0)
+    assert not b.admits_on_evidence(None)
+    assert not b.admits_on_evidence(9.0)  # the probe is older than the failure
+    assert b.admits_on_evidence(11.0)
+    assert b.state == "open"  # asking changes nothing
+    b.record_failure(12.0)  # the call so admitted failed: that probe is used up
+    assert not b.admits_on_evidence(11.0)
+    assert b.admits_on_evidence(13.0)
+    b.record_success()
+    assert not b.admits_on_evidence(13.0)
