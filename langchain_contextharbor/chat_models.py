@@ -7,6 +7,11 @@ stream that fails after its first chunk raises a raw transport error
 (``tests/docs/test_with_fallbacks_facts.py`` shows each point). This class is a real
 ``BaseChatModel`` that wraps one ``ChatOllama`` per backend, plans every call with the
 pure router (:mod:`langchain_contextharbor.routing`) and fails over inside the call.
+
+This module is its LangChain surface; the rest lives by responsibility: its fields in
+:mod:`._chat_fields`, the call path (hot state, inner models, planning, the failover loops)
+in :mod:`._chat_calls`, one attempt's per-chunk decisions in :mod:`._attempt`, what
+``bind_tools``/``with_structured_output`` bind in :mod:`._structured`.
 """
 
 from __future__ import annotations
