@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from langchain_contextharbor._transport import ProbeWatch
 from langchain_contextharbor.classify import (
     Classification,
     FailoverCategory,
@@ -180,9 +181,13 @@ def settle_failure(att: _Try, exc: Exception, handled: Handled) -> bool:
     if att.first_token is not None and verdict.category is FailoverCategory.TIMEOUT:
         if call.attempts and not att.delivered:  # say which deadline ran out
             last = call.attempts[-1]
-            note = (
-                f"{last.message} (warm first-token deadline {att.first_token:.1f}s: {lease.note})"
-            )
+            if type(att.first_token) is ProbeWatch:  # its own message names the probe deadline
+                note = last.message
+            else:
+                note = (
+                    f"{last.message} (warm first-token deadline {att.first_token:.1f}s: "
+                    f"{lease.note})"
+                )
             call.attempts[-1] = dataclasses.replace(last, message=note)
     text = cfg.scrub(str(exc))
     if isinstance(exc, DeadlineExceededError):

@@ -23,10 +23,8 @@ import concurrent.futures
 import dataclasses
 import functools
 import logging
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
@@ -35,8 +33,14 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from langchain_contextharbor._admission import Lease, admit_vetted
 from langchain_contextharbor._config import RoutedFields
+from langchain_contextharbor._digests import (
+    BatchRecord,
+    DigestBook,
+    _Call,
+    stale_probe,
+    strip_digest,
+)
 from langchain_contextharbor._facts import ProbeResult
-from langchain_contextharbor._failover import _Call as _CallRecord
 from langchain_contextharbor._failover import _Try, all_failed, settle_failure
 from langchain_contextharbor._pool import InnerPool
 from langchain_contextharbor._router import Router
@@ -48,12 +52,10 @@ from langchain_contextharbor.backends import (
 from langchain_contextharbor.errors import (
     AllBackendsFailedError,
     ConfigurationError,
-    EmbeddingDigestMismatchError,
     EmbeddingInputError,
-    SkipRecord,
 )
 from langchain_contextharbor.routing import RoutePlan, RoutePolicy
-from langchain_contextharbor.sizing import DEFAULT_NUM_CTX, GIB, normalize_model_name
+from langchain_contextharbor.sizing import DEFAULT_NUM_CTX, GIB
 
 __all__ = ["BatchRecord", "HybridOllamaEmbeddings"]
 
@@ -63,52 +65,23 @@ logger = logging.getLogger("langchain_contextharbor")
 _PASSTHROUGH = ("dimensions", "keep_alive", "num_ctx", "num_gpu", "num_thread")
 
 
-@dataclass(frozen=True)
-class BatchRecord:
-    """Which backend embedded ``texts[start:end]`` of the last call, with which build."""
-
-    start: int
-    end: int
-    backend: str
-    digest: str
-    fallback: bool
-    """Whether another backend failed (or was refused) for this batch first."""
-
-
-class _Call(_CallRecord):
-    """Book-keeping of one embed call: the failover record shared with the chat model
-    (attempts, skips, exceptions; its ``plan`` is the current batch's), plus what only
-    an embed call keeps across its batches."""
-
-    __slots__ = ("avoid", "batches", "mismatched")
-
-    def __init__(self, model: str, num_ctx: int) -> None:
-        _CallRecord.__init__(self, model, num_ctx)
-        self.avoid: set[str] = set()
-        """Backends that failed or were refused in this call: not tried again by later
-        batches."""
-        self.mismatched: dict[str, str] = {}
-        self.batches: list[BatchRecord] = []
-
-
 class _State:
     """Mutable state behind one HybridOllamaEmbeddings (plain object: cheap to reach)."""
 
-    def __init__(self, configs: list[BackendConfig], router: Router, owns_router: bool) -> None:
+    def __init__(
+        self,
+        configs: list[BackendConfig],
+        router: Router,
+        owns_router: bool,
+        digests: DigestBook,
+    ) -> None:
         self.configs = configs
         self.router = router
         self.owns_router = owns_router
-        self.lock = threading.Lock()
-        self.digest: str | None = None
-        self.digest_source = ""
-        self.digests_used: dict[str, str] = {}
+        self.digests = digests
         self.pool: InnerPool[OllamaEmbeddings] = InnerPool(configs)
         self.last_batches: list[BatchRecord] = []
         self.policy: tuple[tuple[Any, ...], RoutePolicy] | None = None
-
-
-def _strip_digest(value: str) -> str:
-    return value.strip().lower().removeprefix("sha256:")
 
 
 class _InnerOllamaEmbeddings(MaskedClientKwargs, OllamaEmbeddings):
@@ -188,7 +161,7 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
         if self.batch_size < 1:
             raise ConfigurationError(f"batch_size must be >= 1, got {self.batch_size!r}")
         if self.expected_digest is not None:
-            d = _strip_digest(self.expected_digest)
+            d = strip_digest(self.expected_digest)
             if len(d) < 12 or any(ch not in "0123456789abcdef" for ch in d):
                 raise ConfigurationError(
                     "expected_digest must be a sha256 digest (or its first 12+ hex "
@@ -209,10 +182,7 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
             configs = self._resolve_backends(exclusive=("router",))
             router = self._new_router(configs, settings)
             owns = True
-        self._s = _State(configs, router, owns)
-        if self.expected_digest is not None:
-            self._s.digest = self.expected_digest
-            self._s.digest_source = "expected_digest"
+        self._s = _State(configs, router, owns, DigestBook(self.expected_digest))
         return self
 
     # ------------------------------------------------------------------ public state
@@ -230,13 +200,14 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
     def digest(self) -> str | None:
         """The build (sha256 digest) this instance embeds with: ``expected_digest`` until a
         server confirmed the full digest, then that; ``None`` before the first call."""
-        return self._s.digest
+        return self._s.digests.digest
 
     @property
     def digests_used(self) -> dict[str, str]:
         """Backend -> digest of every backend that has embedded for this instance."""
-        with self._s.lock:
-            return dict(self._s.digests_used)
+        book = self._s.digests
+        with book.lock:
+            return dict(book.used)
 
     @property
     def mixed_digests(self) -> bool:
@@ -320,89 +291,6 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
                 )
         return items, _Call(self.model, self.num_ctx or DEFAULT_NUM_CTX)
 
-    def _stale_probe(self, name: str) -> bool:
-        """Whether ``name``'s digest must be read again before sending there: no probe yet,
-        or one older than ``probe_ttl`` (a fresh failed probe is not retried: it refuses)."""
-        router = self._s.router
-        p = router.get(name).probe
-        return p is None or router.clock() - p.at > router.probe_ttl
-
-    def _digest_check(self, call: _Call, name: str) -> str | None:
-        """The digest to embed with on ``name``, or None (recorded as a skip) when refused."""
-        s = self._s
-        rt = s.router.get(name)
-        cfg = rt.config
-        p: ProbeResult | None = rt.probe
-        key = normalize_model_name(self.model)
-        reason: str | None = None
-        digest: str | None = None
-        if p is None or not p.ok:
-            reason = f"could not read the model's digest: {p.reason if p else 'no probe'}"
-        elif p.digests is None:
-            reason = "its probe reported no digests"
-        else:
-            digest = p.digests.get(key)
-            if digest is None:
-                reason = f"model {key!r} not in this server's /api/tags"
-        if digest is not None:
-            digest = _strip_digest(digest)
-            with s.lock:
-                expected = s.digest
-            if (
-                expected is not None
-                and not digest.startswith(expected)
-                and not self.allow_digest_mismatch
-            ):
-                call.mismatched[name] = digest
-                reason = f"holds build {digest[:12]}, not {expected[:12]} ({s.digest_source})"
-        if reason is not None:
-            call.skipped.append(SkipRecord(cfg.name, cfg.safe_url, reason))
-            call.avoid.add(name)
-            return None
-        return digest
-
-    def _pin(self, call: _Call, name: str, digest: str) -> None:
-        """After a success on ``name``: adopt ``digest`` as the build in use, or confirm it."""
-        s = self._s
-        with s.lock:
-            current = s.digest
-            if current is None:
-                s.digest, s.digest_source = digest, f"first used on {name!r}"
-            elif digest.startswith(current):
-                s.digest = digest  # an expected prefix becomes the full digest
-            elif not self.allow_digest_mismatch:
-                # Two first calls raced to two servers holding different builds.
-                call.mismatched[name] = digest
-                raise self._mismatch(call)
-            else:
-                logger.warning(
-                    "embedding model %s: backend %s holds build %s, not %s; vectors of two "
-                    "builds are being mixed (allow_digest_mismatch=True)",
-                    self.model,
-                    name,
-                    digest[:12],
-                    current[:12],
-                )
-            s.digests_used[name] = digest
-
-    def _mismatch(self, call: _Call) -> EmbeddingDigestMismatchError:
-        s = self._s
-        pulls = "; ".join(f"OLLAMA_HOST={c.hostport} ollama pull {self.model}" for c in s.configs)
-        hint = (
-            f"pull the same build on every server ({pulls}) and check that "
-            "`contextharbor models` shows one digest; or re-index every document with one "
-            "build; or pass allow_digest_mismatch=True to accept mixed vectors"
-        )
-        return EmbeddingDigestMismatchError(
-            self.model,
-            s.digest or "",
-            call.mismatched,
-            source=s.digest_source,
-            hint=hint,
-            attempts=call.attempts,
-            skipped=[k for k in call.skipped if k.backend not in call.mismatched],
-        )
-
     def _candidates(self, call: _Call) -> Iterator[Lease | concurrent.futures.Future[ProbeResult]]:
         """The admitted backends for one batch (:func:`admit_vetted`, as the chat model's
         calls are admitted: background trials, spill-over, release), in plan order minus
@@ -415,13 +303,16 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
             kept = tuple(c for c in plan.candidates if c.backend not in call.avoid)
             plan = dataclasses.replace(plan, candidates=kept)
         call.plan = plan
-        return admit_vetted(
-            self._s.router,
+        router = self._s.router
+        vet = functools.partial(
+            self._s.digests.vet,
             call,
-            functools.partial(self._digest_check, call),
-            stale=self._stale_probe,
-            spillover=self.spillover,
+            router=router,
+            model=self.model,
+            allow_mismatch=self.allow_digest_mismatch,
         )
+        stale = functools.partial(stale_probe, router)
+        return admit_vetted(router, call, vet, stale=stale, spillover=self.spillover)
 
     def _failed(self, call: _Call, att: _Try, exc: Exception) -> bool:
         """Record a failed attempt by the chat model's rule (:func:`settle_failure`); True
@@ -455,15 +346,24 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
                 call.exceptions,
                 f"backend {name!r} returned {len(vectors)} vectors for {len(batch)} texts",
             )
-        self._pin(call, name, digest)
+        s = self._s
+        s.digests.pin(
+            call,
+            name,
+            digest,
+            model=self.model,
+            allow_mismatch=self.allow_digest_mismatch,
+            configs=s.configs,
+        )
         fallback = len(call.skipped) + len(call.attempts) > seen or bool(call.avoid - {name})
         call.batches.append(BatchRecord(start, start + len(batch), name, digest, fallback))
         return vectors
 
     def _all_failed(self, call: _Call) -> Exception:
+        s = self._s
         if call.mismatched:  # a server could have answered, with vectors of another build
-            return self._mismatch(call)
-        return all_failed(call, self._s.configs)
+            return s.digests.mismatch(call, self.model, s.configs)
+        return all_failed(call, s.configs)
 
     # ------------------------------------------------------------------ sync
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
@@ -527,8 +427,9 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
 
     async def _aembed_batch(self, call: _Call, start: int, batch: list[str]) -> list[list[float]]:
         router = self._s.router
-        if router.evidence_due():
-            await router.await_evidence()  # so the plan below never blocks the loop
+        if router.evidence_due():  # so the plan below never blocks the loop (prepared
+            router.prepare(self.model)  # first, as the sync plan is: /api/show is awaited too)
+            await router.await_evidence()
         admitted = self._candidates(call)
         seen = len(call.skipped) + len(call.attempts)
         for lease in admitted:

@@ -267,12 +267,6 @@ def test_the_first_plan_sizes_like_the_later_ones(
     assert _meta(llm.invoke("hi", options={"num_ctx": 65536}))["backend"] == "gpu"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs a one-line hook in the async call loop (chat_models._arouted_stream, "
-    "another helper's): router.prepare(model) before await router.await_evidence(), so the "
-    "first wait knows the model whose /api/show it covers (the sync loop prepares first)",
-)
 def test_the_first_async_call_sizes_like_the_later_ones(
     make: Make, ollama_standin_factory: StandInFactory, cpu: OllamaStandIn
 ) -> None:
