@@ -481,7 +481,9 @@ def test_no_planted_secret_in_objects_pickles_or_exception_attributes(
         leaks += [f"pprint vars model: {s}" for s in _held(pprint.pformat(model.__dict__))]
         for i, err in enumerate(errors):
             leaks += _walk(err, f"errors[{i}]")
-            leaks += [f"pickle errors[{i}]: {s}" for s in _held(_pickled(err))]
+            dumped = pickle.dumps(err)  # errors pickle, with their masked requests
+            leaks += [f"pickle errors[{i}]: {s}" for s in _held(dumped)]
+            leaks += _walk(pickle.loads(dumped), f"unpickled errors[{i}]")
             leaks += [f"str errors[{i}]: {s}" for s in _held(str(err) + repr(err))]
     finally:
         spy.close()
@@ -572,3 +574,46 @@ def test_secret_url_masks_every_view_and_refuses_pickle() -> None:
     assert pickle.loads(pickle.dumps(plain)).base_url == "http://127.0.0.1:1"
     assert copy.deepcopy(cfg).base_url.get_secret_value() == url
     assert cfg.model_copy(deep=True).request_headers["Authorization"] == f"Basic {BASIC}"
+
+
+def test_async_calls_send_the_secret_headers_too(pair: tuple[OllamaStandIn, OllamaStandIn]) -> None:
+    """The auth flow that keeps headers as ``SecretStr`` until a request leaves serves the
+    async clients as it serves the sync ones."""
+    import asyncio
+
+    gpu, cpu = pair
+    spy = _WireSpy()
+    try:
+        model = HybridChatOllama(
+            model=MODEL,
+            backends=[
+                BackendConfig(
+                    name="gpu",
+                    base_url=gpu.url.replace("//", f"//alice:{PASSWORD}@"),
+                    timeouts=FAST,
+                ),
+                BackendConfig(
+                    name="cpu",
+                    kind="cpu",
+                    base_url=cpu.url,
+                    headers={"X-API-Key": KEY},
+                    timeouts=FAST,
+                ),
+            ],
+            background_probes=False,
+        )
+        model.refresh()
+
+        async def calls() -> None:
+            await model.ainvoke("hi")
+            gpu.inject(Fault.HTTP_ERROR, status=503, count=1)
+            await model.ainvoke("hi")  # the gpu failed: the cpu answered
+            await model.aclose()
+
+        asyncio.run(calls())
+        model.close()
+    finally:
+        spy.close()
+    chats = [h for p, h in spy.seen if p == "/api/chat"]
+    assert any(h.get("Authorization") == f"Basic {BASIC}" for h in chats), chats
+    assert any(h.get("X-API-Key") == KEY for h in chats), chats
