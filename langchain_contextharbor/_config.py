@@ -26,9 +26,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_serializer,
     field_validator,
+    model_validator,
 )
 
 from langchain_contextharbor._router import Router
@@ -42,8 +44,10 @@ from langchain_contextharbor.backends import (
     backends_from_env,
     coerce_backends,
     default_gpu_url,
+    hold_secret_url,
     ollama_host_url,
     redact_url,
+    refuse_query_params,
     validation_problems,
 )
 from langchain_contextharbor.breaker import BreakerPolicy
@@ -56,6 +60,14 @@ __all__ = ["RoutedFields", "configuration_errors", "router_settings", "with_clie
 _SETTING_OF_FIELD = {"breaker": "breaker_policy", "warm_first_token_timeout": "warm_first_token"}
 """A model field whose :class:`RouterSettings` field has another name (all others match)."""
 _FIELD_OF_SETTING = {v: k for k, v in _SETTING_OF_FIELD.items()}
+
+_SECRET_URL_FIELDS = frozenset({"base_url", "gpu_url", "cpu_url", "shared_state"})
+"""Fields whose URL may carry a secret: held as a :class:`~langchain_contextharbor.backends.
+SecretUrl` (``shared_state`` is the chat model's own field, a Redis URL or a store)."""
+
+
+def _plain(v: Any) -> str:
+    return v.get_secret_value() if isinstance(v, SecretStr) else str(v)
 
 
 @contextmanager
@@ -95,13 +107,14 @@ def with_client_kwargs(cfg: BackendConfig, extra: Mapping[str, Any]) -> BackendC
             f"client_kwargs may not set {bad}: use timeout=/timeouts= for time limits and "
             "headers (or user:password@ in the URL) for credentials"
         )
+    refuse_query_params(extra, "client_kwargs")
     kwargs = dict(extra)
     headers = kwargs.pop("headers", None) or {}
     if not isinstance(headers, Mapping):
         raise ConfigurationError("client_kwargs['headers'] must be a mapping of strings")
     fields = {f: getattr(cfg, f) for f in type(cfg).model_fields}
     fields["headers"] = {
-        **{str(k): str(v) for k, v in headers.items()},
+        **{str(k): _plain(v) for k, v in headers.items()},
         **{k: v.get_secret_value() for k, v in cfg.headers.items()},
     }
     fields["client_kwargs"] = {**kwargs, **cfg.client_kwargs}
@@ -204,6 +217,8 @@ class RoutedFields(BaseModel):
             super().__init__(**kwargs)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SECRET_URL_FIELDS and isinstance(value, str):
+            value = hold_secret_url(value)
         super().__setattr__(name, value)
         if name == "model" or name in self._passthrough:
             self._inner_params_changed()
@@ -232,6 +247,26 @@ class RoutedFields(BaseModel):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ValueError(f"must be a whole number of tokens > 0 or None, got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _hold_secrets(self) -> RoutedFields:
+        """Hold the URL fields (given or from the environment) as secrets, and the
+        ``client_kwargs`` headers as ``SecretStr`` in a copy (the caller's dict is left
+        alone), so ``vars(model)`` and ``pprint(model.__dict__)`` show neither. Runs before
+        a subclass's own ``_setup``, which reads them (:func:`with_client_kwargs` and
+        :func:`~langchain_contextharbor.fleet.make_shared_state` take either form)."""
+        d = self.__dict__
+        for name in _SECRET_URL_FIELDS & d.keys():
+            if isinstance(d[name], str):
+                d[name] = hold_secret_url(d[name])
+        kwargs = d.get("client_kwargs")
+        if isinstance(kwargs, Mapping) and isinstance(kwargs.get("headers"), Mapping):
+            held = {
+                k: v if isinstance(v, SecretStr) else SecretStr(str(v))
+                for k, v in kwargs["headers"].items()
+            }
+            d["client_kwargs"] = {**kwargs, "headers": held}
+        return self
 
     @field_serializer("base_url", "gpu_url", "cpu_url")
     def _dump_url(self, v: str | None) -> str | None:

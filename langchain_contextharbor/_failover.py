@@ -31,6 +31,7 @@ from langchain_contextharbor.errors import (
     DeadlineExceededError,
     SkipRecord,
     StreamInterruptedError,
+    scrub_exception,
 )
 
 if TYPE_CHECKING:
@@ -160,7 +161,7 @@ def on_failure(
             delivered,
         )
     )
-    call.exceptions.append(exc)
+    call.exceptions.append(scrub_exception(exc))  # raised as it is, or chained: masked
     logger.warning(
         "backend %s failed for %s: %s: %s", cfg.name, call.model, type(exc).__name__, msg
     )

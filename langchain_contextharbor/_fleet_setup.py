@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from langchain_contextharbor.backends import hold_secret_url
 from langchain_contextharbor.errors import ConfigurationError
 from langchain_contextharbor.fleet import REDIS_URL_ENV, SharedState
 
@@ -29,7 +30,12 @@ def make_shared_state(
     """Resolve the ``shared_state`` argument: None (and no ``CONTEXTHARBOR_REDIS_URL``) or
     ``"local"`` -> None (local mode); a ``redis://`` / ``rediss://`` / ``unix://`` URL ->
     the Redis implementation (needs ``pip install 'langchain-contextharbor[fleet]'``); an
-    object implementing :class:`SharedState` is used as it is."""
+    object implementing :class:`SharedState` is used as it is.
+
+    The URL (given, or from the environment) is handed on as a
+    :class:`~langchain_contextharbor.backends.SecretUrl` when it carries a password, so
+    the store that keeps it shows it masked (``vars()``, ``repr``) and refuses to pickle
+    it; it still parses as the URL it is."""
     if spec is None:
         spec = (os.environ if env is None else env).get(REDIS_URL_ENV) or None
     if spec is None or spec == "local":
@@ -47,4 +53,4 @@ def make_shared_state(
             "fleet mode needs the redis client: pip install 'langchain-contextharbor[fleet]' "
             f"({type(exc).__name__}: {exc})"
         ) from None
-    return RedisSharedState(spec, backends, clock=clock, **options)
+    return RedisSharedState(hold_secret_url(spec), backends, clock=clock, **options)

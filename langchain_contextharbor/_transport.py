@@ -506,7 +506,7 @@ def probe_client(cfg: BackendConfig) -> httpx.Client:
     t = cfg.timeouts
     return httpx.Client(
         base_url=cfg.plain_url,
-        headers=cfg.request_headers,
+        auth=cfg.auth,
         timeout=httpx.Timeout(t.probe, connect=min(t.connect, t.probe)),
         verify=verify,
         transport=sync_t,
@@ -523,7 +523,7 @@ def inner_client_kwargs(cfg: BackendConfig) -> dict[str, Any]:
     tkw: dict[str, Any] = {"verify": verify}
     return {
         "base_url": cfg.plain_url,
-        "client_kwargs": {"headers": dict(cfg.request_headers), **extra},
+        "client_kwargs": {"auth": cfg.auth, **extra},
         "sync_client_kwargs": {
             "transport": PhaseTimeoutTransport(cfg.timeouts, sync_t, name=cfg.name, **tkw)
         },

@@ -33,10 +33,13 @@ __all__ = [
     "DEFAULT_CPU_URL",
     "DEFAULT_GPU_URL",
     "BackendConfig",
+    "SecretUrl",
     "Timeouts",
     "backends_from_env",
+    "hold_secret_url",
     "ollama_host_url",
     "redact_url",
+    "reveal",
     "validate_base_url",
 ]
 
@@ -144,6 +147,112 @@ def _redact_query(rest: str) -> str:
     return f"{path}#***" if hsep and frag else (path + hsep)
 
 
+class SecretUrl(str):
+    """A URL that carries a secret (``user:password@``, a query or a fragment), held so
+    that no view of an object shows it: ``repr``, ``str``, ``format`` (f-strings, logging's
+    ``%s``/``%r``) and therefore ``vars()``/``pprint`` show :func:`redact_url`'s form.
+
+    Why a ``str`` and not a wrapper like pydantic's ``SecretStr``: the fields holding it
+    (``BackendConfig.base_url``, the models' ``base_url``/``gpu_url``/``cpu_url``,
+    ``shared_state``) keep their ``str`` type, so comparing, parsing (``httpx.URL``,
+    ``redis.Redis.from_url``) and handing one to ``ChatOllama(base_url=...)`` work as
+    before; only the ways an object is *shown* are masked. ``get_secret_value()`` returns
+    the plain ``str`` (as ``SecretStr`` does).
+
+    Pickling is refused (``TypeError``): a pickle is written to disk or a socket in the
+    clear, and one with the secret masked would unpickle into a URL that fails to
+    authenticate, far from the cause. Build the configuration in the other process (from
+    the environment) instead. A URL without a secret is never a ``SecretUrl``
+    (:func:`hold_secret_url` returns it as it is), so it pickles as before. Copies
+    (``copy``/``deepcopy``, ``model_copy``) return the same immutable object.
+    """
+
+    __slots__ = ()
+
+    def get_secret_value(self) -> str:
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return repr(redact_url(self.get_secret_value()))
+
+    def __str__(self) -> str:
+        return redact_url(self.get_secret_value())
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(
+            f"a URL with credentials ({self}) is not pickled: a pickle would hold them in "
+            "the clear. Build the configuration where it is used (e.g. from the environment)"
+        )
+
+    def __reduce__(self) -> Any:
+        return self.__reduce_ex__(None)
+
+    def __copy__(self) -> SecretUrl:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> SecretUrl:
+        return self
+
+
+def hold_secret_url(url: str) -> str:
+    """``url`` as a :class:`SecretUrl` when it carries a secret (credentials, a query, a
+    fragment), else as it is: what every URL field stores."""
+    if type(url) is str and redact_url(url) != url:
+        return SecretUrl(url)
+    return url
+
+
+def reveal(url: str) -> str:
+    """The plain ``str`` of a URL field, secret or not (for the few places that build a
+    connection from it)."""
+    return url.get_secret_value() if isinstance(url, SecretUrl) else url
+
+
+class _SecretHeaders(httpx.Auth):
+    """Adds a backend's secret headers to each request as it is sent.
+
+    Why an ``httpx.Auth`` and not the clients' ``headers=``: a client keeps its default
+    headers as plain strings (``vars(client)``, and the ``client_kwargs`` of the inner
+    ChatOllama that builds it, would show an ``Authorization`` value); an auth flow keeps
+    them as ``SecretStr`` until the request leaves. Requests themselves carry the real
+    values (the server needs them); errors that reach the caller carry masked copies (see
+    :func:`langchain_contextharbor.errors.scrub_exception`)."""
+
+    def __init__(self, headers: Mapping[str, SecretStr]) -> None:
+        self._headers = dict(headers)
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        for name, value in self._headers.items():
+            request.headers[name] = value.get_secret_value()
+        yield request
+
+    def __repr__(self) -> str:
+        return f"_SecretHeaders({sorted(self._headers)})"
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("a backend's secret headers are not pickled")
+
+
+def refuse_query_params(kwargs: Mapping[str, Any], what: str) -> None:
+    """Refuse ``params`` in httpx ``client_kwargs``, as :func:`validate_base_url` refuses a
+    query in a URL: httpx logs every request URL, its query included (``INFO``), and its
+    errors quote it. Neither the message nor the log shows a value."""
+    params = kwargs.get("params")
+    if not params:
+        return
+    try:
+        shown = "&".join(f"{k}=***" for k, _ in httpx.QueryParams(params).multi_items())
+    except Exception:
+        shown = "***"
+    raise ConfigurationError(
+        f"{what} must not set params (query parameters {shown or 'none'!r}): like a query "
+        "in base_url, httpx logs them with every request URL; send a token as a header"
+    )
+
+
 def _finite_positive(v: float | None, name: str) -> float | None:
     if v is None:
         return None
@@ -217,6 +326,11 @@ class BackendConfig(_Checked):
 
     ``client_kwargs`` go to the httpx clients (``verify``, ``cert``, ``transport``,
     ``trust_env`` ...). ``headers`` are sent on every request and never logged.
+
+    Secrets are held, not stored in the clear: a ``base_url`` with credentials is a
+    :class:`SecretUrl` (masked in ``repr``/``str``/``vars()``), headers are ``SecretStr``,
+    the clients get them through an auth flow (:attr:`auth`), and a configuration that
+    holds any of them refuses to be pickled (``TypeError``; see :class:`SecretUrl`).
     """
 
     model_config = ConfigDict(
@@ -250,7 +364,7 @@ class BackendConfig(_Checked):
     @field_validator("base_url")
     @classmethod
     def _url(cls, v: str) -> str:
-        return validate_base_url(v, what="backend base_url")
+        return hold_secret_url(validate_base_url(v, what="backend base_url"))
 
     @field_validator("max_memory_gb")
     @classmethod
@@ -284,6 +398,7 @@ class BackendConfig(_Checked):
                 f"client_kwargs of backend {self.name!r} may not set {sorted(bad)}; "
                 "use the BackendConfig fields (base_url, headers, timeouts) instead"
             )
+        refuse_query_params(self.client_kwargs, f"client_kwargs of backend {self.name!r}")
         if httpx.URL(self.base_url).userinfo and any(
             k.lower() == "authorization" for k in self.headers
         ):
@@ -311,15 +426,36 @@ class BackendConfig(_Checked):
             return self.base_url
         return str(url.copy_with(username=None, password=None)).rstrip("/")
 
-    @functools.cached_property
+    @property
     def request_headers(self) -> dict[str, str]:
-        """The headers to send: the configured ones, plus Basic auth from URL credentials."""
-        out = {k: v.get_secret_value() for k, v in self.headers.items()}
+        """The headers to send, in the clear: the configured ones, plus Basic auth from URL
+        credentials. Computed on each read, never cached on the object (``vars()`` would
+        show it); the clients get them through :attr:`auth`."""
+        return {k: v.get_secret_value() for k, v in self._secret_headers().items()}
+
+    def _secret_headers(self) -> dict[str, SecretStr]:
+        out = dict(self.headers)
         url = httpx.URL(self.base_url)
         if url.userinfo:
             token = base64.b64encode(f"{url.username}:{url.password}".encode()).decode()
-            out["Authorization"] = f"Basic {token}"
+            out["Authorization"] = SecretStr(f"Basic {token}")
         return out
+
+    @functools.cached_property
+    def auth(self) -> httpx.Auth | None:
+        """The ``auth=`` of this backend's httpx clients: adds the secret headers to each
+        request as it is sent (None: there are none)."""
+        headers = self._secret_headers()
+        return _SecretHeaders(headers) if headers else None
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """Refuse to pickle secrets (headers here; a secret URL refuses by itself)."""
+        if self.headers:
+            raise TypeError(
+                f"backend {self.name!r} has secret headers and is not pickled: a pickle "
+                "would hold them in the clear. Build the configuration where it is used"
+            )
+        return super().__getstate__()
 
     @functools.cached_property
     def safe_url(self) -> str:
@@ -462,7 +598,7 @@ def coerce_backends(items: Sequence[BackendConfig | Mapping[str, Any]]) -> list[
         if b.name in names:
             raise ConfigurationError(f"duplicate backend name {b.name!r}")
         names.add(b.name)
-        key = b.base_url.lower()
+        key = reveal(b.base_url).lower()
         if key in urls:
             raise ConfigurationError(
                 f"backends {urls[key]!r} and {b.name!r} have the same URL {b.safe_url!r}"

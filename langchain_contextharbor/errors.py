@@ -26,11 +26,17 @@ when its server is down, so ``except httpx.ConnectError`` and
 ``with_retry(retry_if_exception_type=(httpx.ConnectError,))`` keep working. Likewise
 ModelNotAvailableError is also the ``ollama.ResponseError`` (404) of a model not pulled.
 
-URLs in messages are always redacted (credentials removed).
+URLs in messages are always redacted (credentials removed), and so are the objects an
+error reaches: every error a call raises has gone through :func:`scrub_exception`, so the
+httpx requests (and responses) reachable from it, its ``__cause__``/``__context__`` chain,
+``exceptions`` and ``args`` carry ``***`` for every header value but a few plain
+protocol headers (an ``Authorization`` or API key the server needed is not kept for
+whoever catches, logs or pickles the error).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +59,92 @@ __all__ = [
     "SkipRecord",
     "StreamInterruptedError",
     "TruncatedStreamError",
+    "scrub_exception",
 ]
+
+_PLAIN_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "connection",
+        "content-length",
+        "content-type",
+        "host",
+        "transfer-encoding",
+        "user-agent",
+    }
+)
+"""Request headers an error keeps as sent: what httpx and ollama add themselves. Every
+other value (``Authorization``, ``X-API-Key``, any header a user configured; all are held
+as secrets) becomes ``***``."""
+
+
+def scrub_exception(exc: BaseException) -> BaseException:
+    """Mask the request headers reachable from ``exc`` and return it.
+
+    Walks ``exc``, its ``__cause__``/``__context__`` chain, the ``exceptions`` of group-like
+    errors (ours, ``ExceptionGroup``) and each one's attributes and ``args``; every
+    ``httpx.Request`` found is replaced *on the exception* by a masked copy, every
+    ``httpx.Response`` by a closed copy whose request is masked. The Request and Response
+    objects themselves are not changed: the server got the real headers, and a caller's
+    event hook or transport that kept them still sees what was sent; only what hangs off
+    the errors a call raises is masked. Idempotent; runs on the failure path only."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        state = getattr(e, "__dict__", None)
+        if isinstance(state, dict):
+            for name, value in list(state.items()):
+                masked = _masked(value)
+                if masked is not value:
+                    state[name] = masked
+                if isinstance(value, (list, tuple)):
+                    todo += [x for x in value if isinstance(x, BaseException)]
+        if any(isinstance(a, (httpx.Request, httpx.Response)) for a in e.args):
+            e.args = tuple(_masked(a) for a in e.args)
+        todo += [x for x in (e.__cause__, e.__context__) if x is not None]
+    return exc
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, httpx.Request):
+        return _masked_request(value)
+    if isinstance(value, httpx.Response):
+        return _masked_response(value)
+    return value
+
+
+def _masked_request(req: httpx.Request) -> httpx.Request:
+    sent = req.headers.multi_items()
+    headers = [(k, v if k.lower() in _PLAIN_HEADERS else "***") for k, v in sent]
+    if headers == sent and not (req.url.userinfo or req.url.query):
+        return req  # nothing secret on it (or masked already)
+    url: Any = req.url
+    if url.userinfo or url.query:
+        from langchain_contextharbor.backends import redact_url
+
+        url = redact_url(str(url))
+    return httpx.Request(req.method, url, headers=headers)
+
+
+def _masked_response(resp: httpx.Response) -> httpx.Response:
+    try:
+        req = resp.request
+    except RuntimeError:  # a response built without a request
+        return resp
+    masked = _masked_request(req)
+    if masked is req:
+        return resp
+    out = copy.copy(resp)  # httpx's __getstate__: closed, no stream, same body if read
+    out.request = masked
+    out.history = [_masked_response(r) for r in resp.history]
+    if out.next_request is not None:
+        out.next_request = _masked_request(out.next_request)
+    return out
 
 
 class ContextHarborError(Exception):
@@ -161,6 +252,7 @@ class StreamInterruptedError(ContextHarborError):
         self.delivered_chunks = delivered_chunks
         self.delivered_chars = delivered_chars
         self.__cause__ = cause
+        scrub_exception(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
@@ -219,6 +311,7 @@ class AllBackendsFailedError(ContextHarborError):
         super().__init__(self._render())
         if self.exceptions:
             self.__cause__ = self.exceptions[-1]
+        scrub_exception(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.model, self.attempts, self.skipped, self.exceptions, self.hint))
