@@ -20,11 +20,13 @@ import ollama
 import pytest
 
 from langchain_contextharbor.testing import LlamaCppEngine, OllamaStandIn, StandInModel
+from langchain_contextharbor.testing.engines import ThinkingToken
 from langchain_contextharbor.testing.llama_engine import (
     MAX_STRING_CHARS,
     NO_INPUT_MESSAGE,
     SMOLLM2_MODEL_NAME,
     ThinkingParser,
+    _Run,
     fit_messages,
     fit_tokens,
     json_gbnf,
@@ -101,6 +103,16 @@ def test_a_thinking_model_returns_thinking_and_not_the_tags(srv: OllamaStandIn) 
     with pytest.raises(ollama.ResponseError) as info:  # SmolLM2 itself claims no thinking
         client.chat(model=SMOLLM2_MODEL_NAME, messages=msgs, options=opts, think=True)
     assert info.value.status_code == 400
+
+
+def test_with_a_format_thinking_runs_unconstrained_and_stops_at_the_closing_tag() -> None:
+    # Ollama's "double request": the first completion ends where thinking closes, its content
+    # is dropped, and a second one (constrained by the format) writes the answer.
+    pieces = (p for p in [("<think>", None), ("I reason.", None), ("</think>", None), ("x", None)])
+    run = _Run()
+    events = list(run.relay(pieces, ThinkingParser(), stop_after_thinking=True))
+    assert events == [ThinkingToken("I reason.")]
+    assert "".join(run.raw) == "<think>I reason.</think>" and run.count == 3
 
 
 def test_thinking_parser_is_ollamas() -> None:
