@@ -32,6 +32,15 @@ loops (which need no change for either):
   classifier treats as a backend fault: the call fails over and the attempt names the
   backend and what answered, never a raw third-party error text.
 
+- **Deadlines on bytes, bounds on memory.** The reply's body is read through a guard
+  (:class:`_Guard`) that sees every chunk the socket gives: the total deadline (the call's,
+  else ``Timeouts.total`` of this request, else a generous default,
+  :data:`DEFAULT_STREAM_S`), an idle deadline on *substantive* progress (endless empty
+  chunks and a trickle of bytes are no progress), a bound on one line
+  (:data:`LINE_LIMIT`: an endless line is a :class:`MalformedReply`, not all the memory)
+  and a non-empty 200 body. A server that sends a byte every few seconds without a newline
+  cannot outlive them: they are checked between bytes, not between NDJSON lines.
+
 Every timeout raised through these transports names the deadline that ran out and its
 value (``first-token deadline 120.0s (Timeouts.first_token) ran out``).
 """
@@ -41,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import os
 import ssl
 import threading
 import time
@@ -55,15 +65,20 @@ from langchain_contextharbor.backends import BackendConfig, Timeouts
 
 __all__ = [
     "CALL_DEADLINE",
+    "DEFAULT_STREAM_S",
     "ERROR_BODY_LIMIT",
     "EVIDENCE_MARGIN",
     "FIRST_TOKEN",
+    "LINE_LIMIT",
+    "PROGRESS_BYTES",
     "AsyncPhaseTimeoutTransport",
+    "MalformedReply",
     "MaskedClientKwargs",
     "NotOllamaResponse",
     "PhaseTimeoutTransport",
     "ProbeEvidenceTimeout",
     "ProbeWatch",
+    "StreamDeadline",
     "content_type",
     "inner_client_kwargs",
     "not_ollama_reason",
@@ -250,13 +265,31 @@ def _fault(request: httpx.Request, name: str | None, reason: str) -> NotOllamaRe
     )
 
 
-def _timeouts(t: Timeouts, first: float | None) -> dict[str, float]:
+def _deadline(t: Timeouts) -> tuple[float, str, bool]:
+    """This request's total deadline (``time.monotonic()``), where it comes from, and
+    whether it caps the phase timeouts: the call's (:data:`CALL_DEADLINE`, set by the chat
+    model's call loop), else ``Timeouts.total`` from now (an embedding batch, whose loop
+    sets none), else the default (:data:`DEFAULT_STREAM_S` after the first-token
+    deadline), which never shortens a phase."""
+    deadline = CALL_DEADLINE.get()
+    if deadline is not None:
+        return deadline, "Timeouts.total", True
+    now = time.monotonic()
+    if t.total is not None:
+        return now + t.total, f"Timeouts.total {t.total:g}s", True
+    return (
+        now + t.first_token + DEFAULT_STREAM_S,
+        f"default: Timeouts.first_token + {DEFAULT_STREAM_S:g}s",
+        False,
+    )
+
+
+def _timeouts(t: Timeouts, first: float | None, cap: float | None) -> dict[str, float]:
     if first is None or first > t.first_token:
         first = t.first_token
     out = {"connect": t.connect, "read": first, "write": t.idle, "pool": first}
-    deadline = CALL_DEADLINE.get()
-    if deadline is not None:
-        left = max(0.001, deadline - time.monotonic())
+    if cap is not None:
+        left = max(0.001, cap - time.monotonic())
         for k, v in out.items():
             out[k] = min(v, left)
     return out
@@ -271,10 +304,7 @@ def _watch_left(w: ProbeWatch) -> float:
     return max(0.0, left)
 
 
-def _idle(t: Timeouts) -> float:
-    deadline = CALL_DEADLINE.get()
-    if deadline is None:
-        return t.idle
+def _idle(t: Timeouts, deadline: float) -> float:
     return min(t.idle, max(0.001, deadline - time.monotonic()))
 
 
@@ -284,6 +314,7 @@ def _named(
     first: float | None,
     used: Mapping[str, float],
     request: httpx.Request,
+    capped: bool,
 ) -> httpx.TimeoutException:
     """The same timeout, saying which deadline ran out, its value and where it came from."""
     if isinstance(exc, httpx.ConnectTimeout):
@@ -295,49 +326,217 @@ def _named(
         v, full, src = used["read"], t.first_token, "Timeouts.first_token"
         if first is not None and first < full:
             full, src = first, "warm: no model load expected"
-    if v < full and CALL_DEADLINE.get() is not None:
+    if v < full and capped:
         src = "capped by Timeouts.total"
     return type(exc)(f"{what} deadline {v:.1f}s ({src}) ran out: {exc}", request=request)
 
 
-class _IdleNamed(httpx.SyncByteStream):
-    """The body stream; a read timeout in it names the idle deadline (one frame per chunk)."""
+def _env_bytes(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
-    __slots__ = ("_idle", "_inner", "_request")
 
-    def __init__(self, inner: Any, idle: float, request: httpx.Request) -> None:
-        self._inner, self._idle, self._request = inner, idle, request
+LINE_LIMIT = _env_bytes("CONTEXTHARBOR_MAX_LINE_BYTES", 16 * 1024 * 1024)
+"""The longest line (bytes between two newlines; a whole JSON body when it has none) a
+reply may have: 16 MiB unless ``CONTEXTHARBOR_MAX_LINE_BYTES`` says otherwise (read when a
+transport is built; ``PhaseTimeoutTransport(line_limit=)`` for one backend). An Ollama
+chat line is a few hundred bytes and an ``/api/embed`` body of 64 texts of 4,096
+dimensions about 5 MiB; a line past the bound is a malformed reply
+(:class:`MalformedReply`), so an endless line costs at most this much memory, not all of it.
+Raise it for batches of thousands of large vectors."""
+
+PROGRESS_BYTES = 64 * 1024
+"""Bytes of one unfinished line that count as progress for the idle deadline: a large
+body arriving at a modest rate keeps going; a trickle of a few bytes a second does not."""
+
+DEFAULT_STREAM_S = 4096.0
+"""Seconds after the first-token deadline that a request may run when no
+``Timeouts(total=)`` applies: Ollama's default context (4,096 tokens, which bounds an
+answer sent without ``num_predict``) at one token per second, the slowest speed at which a
+router still serves a chat. A fixed cap, not one read from the request: the transport
+would have to parse every request body to learn ``num_predict`` (router CPU on every
+call), and an unset ``num_predict`` is the common case anyway. It only bounds what nothing
+else does (a server streaming substantive tokens forever); stalls, trickles and empty
+chunks end at the idle deadline long before."""
+
+_EMPTY_CHUNKS = (b'"content":""}', b'"content": ""}')
+"""How an Ollama chat line with nothing in it ends its message (``content`` empty, no
+``thinking`` nor ``tool_calls`` after it; Go's and Python's JSON spacing)."""
+
+
+class MalformedReply(NotOllamaResponse):
+    """A reply in Ollama's media type whose content is not a valid Ollama answer: a line
+    over :data:`LINE_LIMIT`, an empty 200 body, fields of the wrong type, vectors that are
+    not vectors. A backend fault, classified as malformed (failover, counted)."""
+
+
+class StreamDeadline(httpx.ReadTimeout):
+    """A deadline the body guard enforced itself (total, or idle on substantive progress)."""
+
+
+class _Guard:
+    """What the stream wrappers enforce on every read of a reply's body, between bytes
+    rather than between lines (a reply that never sends a newline meets them too):
+
+    - the **total deadline** (a ``time.monotonic()`` time): the call's
+      (:data:`CALL_DEADLINE`), else this request's ``Timeouts.total``, else the default
+      (:data:`DEFAULT_STREAM_S` after the first-token deadline). Checked on each chunk;
+      the socket read timeout was set to ``min(idle, time left)`` when the body began
+      (httpcore reads it once per body), so a silent server overruns a deadline by at
+      most one idle read, and a trickling one by at most the gap between two of its bytes.
+    - the **idle deadline on substantive progress**: a chunk counts when it completes a
+      line that is not an empty chat chunk (:data:`_EMPTY_CHUNKS`), or when it brings a
+      long unfinished line :data:`PROGRESS_BYTES` further. Endless empty chunks or a byte
+      every few seconds end ``Timeouts.idle`` after the last real progress (a silent
+      server ends at the socket's read timeout, as before).
+    - the **line bound** (:data:`LINE_LIMIT`) and a **non-empty body** (an empty 200 is a
+      malformed reply: Ollama always sends at least its final ``done`` line).
+
+    The per-chunk cost is one clock read, one ``find`` and, for a one-line chunk, two
+    short ``in`` tests: no JSON is parsed here."""
+
+    __slots__ = ("deadline", "idle", "limit", "need_body", "request", "source", "where")
+
+    def __init__(
+        self,
+        request: httpx.Request,
+        idle: float,
+        deadline: tuple[float, str],
+        limit: int,
+        name: str | None,
+        need_body: bool,
+    ) -> None:
+        self.request, self.idle = request, idle
+        self.deadline, self.source = deadline
+        self.limit, self.need_body = limit, need_body
+        self.where = f"{name} " if name else ""
+
+    def timeout(self, exc: Exception | None = None) -> httpx.ReadTimeout:
+        if exc is not None:
+            return httpx.ReadTimeout(
+                f"idle deadline {self.idle:.1f}s (Timeouts.idle) ran out between chunks: {exc}",
+                request=self.request,
+            )
+        return StreamDeadline(
+            f"total deadline ({self.source}) ran out while the reply was streaming",
+            request=self.request,
+        )
+
+    def quiet(self, since: float) -> httpx.ReadTimeout:
+        return StreamDeadline(
+            f"idle deadline {self.idle:.1f}s (Timeouts.idle) ran out: no substantive "
+            f"progress for {time.monotonic() - since:.1f}s (only empty chunks or a "
+            "trickle of bytes)",
+            request=self.request,
+        )
+
+    def too_long(self, n: int) -> MalformedReply:
+        return MalformedReply(
+            f"{self.where}answered {self.request.url.path} with a line over {self.limit} "
+            f"bytes ({n} read without a newline): a malformed reply",
+            request=self.request,
+        )
+
+    def empty(self) -> MalformedReply:
+        return MalformedReply(
+            f"{self.where}answered {self.request.url.path} with an empty 200 body: "
+            "a malformed reply",
+            request=self.request,
+        )
+
+
+def _step(
+    g: _Guard, chunk: bytes, line: int, pending: int, progress: float
+) -> tuple[int, int, float]:
+    """One chunk's bookkeeping (the sync and async wrappers share it): the unfinished
+    line's length, the bytes of it not yet counted as progress, the time of the last
+    progress. Raises when a bound is crossed."""
+    now = time.monotonic()
+    if now >= g.deadline:
+        raise g.timeout()
+    n = len(chunk)
+    nl = chunk.find(b"\n")
+    if nl < 0:
+        line += n
+        if line > g.limit:
+            raise g.too_long(line)
+        pending += n
+        if pending >= PROGRESS_BYTES:
+            return line, 0, now
+    else:
+        if line + nl > g.limit:
+            raise g.too_long(line + nl)
+        if nl != n - 1:
+            last = chunk.rfind(b"\n")
+            line = n - last - 1
+            return line, line, now
+        if _EMPTY_CHUNKS[0] not in chunk and _EMPTY_CHUNKS[1] not in chunk:
+            return 0, 0, now
+        line, pending = 0, 0
+    if now - progress > g.idle:
+        raise g.quiet(progress)
+    return line, pending, progress
+
+
+class _Guarded(httpx.SyncByteStream):
+    """The body stream of a reply, under its :class:`_Guard`."""
+
+    __slots__ = ("_guard", "_inner")
+
+    def __init__(self, inner: Any, guard: _Guard) -> None:
+        self._inner, self._guard = inner, guard
 
     def __iter__(self) -> Any:
+        g = self._guard
+        line = pending = seen = 0
+        progress = time.monotonic()
         try:
-            yield from self._inner
+            for chunk in self._inner:
+                if chunk:
+                    seen = 1
+                    line, pending, progress = _step(g, chunk, line, pending, progress)
+                yield chunk
+        except StreamDeadline:
+            raise
         except httpx.ReadTimeout as exc:
-            raise httpx.ReadTimeout(
-                f"idle deadline {self._idle:.1f}s (Timeouts.idle) ran out between chunks: {exc}",
-                request=self._request,
-            ) from exc
+            raise g.timeout(exc) from exc
+        if not seen and g.need_body:
+            raise g.empty()
 
     def close(self) -> None:
         self._inner.close()
 
 
-class _AsyncIdleNamed(httpx.AsyncByteStream):
-    """The async twin of :class:`_IdleNamed`."""
+class _AsyncGuarded(httpx.AsyncByteStream):
+    """The async twin of :class:`_Guarded`."""
 
-    __slots__ = ("_idle", "_inner", "_request")
+    __slots__ = ("_guard", "_inner")
 
-    def __init__(self, inner: Any, idle: float, request: httpx.Request) -> None:
-        self._inner, self._idle, self._request = inner, idle, request
+    def __init__(self, inner: Any, guard: _Guard) -> None:
+        self._inner, self._guard = inner, guard
 
     async def __aiter__(self) -> Any:
+        g = self._guard
+        line = pending = seen = 0
+        progress = time.monotonic()
         try:
             async for chunk in self._inner:
+                if chunk:
+                    seen = 1
+                    line, pending, progress = _step(g, chunk, line, pending, progress)
                 yield chunk
+        except StreamDeadline:
+            raise
         except httpx.ReadTimeout as exc:
-            raise httpx.ReadTimeout(
-                f"idle deadline {self._idle:.1f}s (Timeouts.idle) ran out between chunks: {exc}",
-                request=self._request,
-            ) from exc
+            raise g.timeout(exc) from exc
+        if not seen and g.need_body:
+            raise g.empty()
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -372,10 +571,12 @@ class PhaseTimeoutTransport(httpx.BaseTransport):
         inner: httpx.BaseTransport | None = None,
         *,
         name: str | None = None,
+        line_limit: int | None = None,
         **kw: Any,
     ):
         self._t = timeouts
         self._name = name
+        self._limit = LINE_LIMIT if line_limit is None else line_limit
         self._inner = inner if inner is not None else httpx.HTTPTransport(**_transport_kw(kw))
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -384,20 +585,23 @@ class PhaseTimeoutTransport(httpx.BaseTransport):
             concurrent.futures.wait([first.verdict], timeout=_watch_left(first))
             first.outcome(request)
             first = None  # the probe says up: the cold-load deadline
-        t = _timeouts(self._t, first)
+        deadline, source, capped = _deadline(self._t)
+        t = _timeouts(self._t, first, deadline if capped else None)
         request.extensions["timeout"] = t
         try:
             response = self._inner.handle_request(request)
         except httpx.TimeoutException as exc:
-            raise _named(exc, self._t, first, t, request) from exc
-        idle = t["read"] = _idle(self._t)
+            raise _named(exc, self._t, first, t, request, capped) from exc
+        idle = t["read"] = _idle(self._t, deadline)
         status = response.status_code
+        guard = _Guard(request, idle, (deadline, source), self._limit, self._name, status == 200)
+        stream = _Guarded(response.stream, guard)
         ctype = content_type(response.headers)
         if (ctype not in _OLLAMA_TYPES or status >= 400) and not 300 <= status < 400:
             body = None
             if status >= 400:
                 try:
-                    body = _bounded_body(response.stream)
+                    body = _bounded_body(stream)
                 finally:
                     response.close()
                 if body is None:
@@ -413,7 +617,7 @@ class PhaseTimeoutTransport(httpx.BaseTransport):
                 raise _fault(request, self._name, reason)
             if body is not None:
                 return _rebuilt(response, body, request)
-        response.stream = _IdleNamed(response.stream, idle, request)
+        response.stream = stream
         return response
 
     def close(self) -> None:
@@ -429,10 +633,12 @@ class AsyncPhaseTimeoutTransport(httpx.AsyncBaseTransport):
         inner: httpx.AsyncBaseTransport | None = None,
         *,
         name: str | None = None,
+        line_limit: int | None = None,
         **kw: Any,
     ):
         self._t = timeouts
         self._name = name
+        self._limit = LINE_LIMIT if line_limit is None else line_limit
         self._inner = inner if inner is not None else httpx.AsyncHTTPTransport(**_transport_kw(kw))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -443,21 +649,24 @@ class AsyncPhaseTimeoutTransport(httpx.AsyncBaseTransport):
                 await asyncio.wait([asyncio.wrap_future(first.verdict)], timeout=left)
             first.outcome(request)
             first = None  # the probe says up: the cold-load deadline
-        t = _timeouts(self._t, first)
+        deadline, source, capped = _deadline(self._t)
+        t = _timeouts(self._t, first, deadline if capped else None)
         request.extensions["timeout"] = t
         try:
             response = await self._inner.handle_async_request(request)
         except httpx.TimeoutException as exc:
-            raise _named(exc, self._t, first, t, request) from exc
-        idle = t["read"] = _idle(self._t)
+            raise _named(exc, self._t, first, t, request, capped) from exc
+        idle = t["read"] = _idle(self._t, deadline)
         status = response.status_code
+        guard = _Guard(request, idle, (deadline, source), self._limit, self._name, status == 200)
+        stream = _AsyncGuarded(response.stream, guard)
         ctype = content_type(response.headers)
         if (ctype not in _OLLAMA_TYPES or status >= 400) and not 300 <= status < 400:
             body = None
             if status >= 400:
                 try:
                     buf = bytearray()
-                    async for c in response.stream:  # type: ignore[union-attr]
+                    async for c in stream:
                         buf += c
                         if len(buf) > ERROR_BODY_LIMIT:
                             break
@@ -477,7 +686,7 @@ class AsyncPhaseTimeoutTransport(httpx.AsyncBaseTransport):
                 raise _fault(request, self._name, reason)
             if body is not None:
                 return _rebuilt(response, body, request)
-        response.stream = _AsyncIdleNamed(response.stream, idle, request)
+        response.stream = stream
         return response
 
     async def aclose(self) -> None:
