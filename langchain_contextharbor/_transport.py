@@ -48,6 +48,7 @@ value (``first-token deadline 120.0s (Timeouts.first_token) ran out``).
 from __future__ import annotations
 
 import asyncio
+import codecs
 import concurrent.futures
 import json
 import os
@@ -70,6 +71,7 @@ __all__ = [
     "EVIDENCE_MARGIN",
     "FIRST_TOKEN",
     "LINE_LIMIT",
+    "MAX_EMPTY_CHUNKS",
     "PROGRESS_BYTES",
     "AsyncPhaseTimeoutTransport",
     "MalformedReply",
@@ -365,6 +367,12 @@ call), and an unset ``num_predict`` is the common case anyway. It only bounds wh
 else does (a server streaming substantive tokens forever); stalls, trickles and empty
 chunks end at the idle deadline long before."""
 
+MAX_EMPTY_CHUNKS = 4096
+"""Empty chat chunks in a row that end a reply as no progress, before the idle deadline
+does: a server sending them as fast as loopback goes would otherwise have every one of
+them held by the call loop (a stream holds chunks until the first substantive one) for
+the whole idle deadline, hundreds of MB in 30 s. 4,096 of them is about 5 MB held."""
+
 _EMPTY_CHUNKS = (b'"content":""}', b'"content": ""}')
 """How an Ollama chat line with nothing in it ends its message (``content`` empty, no
 ``thinking`` nor ``tool_calls`` after it; Go's and Python's JSON spacing)."""
@@ -390,18 +398,36 @@ class _Guard:
       the socket read timeout was set to ``min(idle, time left)`` when the body began
       (httpcore reads it once per body), so a silent server overruns a deadline by at
       most one idle read, and a trickling one by at most the gap between two of its bytes.
-    - the **idle deadline on substantive progress**: a chunk counts when it completes a
+    - the **idle deadline on substantive progress**: a chunk counts when it holds a whole
       line that is not an empty chat chunk (:data:`_EMPTY_CHUNKS`), or when it brings a
-      long unfinished line :data:`PROGRESS_BYTES` further. Endless empty chunks or a byte
-      every few seconds end ``Timeouts.idle`` after the last real progress (a silent
-      server ends at the socket's read timeout, as before).
-    - the **line bound** (:data:`LINE_LIMIT`) and a **non-empty body** (an empty 200 is a
-      malformed reply: Ollama always sends at least its final ``done`` line).
+      long unfinished line :data:`PROGRESS_BYTES` further (the short tail of a line split
+      across two reads is neither progress nor an empty chunk). Endless empty chunks or a byte
+      every few seconds end ``Timeouts.idle`` after the last real progress, or after
+      :data:`MAX_EMPTY_CHUNKS` empty chunks in a row (a silent server ends at the
+      socket's read timeout, as before).
+    - the **line bound** (:data:`LINE_LIMIT`), **UTF-8** and a **non-empty body** (an
+      empty 200 is a malformed reply: Ollama always sends at least its final ``done``
+      line).
 
-    The per-chunk cost is one clock read, one ``find`` and, for a one-line chunk, two
-    short ``in`` tests: no JSON is parsed here."""
+    The per-chunk cost is one clock read, an ``isascii``, one ``find`` and, for a
+    one-line chunk, two short ``in`` tests (plus an incremental UTF-8 decode of a chunk
+    that is not ASCII): no JSON is parsed here."""
 
-    __slots__ = ("deadline", "idle", "limit", "need_body", "request", "source", "where")
+    __slots__ = (
+        "deadline",
+        "empties",
+        "idle",
+        "limit",
+        "line",
+        "need_body",
+        "pending",
+        "progress",
+        "request",
+        "seen",
+        "source",
+        "utf8",
+        "where",
+    )
 
     def __init__(
         self,
@@ -416,6 +442,75 @@ class _Guard:
         self.deadline, self.source = deadline
         self.limit, self.need_body = limit, need_body
         self.where = f"{name} " if name else ""
+        self.line = 0
+        """Bytes of the unfinished line."""
+        self.pending = 0
+        """Bytes of it not yet counted as progress."""
+        self.progress = time.monotonic()
+        """When the last substantive progress came."""
+        self.empties = 0
+        """Empty chat chunks since then."""
+        self.seen = False
+        self.utf8: Any = None
+        """An incremental UTF-8 decoder, made at the first byte that is not ASCII."""
+
+    def step(self, chunk: bytes) -> None:
+        """One chunk's bookkeeping (the sync and async wrappers share it); raises when a
+        bound is crossed."""
+        now = time.monotonic()
+        if now >= self.deadline:
+            raise self.timeout()
+        self.seen = True
+        if not chunk.isascii() or (self.utf8 is not None and self.utf8.getstate()[0]):
+            self.text(chunk)
+        n = len(chunk)
+        nl = chunk.find(b"\n")
+        if nl < 0:
+            line = self.line = self.line + n
+            if line > self.limit:
+                raise self.too_long(line)
+            self.pending += n
+            if self.pending >= PROGRESS_BYTES:
+                self.pending, self.progress, self.empties = 0, now, 0
+                return
+        else:
+            if self.line + nl > self.limit:
+                raise self.too_long(self.line + nl)
+            split = self.line > 0  # the chunk's first line began in an earlier chunk
+            if nl != n - 1:  # several lines: progress unless all whole ones are empty
+                self.line = self.pending = n - chunk.rfind(b"\n") - 1
+                lines = chunk.count(b"\n") - split
+                empty = chunk.count(_EMPTY_CHUNKS[0]) + chunk.count(_EMPTY_CHUNKS[1])
+                if lines > empty:
+                    self.progress, self.empties = now, 0
+                    return
+                self.empties += empty
+            else:
+                self.line = self.pending = 0
+                if _EMPTY_CHUNKS[0] in chunk or _EMPTY_CHUNKS[1] in chunk:
+                    self.empties += 1
+                elif not split:  # a whole line with something in it
+                    self.progress, self.empties = now, 0
+                    return
+                # else: the tail of a line split across reads: neither progress nor empty
+            if self.empties > MAX_EMPTY_CHUNKS:
+                raise self.quiet(f"{self.empties} empty chunks in a row")
+        if now - self.progress > self.idle:
+            raise self.quiet(f"for {now - self.progress:.1f}s")
+
+    def text(self, chunk: bytes) -> None:
+        """Check that the body is UTF-8 (Ollama's always is; httpx would put U+FFFD in
+        place of the bad bytes and the reply would be believed)."""
+        if self.utf8 is None:
+            self.utf8 = codecs.getincrementaldecoder("utf-8")()
+        try:
+            self.utf8.decode(chunk)
+        except UnicodeDecodeError as exc:
+            raise MalformedReply(
+                f"{self.where}answered {self.request.url.path} with bytes that are not "
+                f"UTF-8 ({exc.reason}): a malformed reply",
+                request=self.request,
+            ) from None
 
     def timeout(self, exc: Exception | None = None) -> httpx.ReadTimeout:
         if exc is not None:
@@ -428,11 +523,10 @@ class _Guard:
             request=self.request,
         )
 
-    def quiet(self, since: float) -> httpx.ReadTimeout:
+    def quiet(self, what: str) -> httpx.ReadTimeout:
         return StreamDeadline(
             f"idle deadline {self.idle:.1f}s (Timeouts.idle) ran out: no substantive "
-            f"progress for {time.monotonic() - since:.1f}s (only empty chunks or a "
-            "trickle of bytes)",
+            f"progress {what} (only empty chunks or a trickle of bytes)",
             request=self.request,
         )
 
@@ -451,39 +545,6 @@ class _Guard:
         )
 
 
-def _step(
-    g: _Guard, chunk: bytes, line: int, pending: int, progress: float
-) -> tuple[int, int, float]:
-    """One chunk's bookkeeping (the sync and async wrappers share it): the unfinished
-    line's length, the bytes of it not yet counted as progress, the time of the last
-    progress. Raises when a bound is crossed."""
-    now = time.monotonic()
-    if now >= g.deadline:
-        raise g.timeout()
-    n = len(chunk)
-    nl = chunk.find(b"\n")
-    if nl < 0:
-        line += n
-        if line > g.limit:
-            raise g.too_long(line)
-        pending += n
-        if pending >= PROGRESS_BYTES:
-            return line, 0, now
-    else:
-        if line + nl > g.limit:
-            raise g.too_long(line + nl)
-        if nl != n - 1:
-            last = chunk.rfind(b"\n")
-            line = n - last - 1
-            return line, line, now
-        if _EMPTY_CHUNKS[0] not in chunk and _EMPTY_CHUNKS[1] not in chunk:
-            return 0, 0, now
-        line, pending = 0, 0
-    if now - progress > g.idle:
-        raise g.quiet(progress)
-    return line, pending, progress
-
-
 class _Guarded(httpx.SyncByteStream):
     """The body stream of a reply, under its :class:`_Guard`."""
 
@@ -494,19 +555,17 @@ class _Guarded(httpx.SyncByteStream):
 
     def __iter__(self) -> Any:
         g = self._guard
-        line = pending = seen = 0
-        progress = time.monotonic()
+        step = g.step
         try:
             for chunk in self._inner:
                 if chunk:
-                    seen = 1
-                    line, pending, progress = _step(g, chunk, line, pending, progress)
+                    step(chunk)
                 yield chunk
         except StreamDeadline:
             raise
         except httpx.ReadTimeout as exc:
             raise g.timeout(exc) from exc
-        if not seen and g.need_body:
+        if not g.seen and g.need_body:
             raise g.empty()
 
     def close(self) -> None:
@@ -523,19 +582,17 @@ class _AsyncGuarded(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> Any:
         g = self._guard
-        line = pending = seen = 0
-        progress = time.monotonic()
+        step = g.step
         try:
             async for chunk in self._inner:
                 if chunk:
-                    seen = 1
-                    line, pending, progress = _step(g, chunk, line, pending, progress)
+                    step(chunk)
                 yield chunk
         except StreamDeadline:
             raise
         except httpx.ReadTimeout as exc:
             raise g.timeout(exc) from exc
-        if not seen and g.need_body:
+        if not g.seen and g.need_body:
             raise g.empty()
 
     async def aclose(self) -> None:
