@@ -373,9 +373,12 @@ does: a server sending them as fast as loopback goes would otherwise have every 
 them held by the call loop (a stream holds chunks until the first substantive one) for
 the whole idle deadline, hundreds of MB in 30 s. 4,096 of them is about 5 MB held."""
 
-_EMPTY_CHUNKS = (b'"content":""}', b'"content": ""}')
-"""How an Ollama chat line with nothing in it ends its message (``content`` empty, no
-``thinking`` nor ``tool_calls`` after it; Go's and Python's JSON spacing)."""
+_EMPTY_CHUNKS = (b'"content":""},"done":false}\n', b'"content": ""}, "done": false}\n')
+"""How an Ollama chat line with nothing in it ends (``content`` empty, no ``thinking``
+nor ``tool_calls`` after it, not the final line), with Go's and Python's JSON spacing. A
+suffix test (``endswith``), because a substring search costs ten times more per chunk; a
+server writing its fields in another order has its empty chunks counted as progress
+(the idle deadline then still ends a silent one, not an endless empty one)."""
 
 
 class MalformedReply(NotOllamaResponse):
@@ -487,7 +490,7 @@ class _Guard:
                 self.empties += empty
             else:
                 self.line = self.pending = 0
-                if _EMPTY_CHUNKS[0] in chunk or _EMPTY_CHUNKS[1] in chunk:
+                if chunk.endswith(_EMPTY_CHUNKS):
                     self.empties += 1
                 elif not split:  # a whole line with something in it
                     self.progress, self.empties = now, 0
@@ -555,11 +558,23 @@ class _Guarded(httpx.SyncByteStream):
 
     def __iter__(self) -> Any:
         g = self._guard
-        step = g.step
+        step, mono, deadline = g.step, time.monotonic, g.deadline
         try:
             for chunk in self._inner:
                 if chunk:
-                    step(chunk)
+                    # The common chunk, inline: one whole ASCII line, not an empty one.
+                    now = mono()
+                    if (
+                        now < deadline
+                        and chunk.find(b"\n") == len(chunk) - 1
+                        and not g.line
+                        and chunk.isascii()
+                        and not chunk.endswith(_EMPTY_CHUNKS)
+                        and g.utf8 is None
+                    ):
+                        g.progress, g.empties, g.seen = now, 0, True
+                    else:
+                        step(chunk)
                 yield chunk
         except StreamDeadline:
             raise
@@ -582,11 +597,23 @@ class _AsyncGuarded(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> Any:
         g = self._guard
-        step = g.step
+        step, mono, deadline = g.step, time.monotonic, g.deadline
         try:
             async for chunk in self._inner:
                 if chunk:
-                    step(chunk)
+                    # The common chunk, inline: one whole ASCII line, not an empty one.
+                    now = mono()
+                    if (
+                        now < deadline
+                        and chunk.find(b"\n") == len(chunk) - 1
+                        and not g.line
+                        and chunk.isascii()
+                        and not chunk.endswith(_EMPTY_CHUNKS)
+                        and g.utf8 is None
+                    ):
+                        g.progress, g.empties, g.seen = now, 0, True
+                    else:
+                        step(chunk)
                 yield chunk
         except StreamDeadline:
             raise

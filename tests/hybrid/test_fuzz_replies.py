@@ -381,3 +381,37 @@ def test_the_callers_own_bad_input_stays_fatal() -> None:
         )
     assert classify_exception(info.value).category is FailoverCategory.FATAL
     assert not isinstance(info.value, httpx.TransportError)
+
+
+def _guard(limit: int = 1 << 20) -> Any:
+    from langchain_contextharbor._transport import _Guard
+
+    req = httpx.Request("POST", "http://127.0.0.1/api/chat")
+    return _Guard(req, 30.0, (time.monotonic() + 60.0, "test"), limit, "gpu", True)
+
+
+def test_the_guard_counts_lines_not_reads() -> None:
+    """Empty chunks count whether they come one per read or several; a line split across
+    reads is neither progress nor empty; a multi-byte character split across reads is
+    UTF-8; a line over the bound is malformed wherever its newline falls."""
+    from langchain_contextharbor._transport import MAX_EMPTY_CHUNKS, StreamDeadline
+
+    empty = b'{"model":"m","message":{"role":"assistant","content":""},"done":false}\n'
+    g = _guard()
+    with pytest.raises(StreamDeadline, match="empty chunks in a row"):
+        for _ in range(MAX_EMPTY_CHUNKS // 4 + 1):
+            g.step(empty * 4)
+    g = _guard()
+    g.step(empty[:10])
+    g.step(empty[10:])  # the tail of a split empty line: still empty
+    assert g.empties == 1
+    g.step(b'{"message":{"content":"x"},"done":false}\n')
+    assert g.empties == 0
+    g.step("é".encode()[:1])
+    g.step("é".encode()[1:] + b"\n")  # split between reads: fine
+    with pytest.raises(MalformedReply, match="not UTF-8"):
+        g.step(b"\xff\n")
+    g = _guard(limit=100)
+    g.step(b"a" * 60)
+    with pytest.raises(MalformedReply, match="a line over 100 bytes"):
+        g.step(b"a" * 60 + b"\n")
