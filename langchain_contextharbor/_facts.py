@@ -189,6 +189,15 @@ def parse_digests(items: Iterable[Mapping[str, Any]]) -> dict[str, str]:
 DECAY = 0.3
 """Weight of a new sample in the learned speed averages (about the last five calls)."""
 
+MAX_TOKENS_PER_S = 100_000.0
+"""Fastest plausible generation of one stream (tokens/s): a tiny model on the fastest GPU
+decodes a few thousand; more is a lying or broken reply."""
+MIN_TOKENS_PER_S = 0.001
+"""Slowest plausible generation (one token in 1,000 s): below it, a timing is nonsense."""
+MAX_PHASE_S = 3600.0
+"""Longest plausible prompt evaluation or model load of one call (seconds): a large model
+from a slow disk loads in minutes, not hours."""
+
 
 def learn_speed(
     old: SpeedEstimate | None,
@@ -207,15 +216,26 @@ def learn_speed(
     generation speed and answer length: servers count the wait into the other timings
     (Ollama into ``load_duration``, some stand-ins into ``prompt_eval_duration``). A
     calibration request's answer is cut short on purpose: pass ``answer_tokens`` (the
-    answer length known from real calls) and its length teaches nothing."""
+    answer length known from real calls) and its length teaches nothing.
+
+    Implausible samples teach nothing (``old`` is returned): this is the one rule, written
+    here. A sample is implausible when its generation speed is outside
+    [:data:`MIN_TOKENS_PER_S`, :data:`MAX_TOKENS_PER_S`] tokens/s, or its prompt
+    evaluation or load time is above :data:`MAX_PHASE_S` seconds, or any timing is not a
+    finite number (one reply with 1e18 tokens/s or a 1e8 s load would otherwise rule the
+    averages for dozens of calls)."""
     ec, ed = info.get("eval_count"), info.get("eval_duration")
-    if not (isinstance(ec, int) and ec > 0 and isinstance(ed, (int, float)) and ed > 0):
+    if not (type(ec) is int and ec > 0 and isinstance(ed, (int, float)) and 0 < ed < math.inf):
         return old
     tps = ec / (ed / 1e9)
+    if not MIN_TOKENS_PER_S <= tps <= MAX_TOKENS_PER_S:
+        return old
     ped = info.get("prompt_eval_duration")
     first = ped / 1e9 if isinstance(ped, (int, float)) and ped > 0 else 0.0
     ld = info.get("load_duration")
     load = ld / 1e9 if isinstance(ld, (int, float)) and ld / 1e9 > 0.25 else None
+    if not first <= MAX_PHASE_S or (load is not None and not load <= MAX_PHASE_S):
+        return old
     if old is None or old.samples <= 0:
         length = float(ec) if answer_tokens is None else answer_tokens
         return SpeedEstimate(tps, first, length, None if queued else load, 1)

@@ -32,6 +32,15 @@ loops (which need no change for either):
   classifier treats as a backend fault: the call fails over and the attempt names the
   backend and what answered, never a raw third-party error text.
 
+- **Deadlines on bytes, bounds on memory.** The reply's body is read through a guard
+  (:class:`_Guard`) that sees every chunk the socket gives: the total deadline (the call's,
+  else ``Timeouts.total`` of this request, else a generous default,
+  :data:`DEFAULT_STREAM_S`), an idle deadline on *substantive* progress (endless empty
+  chunks and a trickle of bytes are no progress), a bound on one line
+  (:data:`LINE_LIMIT`: an endless line is a :class:`MalformedReply`, not all the memory)
+  and a non-empty 200 body. A server that sends a byte every few seconds without a newline
+  cannot outlive them: they are checked between bytes, not between NDJSON lines.
+
 Every timeout raised through these transports names the deadline that ran out and its
 value (``first-token deadline 120.0s (Timeouts.first_token) ran out``).
 """
@@ -39,8 +48,10 @@ value (``first-token deadline 120.0s (Timeouts.first_token) ran out``).
 from __future__ import annotations
 
 import asyncio
+import codecs
 import concurrent.futures
 import json
+import os
 import ssl
 import threading
 import time
@@ -55,15 +66,21 @@ from langchain_contextharbor.backends import BackendConfig, Timeouts
 
 __all__ = [
     "CALL_DEADLINE",
+    "DEFAULT_STREAM_S",
     "ERROR_BODY_LIMIT",
     "EVIDENCE_MARGIN",
     "FIRST_TOKEN",
+    "LINE_LIMIT",
+    "MAX_EMPTY_CHUNKS",
+    "PROGRESS_BYTES",
     "AsyncPhaseTimeoutTransport",
+    "MalformedReply",
     "MaskedClientKwargs",
     "NotOllamaResponse",
     "PhaseTimeoutTransport",
     "ProbeEvidenceTimeout",
     "ProbeWatch",
+    "StreamDeadline",
     "content_type",
     "inner_client_kwargs",
     "not_ollama_reason",
@@ -250,13 +267,31 @@ def _fault(request: httpx.Request, name: str | None, reason: str) -> NotOllamaRe
     )
 
 
-def _timeouts(t: Timeouts, first: float | None) -> dict[str, float]:
+def _deadline(t: Timeouts) -> tuple[float, str, bool]:
+    """This request's total deadline (``time.monotonic()``), where it comes from, and
+    whether it caps the phase timeouts: the call's (:data:`CALL_DEADLINE`, set by the chat
+    model's call loop), else ``Timeouts.total`` from now (an embedding batch, whose loop
+    sets none), else the default (:data:`DEFAULT_STREAM_S` after the first-token
+    deadline), which never shortens a phase."""
+    deadline = CALL_DEADLINE.get()
+    if deadline is not None:
+        return deadline, "Timeouts.total", True
+    now = time.monotonic()
+    if t.total is not None:
+        return now + t.total, f"Timeouts.total {t.total:g}s", True
+    return (
+        now + t.first_token + DEFAULT_STREAM_S,
+        f"default: Timeouts.first_token + {DEFAULT_STREAM_S:g}s",
+        False,
+    )
+
+
+def _timeouts(t: Timeouts, first: float | None, cap: float | None) -> dict[str, float]:
     if first is None or first > t.first_token:
         first = t.first_token
     out = {"connect": t.connect, "read": first, "write": t.idle, "pool": first}
-    deadline = CALL_DEADLINE.get()
-    if deadline is not None:
-        left = max(0.001, deadline - time.monotonic())
+    if cap is not None:
+        left = max(0.001, cap - time.monotonic())
         for k, v in out.items():
             out[k] = min(v, left)
     return out
@@ -271,10 +306,7 @@ def _watch_left(w: ProbeWatch) -> float:
     return max(0.0, left)
 
 
-def _idle(t: Timeouts) -> float:
-    deadline = CALL_DEADLINE.get()
-    if deadline is None:
-        return t.idle
+def _idle(t: Timeouts, deadline: float) -> float:
     return min(t.idle, max(0.001, deadline - time.monotonic()))
 
 
@@ -284,6 +316,7 @@ def _named(
     first: float | None,
     used: Mapping[str, float],
     request: httpx.Request,
+    capped: bool,
 ) -> httpx.TimeoutException:
     """The same timeout, saying which deadline ran out, its value and where it came from."""
     if isinstance(exc, httpx.ConnectTimeout):
@@ -295,49 +328,299 @@ def _named(
         v, full, src = used["read"], t.first_token, "Timeouts.first_token"
         if first is not None and first < full:
             full, src = first, "warm: no model load expected"
-    if v < full and CALL_DEADLINE.get() is not None:
+    if v < full and capped:
         src = "capped by Timeouts.total"
     return type(exc)(f"{what} deadline {v:.1f}s ({src}) ran out: {exc}", request=request)
 
 
-class _IdleNamed(httpx.SyncByteStream):
-    """The body stream; a read timeout in it names the idle deadline (one frame per chunk)."""
+def _env_bytes(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
-    __slots__ = ("_idle", "_inner", "_request")
 
-    def __init__(self, inner: Any, idle: float, request: httpx.Request) -> None:
-        self._inner, self._idle, self._request = inner, idle, request
+LINE_LIMIT = _env_bytes("CONTEXTHARBOR_MAX_LINE_BYTES", 16 * 1024 * 1024)
+"""The longest line (bytes between two newlines; a whole JSON body when it has none) a
+reply may have: 16 MiB unless ``CONTEXTHARBOR_MAX_LINE_BYTES`` says otherwise (read when a
+transport is built; ``PhaseTimeoutTransport(line_limit=)`` for one backend). An Ollama
+chat line is a few hundred bytes and an ``/api/embed`` body of 64 texts of 4,096
+dimensions about 5 MiB; a line past the bound is a malformed reply
+(:class:`MalformedReply`), so an endless line costs at most this much memory, not all of it.
+Raise it for batches of thousands of large vectors."""
+
+PROGRESS_BYTES = 64 * 1024
+"""Bytes of one unfinished line that count as progress for the idle deadline: a large
+body arriving at a modest rate keeps going; a trickle of a few bytes a second does not."""
+
+DEFAULT_STREAM_S = 4096.0
+"""Seconds after the first-token deadline that a request may run when no
+``Timeouts(total=)`` applies: Ollama's default context (4,096 tokens, which bounds an
+answer sent without ``num_predict``) at one token per second, the slowest speed at which a
+router still serves a chat. A fixed cap, not one read from the request: the transport
+would have to parse every request body to learn ``num_predict`` (router CPU on every
+call), and an unset ``num_predict`` is the common case anyway. It only bounds what nothing
+else does (a server streaming substantive tokens forever); stalls, trickles and empty
+chunks end at the idle deadline long before."""
+
+MAX_EMPTY_CHUNKS = 4096
+"""Empty chat chunks in a row that end a reply as no progress, before the idle deadline
+does: a server sending them as fast as loopback goes would otherwise have every one of
+them held by the call loop (a stream holds chunks until the first substantive one) for
+the whole idle deadline, hundreds of MB in 30 s. 4,096 of them is about 5 MB held."""
+
+_EMPTY_CHUNKS = (b'"content":""},"done":false}\n', b'"content": ""}, "done": false}\n')
+"""How an Ollama chat line with nothing in it ends (``content`` empty, no ``thinking``
+nor ``tool_calls`` after it, not the final line), with Go's and Python's JSON spacing. A
+suffix test (``endswith``), because a substring search costs ten times more per chunk; a
+server writing its fields in another order has its empty chunks counted as progress
+(the idle deadline then still ends a silent one, not an endless empty one)."""
+
+
+class MalformedReply(NotOllamaResponse):
+    """A reply in Ollama's media type whose content is not a valid Ollama answer: a line
+    over :data:`LINE_LIMIT`, an empty 200 body, fields of the wrong type, vectors that are
+    not vectors. A backend fault, classified as malformed (failover, counted)."""
+
+
+class StreamDeadline(httpx.ReadTimeout):
+    """A deadline the body guard enforced itself (total, or idle on substantive progress)."""
+
+
+class _Guard:
+    """What the stream wrappers enforce on every read of a reply's body, between bytes
+    rather than between lines (a reply that never sends a newline meets them too):
+
+    - the **total deadline** (a ``time.monotonic()`` time): the call's
+      (:data:`CALL_DEADLINE`), else this request's ``Timeouts.total``, else the default
+      (:data:`DEFAULT_STREAM_S` after the first-token deadline). Checked on each chunk;
+      the socket read timeout was set to ``min(idle, time left)`` when the body began
+      (httpcore reads it once per body), so a silent server overruns a deadline by at
+      most one idle read, and a trickling one by at most the gap between two of its bytes.
+    - the **idle deadline on substantive progress**: a chunk counts when it holds a whole
+      line that is not an empty chat chunk (:data:`_EMPTY_CHUNKS`), or when it brings a
+      long unfinished line :data:`PROGRESS_BYTES` further (the short tail of a line split
+      across two reads is neither progress nor an empty chunk). Endless empty chunks or a byte
+      every few seconds end ``Timeouts.idle`` after the last real progress, or after
+      :data:`MAX_EMPTY_CHUNKS` empty chunks in a row (a silent server ends at the
+      socket's read timeout, as before).
+    - the **line bound** (:data:`LINE_LIMIT`), **UTF-8** and a **non-empty body** (an
+      empty 200 is a malformed reply: Ollama always sends at least its final ``done``
+      line).
+
+    The per-chunk cost is one clock read, an ``isascii``, one ``find`` and, for a
+    one-line chunk, two short ``in`` tests (plus an incremental UTF-8 decode of a chunk
+    that is not ASCII): no JSON is parsed here."""
+
+    __slots__ = (
+        "deadline",
+        "empties",
+        "idle",
+        "limit",
+        "line",
+        "need_body",
+        "pending",
+        "progress",
+        "request",
+        "seen",
+        "source",
+        "utf8",
+        "where",
+    )
+
+    def __init__(
+        self,
+        request: httpx.Request,
+        idle: float,
+        deadline: tuple[float, str],
+        limit: int,
+        name: str | None,
+        need_body: bool,
+    ) -> None:
+        self.request, self.idle = request, idle
+        self.deadline, self.source = deadline
+        self.limit, self.need_body = limit, need_body
+        self.where = f"{name} " if name else ""
+        self.line = 0
+        """Bytes of the unfinished line."""
+        self.pending = 0
+        """Bytes of it not yet counted as progress."""
+        self.progress = time.monotonic()
+        """When the last substantive progress came."""
+        self.empties = 0
+        """Empty chat chunks since then."""
+        self.seen = False
+        self.utf8: Any = None
+        """An incremental UTF-8 decoder, made at the first byte that is not ASCII."""
+
+    def step(self, chunk: bytes) -> None:
+        """One chunk's bookkeeping (the sync and async wrappers share it); raises when a
+        bound is crossed."""
+        now = time.monotonic()
+        if now >= self.deadline:
+            raise self.timeout()
+        self.seen = True
+        if not chunk.isascii() or (self.utf8 is not None and self.utf8.getstate()[0]):
+            self.text(chunk)
+        n = len(chunk)
+        nl = chunk.find(b"\n")
+        if nl < 0:
+            line = self.line = self.line + n
+            if line > self.limit:
+                raise self.too_long(line)
+            self.pending += n
+            if self.pending >= PROGRESS_BYTES:
+                self.pending, self.progress, self.empties = 0, now, 0
+                return
+        else:
+            if self.line + nl > self.limit:
+                raise self.too_long(self.line + nl)
+            split = self.line > 0  # the chunk's first line began in an earlier chunk
+            if nl != n - 1:  # several lines: progress unless all whole ones are empty
+                self.line = self.pending = n - chunk.rfind(b"\n") - 1
+                lines = chunk.count(b"\n") - split
+                empty = chunk.count(_EMPTY_CHUNKS[0]) + chunk.count(_EMPTY_CHUNKS[1])
+                if lines > empty:
+                    self.progress, self.empties = now, 0
+                    return
+                self.empties += empty
+            else:
+                self.line = self.pending = 0
+                if chunk.endswith(_EMPTY_CHUNKS):
+                    self.empties += 1
+                elif not split:  # a whole line with something in it
+                    self.progress, self.empties = now, 0
+                    return
+                # else: the tail of a line split across reads: neither progress nor empty
+            if self.empties > MAX_EMPTY_CHUNKS:
+                raise self.quiet(f"{self.empties} empty chunks in a row")
+        if now - self.progress > self.idle:
+            raise self.quiet(f"for {now - self.progress:.1f}s")
+
+    def text(self, chunk: bytes) -> None:
+        """Check that the body is UTF-8 (Ollama's always is; httpx would put U+FFFD in
+        place of the bad bytes and the reply would be believed)."""
+        if self.utf8 is None:
+            self.utf8 = codecs.getincrementaldecoder("utf-8")()
+        try:
+            self.utf8.decode(chunk)
+        except UnicodeDecodeError as exc:
+            raise MalformedReply(
+                f"{self.where}answered {self.request.url.path} with bytes that are not "
+                f"UTF-8 ({exc.reason}): a malformed reply",
+                request=self.request,
+            ) from None
+
+    def timeout(self, exc: Exception | None = None) -> httpx.ReadTimeout:
+        if exc is not None:
+            return httpx.ReadTimeout(
+                f"idle deadline {self.idle:.1f}s (Timeouts.idle) ran out between chunks: {exc}",
+                request=self.request,
+            )
+        return StreamDeadline(
+            f"total deadline ({self.source}) ran out while the reply was streaming",
+            request=self.request,
+        )
+
+    def quiet(self, what: str) -> httpx.ReadTimeout:
+        return StreamDeadline(
+            f"idle deadline {self.idle:.1f}s (Timeouts.idle) ran out: no substantive "
+            f"progress {what} (only empty chunks or a trickle of bytes)",
+            request=self.request,
+        )
+
+    def too_long(self, n: int) -> MalformedReply:
+        return MalformedReply(
+            f"{self.where}answered {self.request.url.path} with a line over {self.limit} "
+            f"bytes ({n} read without a newline): a malformed reply",
+            request=self.request,
+        )
+
+    def empty(self) -> MalformedReply:
+        return MalformedReply(
+            f"{self.where}answered {self.request.url.path} with an empty 200 body: "
+            "a malformed reply",
+            request=self.request,
+        )
+
+
+class _Guarded(httpx.SyncByteStream):
+    """The body stream of a reply, under its :class:`_Guard`."""
+
+    __slots__ = ("_guard", "_inner")
+
+    def __init__(self, inner: Any, guard: _Guard) -> None:
+        self._inner, self._guard = inner, guard
 
     def __iter__(self) -> Any:
+        g = self._guard
+        step, mono, deadline = g.step, time.monotonic, g.deadline
         try:
-            yield from self._inner
+            for chunk in self._inner:
+                if chunk:
+                    # The common chunk, inline: one whole ASCII line, not an empty one.
+                    now = mono()
+                    if (
+                        now < deadline
+                        and chunk.find(b"\n") == len(chunk) - 1
+                        and not g.line
+                        and chunk.isascii()
+                        and not chunk.endswith(_EMPTY_CHUNKS)
+                        and g.utf8 is None
+                    ):
+                        g.progress, g.empties, g.seen = now, 0, True
+                    else:
+                        step(chunk)
+                yield chunk
+        except StreamDeadline:
+            raise
         except httpx.ReadTimeout as exc:
-            raise httpx.ReadTimeout(
-                f"idle deadline {self._idle:.1f}s (Timeouts.idle) ran out between chunks: {exc}",
-                request=self._request,
-            ) from exc
+            raise g.timeout(exc) from exc
+        if not g.seen and g.need_body:
+            raise g.empty()
 
     def close(self) -> None:
         self._inner.close()
 
 
-class _AsyncIdleNamed(httpx.AsyncByteStream):
-    """The async twin of :class:`_IdleNamed`."""
+class _AsyncGuarded(httpx.AsyncByteStream):
+    """The async twin of :class:`_Guarded`."""
 
-    __slots__ = ("_idle", "_inner", "_request")
+    __slots__ = ("_guard", "_inner")
 
-    def __init__(self, inner: Any, idle: float, request: httpx.Request) -> None:
-        self._inner, self._idle, self._request = inner, idle, request
+    def __init__(self, inner: Any, guard: _Guard) -> None:
+        self._inner, self._guard = inner, guard
 
     async def __aiter__(self) -> Any:
+        g = self._guard
+        step, mono, deadline = g.step, time.monotonic, g.deadline
         try:
             async for chunk in self._inner:
+                if chunk:
+                    # The common chunk, inline: one whole ASCII line, not an empty one.
+                    now = mono()
+                    if (
+                        now < deadline
+                        and chunk.find(b"\n") == len(chunk) - 1
+                        and not g.line
+                        and chunk.isascii()
+                        and not chunk.endswith(_EMPTY_CHUNKS)
+                        and g.utf8 is None
+                    ):
+                        g.progress, g.empties, g.seen = now, 0, True
+                    else:
+                        step(chunk)
                 yield chunk
+        except StreamDeadline:
+            raise
         except httpx.ReadTimeout as exc:
-            raise httpx.ReadTimeout(
-                f"idle deadline {self._idle:.1f}s (Timeouts.idle) ran out between chunks: {exc}",
-                request=self._request,
-            ) from exc
+            raise g.timeout(exc) from exc
+        if not g.seen and g.need_body:
+            raise g.empty()
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -372,10 +655,12 @@ class PhaseTimeoutTransport(httpx.BaseTransport):
         inner: httpx.BaseTransport | None = None,
         *,
         name: str | None = None,
+        line_limit: int | None = None,
         **kw: Any,
     ):
         self._t = timeouts
         self._name = name
+        self._limit = LINE_LIMIT if line_limit is None else line_limit
         self._inner = inner if inner is not None else httpx.HTTPTransport(**_transport_kw(kw))
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -384,20 +669,23 @@ class PhaseTimeoutTransport(httpx.BaseTransport):
             concurrent.futures.wait([first.verdict], timeout=_watch_left(first))
             first.outcome(request)
             first = None  # the probe says up: the cold-load deadline
-        t = _timeouts(self._t, first)
+        deadline, source, capped = _deadline(self._t)
+        t = _timeouts(self._t, first, deadline if capped else None)
         request.extensions["timeout"] = t
         try:
             response = self._inner.handle_request(request)
         except httpx.TimeoutException as exc:
-            raise _named(exc, self._t, first, t, request) from exc
-        idle = t["read"] = _idle(self._t)
+            raise _named(exc, self._t, first, t, request, capped) from exc
+        idle = t["read"] = _idle(self._t, deadline)
         status = response.status_code
+        guard = _Guard(request, idle, (deadline, source), self._limit, self._name, status == 200)
+        stream = _Guarded(response.stream, guard)
         ctype = content_type(response.headers)
         if (ctype not in _OLLAMA_TYPES or status >= 400) and not 300 <= status < 400:
             body = None
             if status >= 400:
                 try:
-                    body = _bounded_body(response.stream)
+                    body = _bounded_body(stream)
                 finally:
                     response.close()
                 if body is None:
@@ -413,7 +701,7 @@ class PhaseTimeoutTransport(httpx.BaseTransport):
                 raise _fault(request, self._name, reason)
             if body is not None:
                 return _rebuilt(response, body, request)
-        response.stream = _IdleNamed(response.stream, idle, request)
+        response.stream = stream
         return response
 
     def close(self) -> None:
@@ -429,10 +717,12 @@ class AsyncPhaseTimeoutTransport(httpx.AsyncBaseTransport):
         inner: httpx.AsyncBaseTransport | None = None,
         *,
         name: str | None = None,
+        line_limit: int | None = None,
         **kw: Any,
     ):
         self._t = timeouts
         self._name = name
+        self._limit = LINE_LIMIT if line_limit is None else line_limit
         self._inner = inner if inner is not None else httpx.AsyncHTTPTransport(**_transport_kw(kw))
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -443,21 +733,24 @@ class AsyncPhaseTimeoutTransport(httpx.AsyncBaseTransport):
                 await asyncio.wait([asyncio.wrap_future(first.verdict)], timeout=left)
             first.outcome(request)
             first = None  # the probe says up: the cold-load deadline
-        t = _timeouts(self._t, first)
+        deadline, source, capped = _deadline(self._t)
+        t = _timeouts(self._t, first, deadline if capped else None)
         request.extensions["timeout"] = t
         try:
             response = await self._inner.handle_async_request(request)
         except httpx.TimeoutException as exc:
-            raise _named(exc, self._t, first, t, request) from exc
-        idle = t["read"] = _idle(self._t)
+            raise _named(exc, self._t, first, t, request, capped) from exc
+        idle = t["read"] = _idle(self._t, deadline)
         status = response.status_code
+        guard = _Guard(request, idle, (deadline, source), self._limit, self._name, status == 200)
+        stream = _AsyncGuarded(response.stream, guard)
         ctype = content_type(response.headers)
         if (ctype not in _OLLAMA_TYPES or status >= 400) and not 300 <= status < 400:
             body = None
             if status >= 400:
                 try:
                     buf = bytearray()
-                    async for c in response.stream:  # type: ignore[union-attr]
+                    async for c in stream:
                         buf += c
                         if len(buf) > ERROR_BODY_LIMIT:
                             break
@@ -477,7 +770,7 @@ class AsyncPhaseTimeoutTransport(httpx.AsyncBaseTransport):
                 raise _fault(request, self._name, reason)
             if body is not None:
                 return _rebuilt(response, body, request)
-        response.stream = _AsyncIdleNamed(response.stream, idle, request)
+        response.stream = stream
         return response
 
     async def aclose(self) -> None:

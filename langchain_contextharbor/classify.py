@@ -11,6 +11,12 @@ streaming path (builtin ``ConnectionError`` on the non-streaming one), a stall i
 ``httpx.ReadTimeout``, a cut stream ``httpx.RemoteProtocolError``, an ``{"error"}``
 line mid-stream ``ollama.ResponseError`` with ``status_code == -1``.
 
+A reply of another shape than ollama-python assumes (a JSON list or string as a line, a
+body that is not UTF-8) makes it raise a plain ``AttributeError``, ``TypeError`` or
+``UnicodeDecodeError``; those are malformed replies too when the traceback shows they were
+raised reading the reply (:func:`raised_reading_reply`), and stay fatal when raised from the
+caller's own input.
+
 An answer that is not Ollama's protocol at all (an HTML page, a plain web server's 501,
 JSON of another shape) is the *backend's* fault, whatever its status: the router's
 transport raises :class:`~langchain_contextharbor._transport.NotOllamaResponse` for it
@@ -44,7 +50,13 @@ from langchain_contextharbor.errors import (
     TruncatedStreamError,
 )
 
-__all__ = ["Classification", "FailoverCategory", "all_failed_error", "classify_exception"]
+__all__ = [
+    "Classification",
+    "FailoverCategory",
+    "all_failed_error",
+    "classify_exception",
+    "raised_reading_reply",
+]
 
 
 class FailoverCategory(str, Enum):
@@ -205,7 +217,49 @@ def classify_exception(exc: BaseException) -> Classification:
         return _c(FailoverCategory.MALFORMED, True, True)
     if _is_reply_validation(exc):
         return _c(FailoverCategory.MALFORMED, True, True)
+    if isinstance(exc, _READING_ERRORS) and raised_reading_reply(exc):
+        return _c(FailoverCategory.MALFORMED, True, True)
     return _c(FailoverCategory.FATAL, False, False)
+
+
+_READING_ERRORS = (AttributeError, TypeError, ValueError, KeyError, IndexError)
+"""What ollama-python raises on a reply of another shape than it assumes: ``part.get``
+on a JSON list or string (AttributeError), ``cls(**part)`` on a list (TypeError), a body
+that is not UTF-8 (UnicodeDecodeError, a ValueError)."""
+
+_CLIENT_FILES = ("ollama/_client.py", "ollama\\_client.py")
+
+
+def raised_reading_reply(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by ollama-python while it read a reply, not while it
+    built or sent the request from the caller's input (that stays fatal). Read from the
+    traceback, so only on failure, never per chunk: a frame of ollama's ``_client.py``
+    that is the stream reader (``inner``) on one of its reply lines (``for line in
+    r.iter_lines()``, ``part = json.loads(line)``, ``part.get('error')``,
+    ``yield cls(**part)``), or ``_request`` parsing a whole answer
+    (``cls(**...json())``) with the request itself (``_request_raw``) already returned."""
+    import linecache
+
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    for i, f in enumerate(frames):
+        code = f.tb_frame.f_code
+        if not code.co_filename.endswith(_CLIENT_FILES):
+            continue
+        if code.co_name == "inner":
+            text = linecache.getline(code.co_filename, f.tb_lineno)
+            if "part" in text or "iter_lines" in text:
+                return True
+        elif code.co_name == "_request":
+            deeper = frames[i + 1].tb_frame.f_code.co_name if i + 1 < len(frames) else None
+            if deeper != "_request_raw" and ".json()" in linecache.getline(
+                code.co_filename, f.tb_lineno
+            ):
+                return True
+    return False
 
 
 def _is_reply_validation(exc: BaseException) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from langchain_contextharbor._facts import learn_speed
 
 MS = 1_000_000  # Ollama's durations are integer nanoseconds
@@ -49,3 +51,22 @@ def test_cold_loads_are_learned_and_garbage_is_ignored() -> None:
     assert learn_speed(s, {"done": True}) is s
     assert learn_speed(None, {"eval_count": 0, "eval_duration": 5}) is None
     assert learn_speed(s, {"eval_count": "x", "eval_duration": 5}) is s
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        {"eval_count": 10**9, "eval_duration": 1},  # 1e18 tokens/s
+        {"eval_count": 10, "eval_duration": 10**9, "load_duration": 10**17},  # a 1e8 s load
+        {"eval_count": 10, "eval_duration": 10**9, "prompt_eval_duration": 10**16},
+        {"eval_count": 1, "eval_duration": 10**16},  # 1e-7 tokens/s
+        {"eval_count": 10, "eval_duration": float("inf")},
+        {"eval_count": 10, "eval_duration": 10**9, "prompt_eval_duration": float("inf")},
+        {"eval_count": True, "eval_duration": 10**9},
+    ],
+)
+def test_an_implausible_sample_teaches_nothing(sample: dict[str, object]) -> None:
+    """The one rule (``learn_speed``): outside its bounds, ``old`` comes back unchanged."""
+    assert learn_speed(None, sample) is None
+    old = learn_speed(None, {"eval_count": 10, "eval_duration": 10**9})
+    assert old is not None and learn_speed(old, sample) is old
