@@ -18,7 +18,6 @@ reject implausible timings themselves (:func:`~._facts.learn_speed`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 from langchain_contextharbor._transport import MalformedReply
@@ -62,7 +61,7 @@ def embeddings_fault(vectors: Any, count: int, dim: int | None = None) -> str | 
 
 def checked_embeddings(
     vectors: Any, count: int, dim: int | None, backend: str
-) -> Sequence[Sequence[float]]:
+) -> list[list[float]]:
     """``vectors`` when :func:`embeddings_fault` finds nothing; else raise
     :class:`MalformedReply` naming ``backend`` (a backend fault: the batch fails over)."""
     reason = embeddings_fault(vectors, count, dim)

@@ -43,6 +43,7 @@ from langchain_contextharbor._digests import (
 from langchain_contextharbor._facts import ProbeResult
 from langchain_contextharbor._failover import _Try, all_failed, settle_failure
 from langchain_contextharbor._pool import InnerPool
+from langchain_contextharbor._replies import checked_embeddings
 from langchain_contextharbor._router import Router
 from langchain_contextharbor._settings import check_seconds
 from langchain_contextharbor._transport import MaskedClientKwargs
@@ -398,6 +399,7 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
                 att = _Try(call, lease, False)
                 try:
                     got = self._inner(lease.name).embed_documents(batch)
+                    got = checked_embeddings(got, len(batch), self.dimensions, lease.name)
                 except Exception as exc:
                     if not self._failed(call, att, exc):
                         raise
@@ -440,6 +442,7 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
                 att = _Try(call, lease, False)
                 try:
                     got = await self._ainner(lease.name).aembed_documents(batch)
+                    got = checked_embeddings(got, len(batch), self.dimensions, lease.name)
                 except Exception as exc:
                     if not self._failed(call, att, exc):
                         raise

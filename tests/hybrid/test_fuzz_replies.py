@@ -295,10 +295,7 @@ def test_every_embed_case_is_expected() -> None:
 
 
 def _embed_params() -> list[Any]:
-    hook = pytest.mark.xfail(strict=True, reason="needs the embeddings hook")
-    return [
-        pytest.param(c, marks=hook) if c in EMBED_NEEDS_HOOK else c for c in sorted(EMBED_EXPECT)
-    ]
+    return sorted(EMBED_EXPECT)
 
 
 def _embed_failed_over(emb: HybridOllamaEmbeddings, n: int, vectors: list[list[float]]) -> None:
