@@ -10,7 +10,7 @@ Everything here works on plain values: the call's :class:`_Call` record, one
 that records the outcome with the router.
 
 **Whose fault is an error answer?** A server that answers a request with an error body
-(Ollama's ``{"error": ...}`` with a 5xx status: ``option "num_ctx" must be of type
+(Ollama's ``{"error": ...}`` with status 500: ``option "num_ctx" must be of type
 integer``, ``invalid format``) may be broken, or the request may be one that every server
 refuses. Only another server's answer to the same request can tell, so the rule is:
 
@@ -185,10 +185,12 @@ def request_signature(
     """What two servers' error answers to one request must share to be the request's fault:
     the status class and the error text with this backend's URL, ``host:port``, addresses
     and credentials removed. None for every failure that is not Ollama's own error answer
-    (refused, hung, cut, an HTML page, a proxy's 401/403/429, out of memory, busy, 404):
-    those say something about the backend, never about the request."""
+    (refused, hung, cut, an HTML page, out of memory, busy, 404, and the statuses Ollama
+    never sends itself: a proxy's 401/403/429 or 502/504, whose gateway could not reach
+    its server): those say something about the backend, never about the request. Ollama
+    answers a request it cannot serve with 500 (``handleScheduleError``)."""
     status = c.status_code
-    if c.category is not FailoverCategory.SERVER_ERROR or status is None or not 500 <= status < 600:
+    if c.category is not FailoverCategory.SERVER_ERROR or status != 500:
         return None
     text = getattr(exc, "error", None)
     if not isinstance(text, str):

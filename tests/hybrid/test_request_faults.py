@@ -271,3 +271,17 @@ def test_model_sizes_put_cpu_first_so_a_down_gpu_is_no_fallback(
     model.refresh()
     meta = model.invoke("hi").response_metadata["contextharbor"]
     assert meta["backend"] == "cpu" and meta["fallback"] is False
+
+
+def test_a_gateways_answer_is_the_backends_even_when_repeated(
+    pair: Pair, make_model: Callable[..., HybridChatOllama]
+) -> None:
+    """Ollama itself never answers 502: two proxies that cannot reach their servers say
+    something about those servers, not about the request."""
+    model = make_model()
+    for srv in pair:
+        srv.inject(Fault.HTTP_ERROR, status=502, message="bad gateway")
+    with pytest.raises(AllBackendsFailedError) as info:
+        model.invoke("hi")
+    assert not isinstance(info.value, RequestRejectedError)
+    assert _circuits(model) == {"gpu": "open", "cpu": "open"}
