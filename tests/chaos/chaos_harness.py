@@ -574,10 +574,10 @@ class Checker:
             return
         self._bad(o, f"unexpected typed error {type(exc).__name__}: {exc}")
 
-    def check_bad_request(self, o: Outcome, circuits: dict[str, str]) -> None:
+    def check_bad_request(self, o: Outcome, before: dict[str, str], after: dict[str, str]) -> None:
         """A call with an invalid option: the request's error (InvalidRequestError, a
         ValueError; RequestRejectedError when both servers refused it), no text, and every
-        circuit as closed as before it (the phase starts healthy)."""
+        circuit as it was before it."""
         exc = o.error
         if not isinstance(exc, InvalidRequestError):
             what = "no error" if exc is None else f"{type(exc).__name__}: {exc}"
@@ -587,9 +587,8 @@ class Checker:
                 self.expected_failures += len(getattr(exc, "attempts", ()))
         if o.partial:
             self._bad(o, f"text {o.partial!r} delivered for an invalid request")
-        opened = {n: c for n, c in circuits.items() if c != "closed"}
-        if opened:
-            self._bad(o, f"an invalid request changed the circuits: {opened}")
+        if after != before:
+            self._bad(o, f"an invalid request changed the circuits: {before} -> {after}")
 
     def check_embedder_stats(self, stats: dict[str, Any]) -> None:
         """The embedder's own router: balanced and nothing left in flight."""
@@ -967,12 +966,13 @@ class ChaosRun:
             for ph in sched:
                 report.actions[ph.action] += 1
                 if ph.action == "bad_request":
+                    before = _circuits(model)
                     for o in self._bad_requests(model, ph):
                         report.calls += 1
                         report.bad_requests += 1
                         if o.error is not None:
                             report.errors[type(o.error).__name__] += 1
-                        checker.check_bad_request(o, _circuits(model))
+                        checker.check_bad_request(o, before, _circuits(model))
                 outcomes = self._run_phase(model, emb, ph, pool, workers)
                 for o in outcomes:
                     self._tally(report, o)
