@@ -202,10 +202,16 @@ def request_signature(
 
 
 def _blame_pending(call: _Call, lease: Lease) -> None:
-    """Another backend answered differently: the deferred failures were their backends'."""
+    """Another backend answered differently: the deferred failures were their backends'.
+    Those of the backend answering now (a retry round) are kept: a server that repeats
+    itself proves nothing either way."""
+    kept = []
     for p in call.pending:
-        lease.router.count_failure(p.backend, p.verdict)
-    call.pending.clear()
+        if p.backend == lease.name:
+            kept.append(p)
+        else:
+            lease.router.count_failure(p.backend, p.verdict)
+    call.pending[:] = kept
 
 
 def no_verdict(c: Classification) -> Classification:

@@ -285,3 +285,20 @@ def test_a_gateways_answer_is_the_backends_even_when_repeated(
         model.invoke("hi")
     assert not isinstance(info.value, RequestRejectedError)
     assert _circuits(model) == {"gpu": "open", "cpu": "open"}
+
+
+def test_a_server_repeating_itself_in_a_retry_round_proves_nothing(
+    pair: Pair, make_model: Callable[..., HybridChatOllama]
+) -> None:
+    """``max_retries=1``, the CPU down: the GPU's same 500 in both rounds is neither the
+    request's fault (no other server said so) nor proven the GPU's."""
+    gpu, cpu = pair
+    cpu.inject(Fault.REFUSE)
+    model = make_model(max_retries=1)
+    gpu.inject(Fault.HTTP_ERROR, status=500, message="invalid format", count=2)
+    with pytest.raises(AllBackendsFailedError) as info:
+        model.invoke("hi")
+    assert not isinstance(info.value, RequestRejectedError)
+    assert [a.backend for a in info.value.attempts] == ["gpu", "cpu", "gpu"]
+    assert _circuits(model)["gpu"] == "closed"
+    assert model.invoke("hi again").response_metadata["backend"] == "gpu"
