@@ -33,12 +33,20 @@ What happens behind it, per candidate in plan order:
    everything admitted failed, up to ``retries`` more rounds plan again.
 
 The iterator writes the plan of each round and its skip records into the caller's
-ledger (an object with ``plan``, ``skipped``, ``model`` and ``num_ctx``).
+ledger (an object with ``plan``, ``skipped``, ``model``, ``num_ctx`` and ``pending``).
+
+A success also settles the ledger's *pending* failures: error answers of other backends to
+the same request whose breaker count waited for another server's answer (the rule is
+:mod:`~langchain_contextharbor._failover`'s). And the first plan of a call that skips a
+backend for an outage (down, circuit open or on trial) logs one WARNING per outage, not per
+call (:func:`note_outages`): which backend, and why; the next plan that no longer skips
+it for an outage ends that outage.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,13 +59,37 @@ if TYPE_CHECKING:
     from langchain_contextharbor.classify import Classification
     from langchain_contextharbor.routing import RoutePlan
 
-__all__ = ["NOT_ADMITTED", "ON_TRIAL", "Lease", "Ledger", "admit", "admit_vetted"]
+__all__ = [
+    "NOT_ADMITTED",
+    "ON_TRIAL",
+    "Lease",
+    "Ledger",
+    "admit",
+    "admit_vetted",
+    "note_outages",
+]
+
+logger = logging.getLogger("langchain_contextharbor")
 
 ON_TRIAL = "on trial: a background request tests it; this call went on"
 NOT_ADMITTED = (
     "not admitted at send time: circuit opened, or (fleet mode) the trial call or the "
     "last free slot went to another worker"
 )
+
+
+class Deferred(Protocol):
+    """A failure whose breaker count waits for another backend's answer (the failover
+    rule's ``Pending``; declared here, by the reader, to keep the modules acyclic)."""
+
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def verdict(self) -> Classification: ...
+
+    @property
+    def signature(self) -> tuple[int, str]: ...
 
 
 class Ledger(Protocol):
@@ -67,6 +99,7 @@ class Ledger(Protocol):
     skipped: list[SkipRecord]
     model: str
     num_ctx: int
+    pending: list[Deferred]
 
 
 class Lease:
@@ -123,11 +156,17 @@ class Lease:
         model: str | None = None,
         info: Mapping[str, Any] | None = None,
     ) -> None:
-        """Record a success; ``model`` and ``info`` (Ollama's final chunk) teach speeds."""
+        """Record a success; ``model`` and ``info`` (Ollama's final chunk) teach speeds.
+        Backends that answered this request with an error before are counted against now
+        (this one served it: the request was not at fault)."""
         self.settled = True
-        self.router.record_success(
-            self.name, latency, ttft, model=model, info=info, queued=self.queued
-        )
+        router = self.router
+        router.record_success(self.name, latency, ttft, model=model, info=info, queued=self.queued)
+        pending = self.ledger.pending
+        if pending:
+            for p in pending:
+                router.count_failure(p.backend, p.verdict)
+            pending.clear()
 
     def failed(
         self, verdict: Classification, text: str, *, fell_back: bool, interrupted: bool = False
@@ -151,6 +190,29 @@ Vet = Callable[[str], Any]
 backend over (the caller records why), anything else goes on the lease as ``vetted``."""
 
 
+def _outage(reason: str) -> bool:
+    return reason.startswith(("down", "circuit")) or reason == ON_TRIAL
+
+
+def note_outages(router: Router, skipped: Sequence[SkipRecord], warned: dict[str, str]) -> None:
+    """Log one WARNING per outage: a backend the plan skips for being down, its circuit open
+    or on trial, the first time (``warned`` maps the backends of outages already logged to
+    their reason); a backend no longer skipped for an outage is forgotten, so its next
+    outage is logged again. Only called when there is something to say or to forget."""
+    now = {s.backend: s for s in skipped if _outage(s.reason)}
+    for name in list(warned):  # a copy: other threads' calls share the map
+        if name not in now and warned.pop(name, None) is not None:
+            logger.info("backend %s is no longer skipped: its outage is over", name)
+    for name, s in now.items():
+        if warned.setdefault(name, s.reason) is s.reason:
+            logger.warning(
+                "backend %s (%s) skipped: %s; calls go to the other backends until it is back",
+                name,
+                s.url,
+                s.reason,
+            )
+
+
 def admit(
     router: Router,
     ledger: Ledger,
@@ -166,6 +228,9 @@ def admit(
     admitted failed. ``vet`` and ``stale``: see :func:`admit_vetted` (which types what
     this generator then yields besides leases)."""
     model = ledger.model
+    warned = router.outages_warned
+    if warned or ledger.skipped:  # the hot path (nothing skipped, no outage): one test
+        note_outages(router, ledger.skipped, warned)
     for round_ in range(retries + 1):
         if round_:
             assert replan is not None

@@ -8,12 +8,34 @@ the warm first-token deadline); an embedding batch is an attempt with none of th
 Everything here works on plain values: the call's :class:`_Call` record, one
 :class:`_Try` per attempt, and the :class:`~langchain_contextharbor._admission.Lease`
 that records the outcome with the router.
+
+**Whose fault is an error answer?** A server that answers a request with an error body
+(Ollama's ``{"error": ...}`` with status 500: ``option "num_ctx" must be of type
+integer``, ``invalid format``) may be broken, or the request may be one that every server
+refuses. Only another server's answer to the same request can tell, so the rule is:
+
+1. such a failure is recorded at once (stats, attempts, the log) but *without* a verdict on
+   the backend: its breaker count is deferred (``_Call.pending``, with the answer's
+   :func:`request_signature`: status class and text, backend-specific parts removed);
+2. another backend answering the same request successfully, with content, or with a
+   *different* error answer proves the deferred ones were the backends' faults: their
+   breakers are counted then (:meth:`Lease.succeeded`, :func:`settle_failure`);
+3. another backend answering with the *same* signature proves the request's fault: the
+   call raises :class:`~langchain_contextharbor.errors.RequestRejectedError` (a
+   ``ValueError``, with ``attempts``) at once, and no breaker moves;
+4. anything else (no other server answered, the call ran out of time, another server
+   refused the request outright with a 400) leaves the deferred counts uncounted: a
+   failure is charged to a backend's health only once it is known not to be the request's.
+
+So one bad request never changes how later good requests are routed, and a server that
+fails what another serves is still counted against, within the same call.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -29,17 +51,27 @@ from langchain_contextharbor.errors import (
     AllBackendsFailedError,
     AttemptRecord,
     DeadlineExceededError,
+    RequestRejectedError,
     SkipRecord,
     StreamInterruptedError,
     scrub_exception,
 )
 
 if TYPE_CHECKING:
-    from langchain_contextharbor._admission import Lease
+    from langchain_contextharbor._admission import Deferred, Lease
     from langchain_contextharbor.backends import BackendConfig
     from langchain_contextharbor.routing import RoutePlan
 
-__all__ = ["METADATA_KEY", "Handled", "all_failed", "metadata", "no_verdict", "settle_failure"]
+__all__ = [
+    "METADATA_KEY",
+    "Handled",
+    "Pending",
+    "all_failed",
+    "metadata",
+    "no_verdict",
+    "request_signature",
+    "settle_failure",
+]
 
 logger = logging.getLogger("langchain_contextharbor")
 
@@ -60,6 +92,7 @@ class _Call:
         "exceptions",
         "model",
         "num_ctx",
+        "pending",
         "plan",
         "skipped",
         "started",
@@ -75,6 +108,9 @@ class _Call:
         self.num_ctx = num_ctx
         self.attempts: list[AttemptRecord] = []
         self.exceptions: list[BaseException] = []
+        self.pending: list[Deferred] = []
+        """Error answers whose breaker count waits for another backend's answer (see the
+        module docstring)."""
         if plan is None:  # planned later, per batch (embeddings)
             self.skipped: list[SkipRecord] = []
         else:
@@ -128,6 +164,56 @@ class _Try:
     def deadline_error(self) -> DeadlineExceededError:
         total = self.cfg.timeouts.total or 0.0
         return DeadlineExceededError(self.call.model, total, self.cfg.name, self.delivered)
+
+
+class Pending:
+    """A failure recorded without a verdict whose breaker count waits (module docstring):
+    the backend, its classification and the answer's :func:`request_signature`."""
+
+    __slots__ = ("backend", "signature", "verdict")
+
+    def __init__(self, backend: str, verdict: Classification, signature: tuple[int, str]):
+        self.backend = backend
+        self.verdict = verdict
+        self.signature = signature
+
+
+_ADDRESS = re.compile(r"(?:\[[0-9a-fA-F:]+\]|\b(?:\d{1,3}\.){3}\d{1,3}|\blocalhost)(?::\d+)?")
+
+
+def request_signature(
+    exc: BaseException, c: Classification, cfg: BackendConfig
+) -> tuple[int, str] | None:
+    """What two servers' error answers to one request must share to be the request's fault:
+    the status class and the error text with this backend's URL, ``host:port``, addresses
+    and credentials removed. None for every failure that is not Ollama's own error answer
+    (refused, hung, cut, an HTML page, out of memory, busy, 404, and the statuses Ollama
+    never sends itself: a proxy's 401/403/429 or 502/504, whose gateway could not reach
+    its server): those say something about the backend, never about the request. Ollama
+    answers a request it cannot serve with 500 (``handleScheduleError``)."""
+    status = c.status_code
+    if c.category is not FailoverCategory.SERVER_ERROR or status != 500:
+        return None
+    text = getattr(exc, "error", None)
+    if not isinstance(text, str):
+        return None
+    text = cfg.scrub(text)
+    for part in (cfg.safe_url, cfg.hostport):
+        text = text.replace(part, "<backend>")
+    return status // 100, " ".join(_ADDRESS.sub("<address>", text).split())
+
+
+def _blame_pending(call: _Call, lease: Lease) -> None:
+    """Another backend answered differently: the deferred failures were their backends'.
+    Those of the backend answering now (a retry round) are kept: a server that repeats
+    itself proves nothing either way."""
+    kept = []
+    for p in call.pending:
+        if p.backend == lease.name:
+            kept.append(p)
+        else:
+            lease.router.count_failure(p.backend, p.verdict)
+    call.pending[:] = kept
 
 
 def no_verdict(c: Classification) -> Classification:
@@ -192,9 +278,12 @@ def settle_failure(att: _Try, exc: Exception, handled: Handled) -> bool:
             call.attempts[-1] = dataclasses.replace(last, message=note)
     text = cfg.scrub(str(exc))
     if isinstance(exc, DeadlineExceededError):
+        call.pending.clear()  # nobody else answered: the deferred counts stay uncounted
         lease.failed(no_verdict(verdict), text, fell_back=False)
         raise exc
     if att.committed:
+        if call.pending:  # this backend streamed content: the deferred ones were at fault
+            _blame_pending(call, lease)
         lease.failed(verdict, text, fell_back=False, interrupted=True)
         raise StreamInterruptedError(
             backend=cfg.name,
@@ -205,9 +294,30 @@ def settle_failure(att: _Try, exc: Exception, handled: Handled) -> bool:
             detail=text,
         ) from exc
     if not should_failover(exc, verdict, handled):
+        call.pending.clear()  # a refusal of the request itself: nothing proven against them
         lease.failed(no_verdict(verdict), text, fell_back=False)
         return False
-    lease.failed(verdict, text, fell_back=True)
+    sig = request_signature(exc, verdict, cfg) if verdict.counts_against_backend else None
+    if sig is None:
+        lease.failed(verdict, text, fell_back=True)
+        return True
+    if any(p.signature == sig and p.backend != cfg.name for p in call.pending):
+        # Two servers refused this request alike: the request's fault, no breaker moves.
+        call.pending.clear()
+        lease.failed(no_verdict(verdict), text, fell_back=False)
+        raise RequestRejectedError(
+            call.model,
+            call.attempts,
+            call.skipped,
+            call.exceptions,
+            "fix the request (its options, format or messages); retrying it will not help",
+            status_code=verdict.status_code or 500,
+            error=cfg.scrub(str(getattr(exc, "error", text))),
+        ) from exc
+    if call.pending:  # a different error answer: the earlier ones were their backends'
+        _blame_pending(call, lease)
+    lease.failed(no_verdict(verdict), text, fell_back=True)
+    call.pending.append(Pending(cfg.name, verdict, sig))
     return True
 
 
@@ -221,7 +331,9 @@ def metadata(call: _Call, cfg: BackendConfig, reasons: Sequence[str]) -> dict[st
             "kind": cfg.kind,
             "base_url": cfg.safe_url,
             "model": call.model,
-            "fallback": bool(call.attempts),
+            "fallback": bool(call.attempts)
+            or bool(plan.passed_over)
+            or plan.backend_names[0] != cfg.name,
             "attempts": [a.as_dict() for a in call.attempts] if call.attempts else [],
             "reason": "; ".join(reasons),
             "route": plan.backends,

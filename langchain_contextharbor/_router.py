@@ -79,6 +79,8 @@ class Router(BackendTable):
         self._costs: Mapping[str, tuple[float, float]] = {}
         """Fleet mode: per backend, the last plan's cost estimate (see route_costs)."""
         self._plan_cache: dict[tuple[Any, ...], tuple[float, RoutePlan]] = {}
+        self.outages_warned: dict[str, str] = {}
+        """Backends whose current outage was logged (see ``_admission.note_outages``)."""
         self._last_plan: tuple[Any, ...] | None = None
         """The last plan with its key (model, num_ctx, policy, sizes, version, loads) and
         expiry: a repeated call checks it without building and hashing the cache key."""
@@ -337,6 +339,22 @@ class Router(BackendTable):
             elif c.category is FailoverCategory.OUT_OF_MEMORY:
                 ctx, until, msg = b.oom[key]
                 sh.publish_mark(name, "oom", key, until, now, num_ctx=ctx, message=msg)
+
+    def count_failure(self, name: str, c: Classification) -> None:
+        """Feed ``name``'s breaker with a failure :meth:`record_failure` already recorded
+        without a verdict: the failover rule defers the count of an error answer until
+        another backend has shown it was not the request's fault (``_failover``)."""
+        b = self._by_name[name]
+        now = self.clock()
+        with self._lock:
+            self._version += 1
+            br = b.breaker
+            before = (br.state, br.opened_at)
+            br.record_failure(now)
+            opened = (br.state, br.opened_at) != before and br.state == "open"
+            shared = SharedBreaker("open", br.failures, br.opened_at, br.cooldown)
+        if opened and self._shared is not None:
+            self._shared.publish_breaker(name, shared, now)
 
     # ------------------------------------------------------------------ background work
     def trial_in_background(self, name: str, model: str) -> bool:

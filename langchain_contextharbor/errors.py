@@ -8,6 +8,7 @@ was delivered) so nobody has to parse messages, and chains the original exceptio
 
     ContextHarborError
     ├── ConfigurationError (also ValueError)      bad URL, duplicate backend, bad size ...
+    ├── InvalidRequestError (also ValueError)     the request itself is wrong (bad option)
     ├── EmptyResponseError (also ValueError)      the answer had no chunk at all (as ChatOllama)
     ├── TruncatedStreamError                      a stream ended without its done chunk
     ├── StreamInterruptedError                    failure after the first chunk reached you
@@ -15,7 +16,10 @@ was delivered) so nobody has to parse messages, and chains the original exceptio
     ├── AllBackendsFailedError                    every candidate failed; .attempts lists them
     │   ├── AllBackendsUnreachableError           every attempt failed to connect
     │   ├── NoBackendAvailableError               nothing could be tried (circuits open, down)
-    │   └── ModelNotAvailableError                no backend has the model (names the pull)
+    │   ├── ModelNotAvailableError                no backend has the model (names the pull)
+    │   └── RequestRejectedError                  two servers gave the same error to the same
+    │                                             request: the request's fault (also an
+    │                                             InvalidRequestError and ResponseError)
     ├── EmbeddingInputError (also TypeError)      embed_documents got something not a str
     └── EmbeddingDigestMismatchError              a server holds another build of the
                                                   embedding model than the index was made with
@@ -54,8 +58,10 @@ __all__ = [
     "EmbeddingDigestMismatchError",
     "EmbeddingInputError",
     "EmptyResponseError",
+    "InvalidRequestError",
     "ModelNotAvailableError",
     "NoBackendAvailableError",
+    "RequestRejectedError",
     "SkipRecord",
     "StreamInterruptedError",
     "TruncatedStreamError",
@@ -153,6 +159,13 @@ class ContextHarborError(Exception):
 
 class ConfigurationError(ContextHarborError, ValueError):
     """The configuration cannot work (raised at construction, before any I/O)."""
+
+
+class InvalidRequestError(ContextHarborError, ValueError):
+    """The request itself is wrong (an option Ollama does not define, or of the wrong type,
+    ``num_ctx <= 0``): raised before anything is sent, naming what was wrong. Why before:
+    every server would refuse it alike, and a refusal used to count against each server's
+    health, opening circuits that later valid calls then found open."""
 
 
 class TruncatedStreamError(ContextHarborError):
@@ -361,6 +374,67 @@ class ModelNotAvailableError(AllBackendsFailedError, ResponseError):
 
     def _headline(self) -> str:
         return f"model {self.model!r} is not available on any backend"
+
+
+class RequestRejectedError(AllBackendsFailedError, InvalidRequestError, ResponseError):
+    """Two servers answered the same request with the same error (same status class, same
+    text once backend-specific parts are removed): the request's fault, not the servers'.
+
+    No circuit changed for it, and no further server was tried. ``status_code`` and
+    ``error`` are the servers' answer (also the ``ollama.ResponseError`` a ChatOllama
+    raises for it); ``attempts`` lists the servers that gave it."""
+
+    __str__ = Exception.__str__
+
+    def __init__(
+        self,
+        model: str,
+        attempts: Sequence[AttemptRecord],
+        skipped: Sequence[SkipRecord] = (),
+        exceptions: Sequence[BaseException] = (),
+        hint: str | None = None,
+        *,
+        status_code: int = 500,
+        error: str = "",
+    ) -> None:
+        self.status_code = status_code
+        self.error = error
+        super().__init__(model, attempts, skipped, exceptions, hint)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_rejected,
+            (
+                self.model,
+                self.attempts,
+                self.skipped,
+                self.exceptions,
+                self.hint,
+                self.status_code,
+                self.error,
+            ),
+        )
+
+    def _headline(self) -> str:
+        names = ", ".join(dict.fromkeys(a.backend for a in self.attempts))
+        return (
+            f"request for model {self.model!r} refused alike by {names} "
+            f"(HTTP {self.status_code}: {self.error}): the request's fault, no circuit changed"
+        )
+
+
+def _rebuild_rejected(
+    model: str,
+    attempts: Sequence[AttemptRecord],
+    skipped: Sequence[SkipRecord],
+    exceptions: Sequence[BaseException],
+    hint: str | None,
+    status_code: int,
+    error: str,
+) -> RequestRejectedError:
+    return RequestRejectedError(
+        model, attempts, skipped, exceptions, hint, status_code=status_code, error=error
+    )
 
 
 class EmbeddingInputError(ContextHarborError, TypeError):

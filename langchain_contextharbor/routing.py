@@ -213,6 +213,10 @@ class RoutePlan:
     strength of a speed *prior* alone (nothing measured there for this model yet). Only
     evidence can say whether spilling onto them would pay; the router measures them with a
     small background request (``calibrate_speeds``)."""
+    passed_over: tuple[str, ...] = ()
+    """Skipped backends of the tier the request prefers (down, circuit open, model
+    missing): the plan's first choice was one of them, so an answer from this plan is a
+    fallback (``response_metadata["contextharbor"]["fallback"]``)."""
 
     @property
     def backends(self) -> list[str]:
@@ -365,10 +369,11 @@ def plan_route(
             f"{format_bytes(policy.size_threshold_bytes)}"
         )
 
+    kinds = {b.name: b.kind for b in backends}
+    passed_over = tuple(s.backend for s in skipped if kinds.get(s.backend) == tier)
     if usable and not any(b.kind == tier for b in usable):
         # Nothing of the chosen tier can take the call (down, circuit open, no model, or
         # none configured): the other tier leads, and the summary says so.
-        kinds = {b.name: b.kind for b in backends}
         gone = "; ".join(f"{s.backend} {s.reason}" for s in skipped if kinds.get(s.backend) == tier)
         tier, moot = ("cpu", "gpu") if tier == "gpu" else ("gpu", "cpu")
         why_tier = (
@@ -476,7 +481,14 @@ def plan_route(
         else f"{req.size_detail}; {why_tier}"
     )
     return RoutePlan(
-        req.model, req, candidates, tuple(skipped), summary, tuple(notes), tuple(unmeasured)
+        req.model,
+        req,
+        candidates,
+        tuple(skipped),
+        summary,
+        tuple(notes),
+        tuple(unmeasured),
+        passed_over,
     )
 
 

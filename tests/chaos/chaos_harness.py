@@ -5,9 +5,12 @@ overlapping (a server killed while streams run, the other one answering 503, the
 This harness drives a mix of invoke / stream / ainvoke / astream / batch / tool calls /
 structured output, sync and async and concurrently, while a schedule (a pure function of the
 seed) injects the stand-ins' faults, kills and restarts their processes, blackholes one (a
-loopback listener whose accept backlog is full, so a connect never completes) and takes both
-down. Every call is checked against invariants (``Checker``), and the run as a whole against
-the router's ``stats()`` and the process's threads and file descriptors after ``close()``.
+loopback listener whose accept backlog is full, so a connect never completes), puts a server
+that is not Ollama on one's port (Python's ``http.server``: HTML 404s and 501s), takes both
+down, and sends a request with an invalid option (it must raise the request's error and
+leave routing as it was for the valid calls after it). Every call is checked against
+invariants (``Checker``), and the run as a whole against the router's ``stats()`` and the
+process's threads and file descriptors after ``close()``.
 
 The harness checks itself: ``INJECTED_BUGS`` patch three realistic bugs into the model (a raw
 transport error leaking, an in-flight slot never released, a stream spliced across backends);
@@ -21,13 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
+import http.server
 import json
 import os
 import random
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -54,6 +60,7 @@ from langchain_contextharbor.errors import (
     ConfigurationError,
     ContextHarborError,
     DeadlineExceededError,
+    InvalidRequestError,
     StreamInterruptedError,
 )
 from langchain_contextharbor.testing import OllamaStandIn, StandInModel
@@ -209,6 +216,46 @@ class Blackhole:
             s.close()
 
 
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class ForeignServer:
+    """Python's ``http.server`` over an empty folder on ``port`` (what ``python -m
+    http.server`` gives, as ``testing.foreign.plain_http_server`` does on a free port): HTML
+    404 for ``/api/version`` and ``/api/tags``, HTML 501 for every ``POST``. Not Ollama."""
+
+    def __init__(self, port: int) -> None:
+        self.root = tempfile.TemporaryDirectory()
+        handler = functools.partial(_QuietFiles, directory=self.root.name)
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, name="chaos-foreign", daemon=True
+        )
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(2.0)
+        self.root.cleanup()
+
+
+#: The invalid option of a ``bad_request`` phase: Ollama refuses it (500, ``option "num_ctx"
+#: must be of type integer``) on every server alike.
+BAD_OPTIONS = {"num_ctx": "big"}
+
+
 # ---------------------------------------------------------------------------- oracle
 class Oracle:
     """What each backend answers directly (plain ChatOllama, fault-free in-process
@@ -308,7 +355,7 @@ class Phase:
     """One step of the schedule: what is done to the servers while ``ops`` run."""
 
     index: int
-    action: str  # healthy | fault | kill | blackhole | both_down
+    action: str  # healthy | fault | kill | blackhole | foreign | both_down | bad_request
     target: str = ""  # gpu | cpu | both
     fault: str = ""
     fault_kw: dict[str, Any] = field(default_factory=dict)
@@ -329,14 +376,24 @@ def make_schedule(seed: int, phases: int, calls_per_phase: int) -> list[Phase]:
     in the same order, with the same calls (timing still interleaves them differently)."""
     rng = random.Random(seed)
     out: list[Phase] = []
-    cycle = ["fault", "fault", "fault", "kill", "blackhole", "both_down", "healthy"]
+    cycle = [
+        "fault",
+        "fault",
+        "fault",
+        "kill",
+        "blackhole",
+        "foreign",
+        "both_down",
+        "bad_request",
+        "healthy",
+    ]
     # The first phases cover every fault and every server action once; then seeded picks.
     opening = ["healthy"]
     for k in range(len(FAULTS)):
         opening.append("fault")
         if k % 4 == 3:
             opening.append(("kill", "blackhole", "both_down", "healthy")[k // 4 % 4])
-    opening.append("healthy")
+    opening += ["foreign", "bad_request", "healthy"]
     faults_left = list(FAULTS)
     for i in range(phases):
         action = opening[i] if i < len(opening) else rng.choice(cycle)
@@ -349,7 +406,7 @@ def make_schedule(seed: int, phases: int, calls_per_phase: int) -> list[Phase]:
         elif action == "kill":
             ph.target = rng.choice(["gpu", "cpu"])
             ph.kill_after_s = rng.uniform(0.0, 0.15)
-        elif action == "blackhole":
+        elif action in ("blackhole", "foreign"):
             ph.target = rng.choice(["gpu", "cpu"])
         elif action == "both_down":
             ph.target = "both"
@@ -391,6 +448,8 @@ class Report:
     ops: Counter[str] = field(default_factory=Counter)
     served: Counter[str] = field(default_factory=Counter)
     fallbacks: int = 0
+    bad_requests: int = 0
+    """Calls with an invalid option (``bad_request`` phases), each refused as the request's."""
     actions: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
     max_over_budget_ratio: float = 0.0
@@ -411,6 +470,7 @@ class Report:
             "ops": dict(self.ops),
             "served": dict(self.served),
             "answers_after_failover": self.fallbacks,
+            "bad_requests_refused": self.bad_requests,
             "schedule_actions": dict(self.actions),
             "violations": list(self.violations),
             "max_elapsed_over_budget": round(self.max_over_budget_ratio, 3),
@@ -513,6 +573,22 @@ class Checker:
                 self._bad(o, f"text {o.partial!r} delivered before AllBackendsFailedError")
             return
         self._bad(o, f"unexpected typed error {type(exc).__name__}: {exc}")
+
+    def check_bad_request(self, o: Outcome, before: dict[str, str], after: dict[str, str]) -> None:
+        """A call with an invalid option: the request's error (InvalidRequestError, a
+        ValueError; RequestRejectedError when both servers refused it), no text, and every
+        circuit as it was before it."""
+        exc = o.error
+        if not isinstance(exc, InvalidRequestError):
+            what = "no error" if exc is None else f"{type(exc).__name__}: {exc}"
+            self._bad(o, f"invalid option {BAD_OPTIONS} raised {what}, not the request's error")
+        else:
+            with self._lock:  # refused by the servers: each attempt is counted (no verdict)
+                self.expected_failures += len(getattr(exc, "attempts", ()))
+        if o.partial:
+            self._bad(o, f"text {o.partial!r} delivered for an invalid request")
+        if after != before:
+            self._bad(o, f"an invalid request changed the circuits: {before} -> {after}")
 
     def check_embedder_stats(self, stats: dict[str, Any]) -> None:
         """The embedder's own router: balanced and nothing left in flight."""
@@ -735,6 +811,10 @@ async def run_async_op(
 
 
 # ---------------------------------------------------------------------------- the run
+def _circuits(model: HybridChatOllama) -> dict[str, str]:
+    return {name: s["circuit"] for name, s in model.stats().items()}
+
+
 def _fd_count() -> int:
     try:
         return len(os.listdir("/proc/self/fd"))
@@ -765,11 +845,14 @@ class ChaosRun:
             s.start()
         self.oracle = Oracle()
         self.blackholes: dict[str, Blackhole] = {}
+        self.foreign: dict[str, ForeignServer] = {}
         self._elapsed: list[float] = []
 
     def close(self) -> None:
         for b in self.blackholes.values():
             b.close()
+        for f in self.foreign.values():
+            f.close()
         for s in self.servers.values():
             s.stop()
         self.oracle.close()
@@ -802,6 +885,10 @@ class ChaosRun:
             s = self.servers[ph.target]
             s.kill()
             self.blackholes[ph.target] = Blackhole(s.port)
+        elif ph.action == "foreign":
+            s = self.servers[ph.target]
+            s.kill()
+            self.foreign[ph.target] = ForeignServer(s.port)
         elif ph.action == "both_down":
             for s in self.servers.values():
                 s.kill()
@@ -811,6 +898,9 @@ class ChaosRun:
         for name, b in list(self.blackholes.items()):
             b.close()
             del self.blackholes[name]
+        for name, f in list(self.foreign.items()):
+            f.close()
+            del self.foreign[name]
         for s in self.servers.values():
             if s.alive:
                 s.command(op="clear")
@@ -875,10 +965,19 @@ class ChaosRun:
         try:
             for ph in sched:
                 report.actions[ph.action] += 1
+                if ph.action == "bad_request":
+                    before = _circuits(model)
+                    for o in self._bad_requests(model, ph):
+                        report.calls += 1
+                        report.bad_requests += 1
+                        if o.error is not None:
+                            report.errors[type(o.error).__name__] += 1
+                        checker.check_bad_request(o, before, _circuits(model))
                 outcomes = self._run_phase(model, emb, ph, pool, workers)
                 for o in outcomes:
                     self._tally(report, o)
-                    checker.check(o, healthy=ph.action == "healthy")
+                    # After a bad request the servers are as healthy as before it.
+                    checker.check(o, healthy=ph.action in ("healthy", "bad_request"))
                 self._restore()
                 # Every breaker may let a trial call through now: no sleeping, the clock moves.
                 clock.advance(model.breaker.max_cooldown + model.probe_ttl + 1)
@@ -976,6 +1075,25 @@ class ChaosRun:
                 report.fallbacks += 1
         else:
             report.errors[type(o.error).__name__] += 1
+
+    def _bad_requests(self, model: HybridChatOllama, ph: Phase) -> list[Outcome]:
+        """The invalid option, sync and async, before the phase's valid calls."""
+        outs = []
+        for op in ("invoke", "ainvoke"):
+            prompt = f"bad request {ph.index} {op}"
+            o = Outcome(ph.index, op, prompt, 0.0)
+            t0 = time.perf_counter()
+            try:
+                if op == "invoke":
+                    msg = model.invoke(prompt, options=BAD_OPTIONS)
+                else:
+                    msg = asyncio.run(model.ainvoke(prompt, options=BAD_OPTIONS))
+                o.partial = str(msg.content)
+            except Exception as exc:
+                o.error = exc
+            o.elapsed = time.perf_counter() - t0
+            outs.append(o)
+        return outs
 
     def _warm_up(
         self, model: HybridChatOllama, emb: HybridOllamaEmbeddings, phase: int

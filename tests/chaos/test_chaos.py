@@ -1,6 +1,7 @@
-"""The chaos suite, short version: a seeded mix of calls while faults, kills, a blackhole
-and a full outage hit both servers; every call and the run's stats must stay within the
-invariants of ``chaos_harness.Checker``. The long run is ``benchmarks/chaos.py``.
+"""The chaos suite, short version: a seeded mix of calls while faults, kills, a blackhole,
+a server that is not Ollama, a full outage and a request with an invalid option hit both
+servers; every call and the run's stats must stay within the invariants of
+``chaos_harness.Checker``. The long run is ``benchmarks/chaos.py``.
 
 The harness is tested too: three bugs patched in on purpose must each be reported.
 """
@@ -35,7 +36,15 @@ def test_schedule_is_a_pure_function_of_the_seed() -> None:
     other = make_schedule(SEED + 1, 30, 10)
     assert [p.ops for p in a] != [p.ops for p in other]
     actions = {p.action for p in a[:20]}
-    assert actions == {"healthy", "fault", "kill", "blackhole", "both_down"}
+    assert actions == {
+        "healthy",
+        "fault",
+        "kill",
+        "blackhole",
+        "foreign",
+        "both_down",
+        "bad_request",
+    }
     faults = {(p.fault, tuple(p.fault_kw.items())) for p in a if p.action == "fault"}
     assert len(faults) >= 13  # every fault of the table, mid-stream variants included
 
@@ -46,7 +55,16 @@ def test_short_chaos_run_keeps_every_invariant(chaos: ChaosRun) -> None:
     assert not report.violations, first(report.violations, 20) + "\n" + as_json(report)
     assert report.calls >= 300
     assert set(report.ops) == set(OPS)
-    assert set(report.actions) == {"healthy", "fault", "kill", "blackhole", "both_down"}
+    assert set(report.actions) == {
+        "healthy",
+        "fault",
+        "kill",
+        "blackhole",
+        "foreign",
+        "both_down",
+        "bad_request",
+    }
+    assert report.bad_requests >= 2  # refused as the request's, routing unchanged after
     # The run exercised both outcomes and both servers, and failed over invisibly.
     assert report.ok > report.calls // 2
     assert report.errors

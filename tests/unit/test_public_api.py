@@ -64,8 +64,10 @@ EXPECTED = {
     "ConfigurationError",
     "ContextHarborError",
     "EmptyResponseError",
+    "InvalidRequestError",
     "ModelNotAvailableError",
     "NoBackendAvailableError",
+    "RequestRejectedError",
     "SkipRecord",
     "StreamInterruptedError",
     # embeddings (the RAG half) and their errors
