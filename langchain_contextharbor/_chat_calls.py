@@ -30,6 +30,7 @@ from langchain_contextharbor._attempt import _Abandoned, _arm, _Armed, _Attempt,
 from langchain_contextharbor._chat_fields import ChatFields
 from langchain_contextharbor._failover import _Call, all_failed, settle_failure
 from langchain_contextharbor._pool import InnerPool
+from langchain_contextharbor._request_check import request_num_ctx
 from langchain_contextharbor._router import Router
 from langchain_contextharbor.backends import BackendConfig
 from langchain_contextharbor.errors import AllBackendsFailedError, ConfigurationError
@@ -168,7 +169,11 @@ class RoutedCalls(ChatFields):
         if type(model) is not str:
             model = str(model)
         # Most calls pass no options: then the context size is the instance's (_num_ctx).
-        num_ctx = self._num_ctx(kwargs) if "options" in kwargs else self.num_ctx or DEFAULT_NUM_CTX
+        num_ctx = (  # options are checked locally (nothing sent when they are bad)
+            request_num_ctx(kwargs["options"], self.num_ctx or DEFAULT_NUM_CTX)
+            if "options" in kwargs
+            else self.num_ctx or DEFAULT_NUM_CTX
+        )
         plan = self._plan(model, num_ctx)
         if logger.isEnabledFor(logging.INFO):  # DEBUG on implies INFO on: one check per call
             logger.info("route %s: %s -> %s", model, plan.summary, plan.backends or "none")

@@ -190,12 +190,6 @@ def test_options_are_checked_before_anything_is_sent() -> None:
     assert request_num_ctx({"temperature": 0}, 2048) == 2048
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the one-line call in chat_models._start (another helper's file): "
-    "num_ctx = request_num_ctx(kwargs['options'], self.num_ctx or DEFAULT_NUM_CTX) if "
-    "'options' in kwargs else ...; remove this marker with that line",
-)
 def test_an_invalid_option_is_refused_locally(
     pair: Pair, make_model: Callable[..., HybridChatOllama]
 ) -> None:
