@@ -206,12 +206,17 @@ def _whole(w: Whole) -> Response:
 
 
 async def _ollama_lines(c: Committed) -> AsyncIterator[bytes]:
-    yield b"".join(h + b"\n" for h in c.held)
-    async for line in c.rest:
-        if isinstance(line, Interrupted):
-            yield error_body(line.message) + b"\n"  # Ollama's mid-stream error line
-            return
-        yield line + b"\n"
+    try:
+        yield b"".join(h + b"\n" for h in c.held)
+        async for line in c.rest:
+            if isinstance(line, Interrupted):
+                yield error_body(line.message) + b"\n"  # Ollama's mid-stream error line
+                return
+            yield line + b"\n"
+    finally:  # the client went away: release the backend's slot now, not at GC
+        aclose = getattr(c.rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _sort_key(stamp: Any) -> float:
