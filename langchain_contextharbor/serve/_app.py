@@ -454,10 +454,23 @@ def create_app(
         yield
         await state.aclose()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: _not_found, 405: _not_allowed},
+    )
     app.state.contextharbor = state
     app.add_middleware(Door, keys=config.api_keys, max_body=config.max_body_bytes)
     return app
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    """Ollama's (Go's) texts for an unknown path and a wrong method."""
+    return PlainTextResponse("404 page not found", status_code=404)
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    return PlainTextResponse("405 method not allowed", status_code=405)
 
 
 def _status_routes(state: AppState) -> list[BaseRoute]:
@@ -506,15 +519,21 @@ async def _sse(
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
     final: dict[str, Any] | None = None
+    tools = False
     try:
         async for ev in events:
             if isinstance(ev, Interrupted):
                 err = oai.error(502, ev.message, "stream_interrupted")
                 yield b"data: " + dumps(err) + b"\n\n"
                 return
+            out = oai.chunk(ev, cid, model, created)
+            choice = out["choices"][0]
+            tools = tools or "tool_calls" in choice["delta"]
             if ev.get("done"):
                 final = ev
-            yield b"data: " + dumps(oai.chunk(ev, cid, model, created)) + b"\n\n"
+                if tools:  # the answer was a tool call, whichever chunk carried it
+                    choice["finish_reason"] = "tool_calls"
+            yield b"data: " + dumps(out) + b"\n\n"
         if usage and final is not None:
             u = oai.usage_chunk(final, cid, model, created)
             yield b"data: " + dumps(u) + b"\n\n"

@@ -238,7 +238,14 @@ def chunk(data: dict[str, Any], cid: str, model: str, created: int) -> dict[str,
         "created": created,
         "model": model,
         "system_fingerprint": "fp_ollama",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": _finish(data, bool(calls))}],
+        # Only the last chunk says why the answer ended (the edge marks a tool-call answer).
+        "choices": [
+            {
+                "index": 0,
+                "delta": delta,
+                "finish_reason": _finish(data, bool(calls)) if data.get("done") else None,
+            }
+        ],
     }
 
 

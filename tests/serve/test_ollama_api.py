@@ -205,3 +205,10 @@ def test_every_backend_down_is_a_503_naming_them(proxy: Proxy, pair: Pair) -> No
     text = r.json()["error"]
     assert "gpu" in text and "cpu" in text
     assert httpx.get(f"{proxy.url}/api/tags", timeout=60).status_code == 503
+
+
+def test_unknown_paths_and_methods_answer_as_ollama(proxy: Proxy) -> None:
+    r = httpx.get(f"{proxy.url}/api/nothing")
+    assert (r.status_code, r.text) == (404, "404 page not found")
+    r = httpx.post(f"{proxy.url}/api/ps")
+    assert (r.status_code, r.text) == (405, "405 method not allowed")

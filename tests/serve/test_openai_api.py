@@ -124,8 +124,15 @@ def test_chatopenai_invoke_stream_tools_structured(proxy: Proxy) -> None:
         """Get the weather of a city."""
         return "sunny"
 
-    msg = llm.bind_tools([get_weather]).invoke("What is the weather in Paris?")
+    bound = llm.bind_tools([get_weather])
+    msg = bound.invoke("What is the weather in Paris?")
     assert [t["name"] for t in msg.tool_calls] == ["get_weather"]
+    chunks = list(bound.stream("What is the weather in Paris?"))
+    streamed = chunks[0]
+    for c in chunks[1:]:
+        streamed = streamed + c
+    assert [t["name"] for t in streamed.tool_calls] == ["get_weather"]  # type: ignore[attr-defined]
+    assert streamed.response_metadata.get("finish_reason") == "tool_calls"
 
     class Joke(BaseModel):
         setup: str
