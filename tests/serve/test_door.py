@@ -139,3 +139,56 @@ def test_no_backend_secret_in_any_answer_or_log(
     assert any("gpu" in s for s in seen[2:])  # the failures were reported ...
     for text in [*seen, caplog.text, repr(list(proxy.state.decisions))]:
         assert secret_pw not in text and token not in text  # ... without the secrets
+
+
+def test_python_m_serve_runs_as_a_process(pair: Pair) -> None:
+    """The module entry point, as a user starts it: answers, then stops on SIGINT."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from servekit import free_port
+
+    gpu, cpu = pair
+    port = free_port()
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "langchain_contextharbor.serve",
+            "--backend",
+            f"gpu={gpu.url}",
+            "--backend",
+            f"cpu={cpu.url}",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/api/version", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "did not start"
+            time.sleep(0.1)
+        answer = ollama.Client(host=url, timeout=30).chat(model=MODEL, messages=HI)
+        assert answer.message.content.startswith("Hello from gpu")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"http://127.0.0.1:{port} -> gpu=" in err
