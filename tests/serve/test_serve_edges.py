@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import ollama
@@ -71,3 +72,23 @@ def test_an_embedding_build_is_never_mixed(
     r = httpx.post(f"{proxy.url}/api/embed", json={"model": EMBED, "input": "x"}, timeout=30)
     assert r.status_code == 409
     assert "bbbbbbbbbbbb" in r.json()["error"] and not cpu.requests_to("/api/embed")
+
+
+def test_two_proxies_share_one_fleet_through_redis(
+    pair: tuple[OllamaStandIn, OllamaStandIn], make_proxy: Callable[..., Proxy], redis_server: Any
+) -> None:
+    """Fleet mode: a GPU failure one proxy worker saw opens the circuit for the other."""
+    gpu, _ = pair
+    a = make_proxy(shared_state=redis_server.url)
+    b = make_proxy(shared_state=redis_server.url)
+    gpu.inject(
+        Fault.HTTP_ERROR, count=1, message="llama runner process has terminated: exit status 2"
+    )
+    c = ollama.Client(host=a.url, timeout=30)
+    assert c.chat(model=MODEL, messages=HI).message.content.startswith("Hello from cpu")
+    answer = ollama.Client(host=b.url, timeout=30).chat(model=MODEL, messages=HI)
+    assert answer.message.content.startswith("Hello from cpu")
+    d = b.state.decisions[-1]
+    assert d["backend"] == "cpu" and d["attempts"] == []
+    assert any(s["backend"] == "gpu" for s in d["skipped"]), d
+    assert len(gpu.requests_to("/api/chat")) == 1  # only proxy a's attempt reached it
