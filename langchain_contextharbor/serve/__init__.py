@@ -1,0 +1,1 @@
+"""``contextharbor serve``: one router for every app on the machine, over HTTP."""
