@@ -19,7 +19,8 @@ configured backend's :meth:`~langchain_contextharbor.backends.BackendConfig.scru
 - ``decisions``: a bounded ``collections.deque`` of dicts, newest last, each with ``time``
   (epoch seconds), ``endpoint``, ``model``, ``backend``, ``reasons`` (a text or a list of
   texts) and ``attempts`` (the failed tries before it: ``response_metadata
-  ["contextharbor"]["attempts"]``);
+  ["contextharbor"]["attempts"]``); optionally ``skipped`` (``{backend, reason}`` dicts),
+  ``status`` (the HTTP status answered) and ``error`` (why there was no answer);
 - ``configs``: the :class:`~langchain_contextharbor.backends.BackendConfig` list.
 """
 
@@ -173,6 +174,13 @@ def _decision(d: Mapping[str, Any]) -> dict[str, Any]:
             for a in attempts
             if isinstance(a, Mapping)
         ],
+        "skipped": [
+            {k: sk.get(k) for k in ("backend", "reason")}
+            for sk in d.get("skipped") or []
+            if isinstance(sk, Mapping)
+        ],
+        "status": d.get("status"),
+        "error": d.get("error"),
         "fallback": bool(attempts),
     }
 
@@ -307,8 +315,8 @@ PAGE = """<!doctype html>
 
 <h2>Last decisions</h2>
 <table>
-  <thead><tr><th>time</th><th>endpoint</th><th>model</th><th>backend</th><th>reasons</th>
-  <th>attempts before it</th></tr></thead>
+  <thead><tr><th>time</th><th>endpoint</th><th>model</th><th>backend</th><th>status</th>
+  <th>reasons</th><th>attempts before it</th></tr></thead>
   <tbody id="decisions"></tbody>
 </table>
 
@@ -394,13 +402,14 @@ function render(s) {
         + a.message));
     }
     const when = typeof d.time === "number" ? new Date(d.time * 1000).toLocaleTimeString() : d.time;
-    const tried = d.attempts.length ? ul : el("span", "none", "muted");
-    const r = row([when, d.endpoint, d.model, d.backend, d.reasons.join("; "), tried],
-      "decision");
+    for (const k of d.skipped) ul.appendChild(el("li", k.backend + ": skipped: " + k.reason));
+    const tried = ul.childNodes.length ? ul : el("span", "none", "muted");
+    const why = d.reasons.join("; ") + (d.error ? (d.reasons.length ? "; " : "") + d.error : "");
+    const r = row([when, d.endpoint, d.model, d.backend, d.status, why, tried], "decision");
     r.dataset.backend = d.backend || ""; r.dataset.fallback = String(d.fallback);
     decisions.push(r);
   }
-  fill("decisions", decisions, 6, "no calls yet");
+  fill("decisions", decisions, 7, "no calls yet");
   const meta = document.getElementById("meta");
   meta.className = "";
   meta.textContent = "updated " + new Date(s.time * 1000).toLocaleTimeString() + " \\u00b7 "

@@ -224,3 +224,27 @@ def test_browser_says_when_the_proxy_is_gone(state: State, serve_app: Any) -> No
         assert "cannot reach the proxy" in page.text("#meta")
         # The last known state stays on the page.
         assert page.evaluate("document.querySelectorAll('tr.backend').length") == 2
+
+
+def test_a_proxy_decision_with_status_error_and_skips_is_shown(
+    state: State, serve_app: Any
+) -> None:
+    # The shape the proxy records: reasons as a list, plus status, skipped and error.
+    state.decisions.append(
+        {
+            "time": time.time(),
+            "endpoint": "/api/chat",
+            "model": MODEL,
+            "backend": None,
+            "reasons": [],
+            "attempts": [],
+            "skipped": [{"backend": "gpu", "reason": "circuit open"}],
+            "status": 503,
+            "error": "no backend could serve llama3.2:1b",
+        }
+    )
+    served = serve_app(app_for(state))
+    (d,) = httpx.get(served.url + STATUS_PATH).json()["decisions"]
+    assert (d["status"], d["backend"]) == (503, None)
+    assert d["error"] == "no backend could serve llama3.2:1b"
+    assert d["skipped"] == [{"backend": "gpu", "reason": "circuit open"}]
