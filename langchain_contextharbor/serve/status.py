@@ -50,11 +50,17 @@ DECISIONS_SHOWN = 50
 
 
 class StatusSource(Protocol):
-    """What :func:`routes` reads from the server's state (see the module doc)."""
+    """What :func:`routes` reads from the server's state (see the module doc). Read-only:
+    plain attributes and properties both satisfy it."""
 
-    router: Router
-    decisions: Iterable[Mapping[str, Any]]
-    configs: Sequence[BackendConfig]
+    @property
+    def router(self) -> Router: ...
+
+    @property
+    def decisions(self) -> Iterable[Mapping[str, Any]]: ...
+
+    @property
+    def configs(self) -> Sequence[BackendConfig]: ...
 
 
 # ---------------------------------------------------------------------------- the JSON
