@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import webkit
 
 from langchain_contextharbor import (
     AllBackendsFailedError,
@@ -20,8 +21,14 @@ from langchain_contextharbor import (
     smart_chat_stream,
 )
 from langchain_contextharbor.testing import Fault, OllamaStandIn
+from langchain_contextharbor.testing.pytest_plugin import StandInFactory
 
 MODEL = "llama3.2:1b"
+
+
+@pytest.fixture
+def pair(ollama_standin_factory: StandInFactory) -> tuple[OllamaStandIn, OllamaStandIn]:
+    return webkit.standins(ollama_standin_factory)
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
 GPU_ANSWER = f"Hello from gpu ({MODEL}). You said: hi"
 

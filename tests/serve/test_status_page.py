@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,15 +21,33 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
+import webkit
 from starlette.applications import Starlette
 
 from langchain_contextharbor import BackendConfig, HybridChatOllama
 from langchain_contextharbor._router import Router
 from langchain_contextharbor.serve.status import STATUS_PATH, routes
 from langchain_contextharbor.testing import OllamaStandIn
+from langchain_contextharbor.testing.asgi import ServedApp
 from langchain_contextharbor.testing.browser import Browser, require_chromium
+from langchain_contextharbor.testing.pytest_plugin import StandInFactory
 
 MODEL = "llama3.2:1b"
+
+
+@pytest.fixture
+def pair(ollama_standin_factory: StandInFactory) -> tuple[OllamaStandIn, OllamaStandIn]:
+    return webkit.standins(ollama_standin_factory)
+
+
+@pytest.fixture
+def configs(pair: tuple[OllamaStandIn, OllamaStandIn]) -> list[BackendConfig]:
+    return webkit.configs_for(*pair)
+
+
+@pytest.fixture
+def serve_app() -> Iterator[Callable[[Any], ServedApp]]:
+    yield from webkit.app_server()
 
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,12 +21,31 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
+import webkit
+
 from langchain_contextharbor import BackendConfig, HybridChatOllama
 from langchain_contextharbor.testing import Fault, OllamaStandIn
+from langchain_contextharbor.testing.asgi import ServedApp
 from langchain_contextharbor.testing.browser import Browser, Page, require_chromium
+from langchain_contextharbor.testing.pytest_plugin import StandInFactory
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "llama3.2:1b"
+
+
+@pytest.fixture
+def pair(ollama_standin_factory: StandInFactory) -> tuple[OllamaStandIn, OllamaStandIn]:
+    return webkit.standins(ollama_standin_factory)
+
+
+@pytest.fixture
+def configs(pair: tuple[OllamaStandIn, OllamaStandIn]) -> list[BackendConfig]:
+    return webkit.configs_for(*pair)
+
+
+@pytest.fixture
+def serve_app() -> Iterator[Callable[[Any], ServedApp]]:
+    yield from webkit.app_server()
 
 
 @pytest.fixture(scope="module")
