@@ -45,6 +45,9 @@ __all__ = ["STATUS_PATH", "StatusSource", "routes", "status_snapshot"]
 STATUS_PATH = "/api/contextharbor/status"
 """Where the page's JSON lives (the page polls it every second)."""
 
+OLLAMA_ROOT_TEXT = "Ollama is running"
+"""What ``GET /`` answers a client that does not ask for HTML (Ollama's own answer)."""
+
 DECISIONS_SHOWN = 50
 """The most recent decisions the JSON carries (the deque may keep more)."""
 
@@ -227,7 +230,8 @@ _HEADERS = {
 
 
 def routes(app_state: StatusSource, *, metrics_label: str = "serve") -> list[Route]:
-    """The three routes: ``/`` (the page), :data:`STATUS_PATH` (its JSON) and ``/metrics``.
+    """The three routes: ``/`` (the page; to a client that does not accept ``text/html``,
+    Ollama's own ``Ollama is running``), :data:`STATUS_PATH` (its JSON) and ``/metrics``.
 
     ``metrics_label`` is the ``router`` label of every metric (the Prometheus collector
     names each router it reads)."""
@@ -236,6 +240,10 @@ def routes(app_state: StatusSource, *, metrics_label: str = "serve") -> list[Rou
     from starlette.routing import Route
 
     async def page(request: Request) -> Response:
+        # Ollama's own ``GET /`` answers "Ollama is running", and clients check it to see
+        # whether a server is up; a browser asks for HTML. Both get theirs.
+        if "text/html" not in request.headers.get("accept", ""):
+            return PlainTextResponse(OLLAMA_ROOT_TEXT)
         return HTMLResponse(PAGE, headers=_HEADERS)
 
     async def status(request: Request) -> Response:

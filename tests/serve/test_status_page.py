@@ -51,6 +51,9 @@ def serve_app() -> Iterator[Callable[[Any], ServedApp]]:
 
 
 
+HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}  # as a browser asks
+
+
 @dataclass
 class State:
     router: Router
@@ -166,7 +169,7 @@ def test_no_backend_secret_on_the_page_or_in_the_json(
         served = serve_app(app_for(state))
         llm.refresh()
         for path in ("/", STATUS_PATH, "/metrics"):
-            body = httpx.get(served.url + path).text
+            body = httpx.get(served.url + path, headers=HTML).text
             assert password not in body and token not in body, path
         s = httpx.get(served.url + STATUS_PATH).json()
         assert s["backends"][0]["url"] == configs[0].safe_url
@@ -177,13 +180,23 @@ def test_no_backend_secret_on_the_page_or_in_the_json(
 
 def test_page_is_self_contained_and_locked_down(state: State, serve_app: Any) -> None:
     served = serve_app(app_for(state))
-    r = httpx.get(served.url + "/")
+    r = httpx.get(served.url + "/", headers=HTML)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     csp = r.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "connect-src 'self'" in csp
     # No build step, nothing fetched but the JSON: no external script, style or image.
     assert "<script src" not in r.text and "<link" not in r.text
     assert STATUS_PATH in r.text and "innerHTML" not in r.text
+
+
+def test_root_still_says_ollama_is_running_to_clients(state: State, serve_app: Any) -> None:
+    """Ollama clients check ``GET /`` for Ollama's own text; only a browser gets the page."""
+    served = serve_app(app_for(state))
+    for method in ("GET", "HEAD"):
+        r = httpx.request(method, served.url + "/")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    assert httpx.get(served.url + "/").text == "Ollama is running"
+    assert httpx.get(served.url + "/", headers={"Accept": "*/*"}).text == "Ollama is running"
 
 
 # ---------------------------------------------------------------- in a real browser
