@@ -48,6 +48,7 @@ def record(state: State, endpoint: str, answer: Any) -> None:
             "backend": meta["backend"],
             "reasons": meta["reason"],
             "attempts": meta["attempts"],
+            "status": 200,
         }
     )
 

@@ -237,7 +237,7 @@ def test_browser_renders_backends_and_shows_a_failover_within_seconds(
         t0 = time.monotonic()
         row_text = page.wait_for(FAILED_OVER, timeout=5.0)
         shown_after = time.monotonic() - t0
-        assert shown_after < 3.0, shown_after  # polled every second
+        assert shown_after < 4.0, shown_after  # polled every second; room for a loaded CI
         assert "gpu: ConnectError [connect]" in row_text  # the attempt before it, and why
         assert "cpu tier (fallback)" in row_text  # the router's reasons for the CPU
         # The GPU's row counts the failure (by the next poll at the latest).
