@@ -472,7 +472,7 @@ async def embed(state: AppState, *, endpoint: str, path: str, model: str, payloa
     """One embed request through ``HybridOllamaEmbeddings``' admission and digest check:
     a backend holding another build of ``model`` than the one this proxy already embedded
     with is refused (the vectors would not match an index made with the first)."""
-    from langchain_contextharbor.embeddings import _Call as EmbedCall
+    from langchain_contextharbor._digests import _Call as EmbedCall
 
     emb = state.embedder(model)
     router = state.router
@@ -506,7 +506,15 @@ async def embed(state: AppState, *, endpoint: str, path: str, model: str, payloa
                 continue
             lease.succeeded(time.perf_counter() - att.started, None)
             try:
-                emb._pin(call, lease.name, lease.vetted)
+                book = emb._s.digests
+                book.pin(
+                    call,
+                    lease.name,
+                    lease.vetted,
+                    model=emb.model,
+                    allow_mismatch=emb.allow_digest_mismatch,
+                    configs=emb._s.configs,
+                )
             except Exception as exc:  # two first calls raced to servers with two builds
                 _decide(state, endpoint, call, lease, 409, error=_one_line(str(exc)))
                 return Whole(409, error_body("contextharbor: " + _one_line(str(exc))))
