@@ -3,9 +3,10 @@
 Why a module of its own: an embedding index is valid for one *build* of the model only, and
 two servers can hold different builds under one name. Deciding that is book-keeping apart
 from routing a batch: read the model's digest from a backend's probe (``/api/tags``) before
-sending there, refuse a backend with another build (recorded as a skip), adopt the first
-build used (or ``expected_digest``) and confirm it on every success, and say how to repair
-a mismatch. :class:`DigestBook` keeps that state for one
+sending there, and again after a batch when that probe predates it (:func:`evidence_predates`:
+a re-pull between probes), refuse a backend with another build (recorded as a skip), adopt
+the first build used (or ``expected_digest``) and confirm it on every success, and say how
+to repair a mismatch. :class:`DigestBook` keeps that state for one
 :class:`~langchain_contextharbor.HybridOllamaEmbeddings` (under its own lock: concurrent
 calls may pin at once); :class:`_Call` is one embed call's record, the failover record
 shared with the chat model plus what an embed call keeps across its batches.

@@ -10,8 +10,10 @@ space: the vector store keeps answering, with the wrong documents.
 So this class routes each batch with the same planner, breakers, timeouts and classifier
 as :class:`~langchain_contextharbor.HybridChatOllama` (and can share one router with it),
 and it checks the model's digest on a server (``/api/tags``, read by the router's probes)
-before sending there. The first digest it embeds with (or ``expected_digest``) is the one
-the index uses; a server with another one is refused with
+before sending there, and once more (one ``/api/tags`` read) after a batch returns from a
+server whose last probe predates the batch, so a re-pull between probes is caught before
+the batch's vectors are believed. The first digest it embeds with (or ``expected_digest``)
+is the one the index uses; a server with another one is refused with
 :class:`~langchain_contextharbor.errors.EmbeddingDigestMismatchError`, unless the user opts
 in with ``allow_digest_mismatch=True`` (then the mix is allowed and marked).
 """
