@@ -37,6 +37,7 @@ import httpx
 from ollama import ResponseError
 
 from langchain_contextharbor._admission import Lease, admit
+from langchain_contextharbor._digests import evidence_predates
 from langchain_contextharbor._failover import _Call, _Try, all_failed, settle_failure
 from langchain_contextharbor._transport import CALL_DEADLINE, FIRST_TOKEN, inner_client_kwargs
 from langchain_contextharbor.backends import BackendConfig
@@ -486,6 +487,7 @@ async def embed(state: AppState, *, endpoint: str, path: str, model: str, payloa
             continue
         with lease:
             att = _Try(call, lease, False)
+            sent = router.clock()
             try:
                 response = await state.upstreams.client(lease.name).post(
                     path, content=payload, headers={"content-type": "application/json"}
@@ -505,12 +507,18 @@ async def embed(state: AppState, *, endpoint: str, path: str, model: str, payloa
                     return Whole(500, error_body(lease.cfg.scrub(str(exc))))
                 continue
             lease.succeeded(time.perf_counter() - att.started, None)
+            digest: str = lease.vetted
+            if evidence_predates(router, lease.name, sent):  # a re-pull may have landed
+                rechecked = emb._recheck(call, lease, await emb._aread_tags(lease.name))
+                if rechecked is None:  # refused as the library refuses: the next backend
+                    continue
+                digest = rechecked
             try:
                 book = emb._s.digests
                 book.pin(
                     call,
                     lease.name,
-                    lease.vetted,
+                    digest,
                     model=emb.model,
                     allow_mismatch=emb.allow_digest_mismatch,
                     configs=emb._s.configs,
