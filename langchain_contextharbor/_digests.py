@@ -3,9 +3,10 @@
 Why a module of its own: an embedding index is valid for one *build* of the model only, and
 two servers can hold different builds under one name. Deciding that is book-keeping apart
 from routing a batch: read the model's digest from a backend's probe (``/api/tags``) before
-sending there, refuse a backend with another build (recorded as a skip), adopt the first
-build used (or ``expected_digest``) and confirm it on every success, and say how to repair
-a mismatch. :class:`DigestBook` keeps that state for one
+sending there, and again after a batch when that probe predates it (:func:`evidence_predates`:
+a re-pull between probes), refuse a backend with another build (recorded as a skip), adopt
+the first build used (or ``expected_digest``) and confirm it on every success, and say how
+to repair a mismatch. :class:`DigestBook` keeps that state for one
 :class:`~langchain_contextharbor.HybridOllamaEmbeddings` (under its own lock: concurrent
 calls may pin at once); :class:`_Call` is one embed call's record, the failover record
 shared with the chat model plus what an embed call keeps across its batches.
@@ -17,8 +18,9 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from langchain_contextharbor._facts import parse_digests
 from langchain_contextharbor._failover import _Call as _CallRecord
 from langchain_contextharbor.errors import EmbeddingDigestMismatchError, SkipRecord
 from langchain_contextharbor.sizing import normalize_model_name
@@ -28,7 +30,14 @@ if TYPE_CHECKING:
     from langchain_contextharbor._router import Router
     from langchain_contextharbor.backends import BackendConfig
 
-__all__ = ["BatchRecord", "DigestBook", "stale_probe", "strip_digest"]
+__all__ = [
+    "BatchRecord",
+    "DigestBook",
+    "evidence_predates",
+    "stale_probe",
+    "strip_digest",
+    "tags_digests",
+]
 
 logger = logging.getLogger("langchain_contextharbor")
 
@@ -70,6 +79,30 @@ def stale_probe(router: Router, name: str) -> bool:
     or one older than ``probe_ttl`` (a fresh failed probe is not retried: it refuses)."""
     p = router.get(name).probe
     return p is None or router.clock() - p.at > router.probe_ttl
+
+
+def evidence_predates(router: Router, name: str, since: float) -> bool:
+    """Whether ``name``'s last digest evidence (its probe) is no newer than ``since``, the
+    clock time a batch was sent there: then the build the batch was vetted with may not be
+    the one that embedded it (a re-pull in between), and ``/api/tags`` is read once more
+    before the vectors are believed. A probe taken after the batch was sent is evidence
+    enough (the only residue: a re-pull landing between that probe's read and the server
+    computing the batch, well under one probe's latency).
+
+    The cost, decided: at most one ``GET /api/tags`` per batch, and none when a probe has
+    landed since the batch was sent. With probes every ``probe_ttl`` (10 s) and batches of
+    milliseconds that is in practice one read per batch -- about a millisecond on a LAN
+    beside a batch that costs tens to hundreds; the chat model's calls never pay it."""
+    p = router.get(name).probe
+    return p is None or p.at <= since
+
+
+def tags_digests(tags: Any) -> dict[str, str]:
+    """An ``ollama`` client's ``list()`` reply (``/api/tags``) as normalized name -> digest."""
+    return parse_digests(
+        {"model": getattr(m, "model", None), "digest": getattr(m, "digest", None)}
+        for m in getattr(tags, "models", None) or ()
+    )
 
 
 class DigestBook:
@@ -114,6 +147,50 @@ class DigestBook:
                 call.mismatched[name] = digest
                 reason = f"holds build {digest[:12]}, not {expected[:12]} ({self.source})"
         if reason is not None:
+            call.skipped.append(SkipRecord(cfg.name, cfg.safe_url, reason))
+            call.avoid.add(name)
+            return None
+        return digest
+
+    def recheck(
+        self,
+        call: _Call,
+        name: str,
+        vetted: str,
+        read: dict[str, str] | BaseException,
+        *,
+        router: Router,
+        model: str,
+        allow_mismatch: bool,
+    ) -> str | None:
+        """After a batch returned from ``name``: the digest its vectors are from, by
+        ``read`` (``/api/tags`` read after the reply, or the error reading it), or None
+        when refused exactly as :meth:`vet` refuses (a skip; a changed build is a
+        mismatch unless ``allow_mismatch``, then :meth:`pin` marks the mix). A changed
+        build also asks for a probe, so later plans vet with it."""
+        key = normalize_model_name(model)
+        reason: str | None = None
+        digest: str | None = None
+        if isinstance(read, BaseException):
+            reason = f"could not re-read the model's digest after the batch: {read!r}"
+        elif (got := read.get(key)) is None:
+            reason = f"model {key!r} no longer in this server's /api/tags"
+        else:
+            digest = strip_digest(got)
+        if digest is not None and digest != vetted:
+            router.request_probe(name)  # never waits: the table learns the new build
+            logger.warning(
+                "embedding model %s was re-pulled on %s during a batch: build %s, not %s",
+                model,
+                name,
+                digest[:12],
+                vetted[:12],
+            )
+            if not allow_mismatch:
+                call.mismatched[name] = digest
+                reason = f"re-pulled during the batch: holds build {digest[:12]}, not {vetted[:12]}"
+        if reason is not None:
+            cfg = router.get(name).config
             call.skipped.append(SkipRecord(cfg.name, cfg.safe_url, reason))
             call.avoid.add(name)
             return None

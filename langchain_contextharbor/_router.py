@@ -50,7 +50,6 @@ from langchain_contextharbor.sizing import normalize_model_name
 __all__ = ["BackendRuntime", "Router"]
 
 
-
 class Router(BackendTable):
     """Planning and the call lifecycle over a backend table. Thread- and task-safe."""
 
@@ -123,14 +122,21 @@ class Router(BackendTable):
 
     # ------------------------------------------------------------------ planning
     def plan(
-        self, model: str, *, num_ctx: int, sizes: Mapping[str, float], policy: RoutePolicy
+        self,
+        model: str,
+        *,
+        num_ctx: int,
+        sizes: Mapping[str, float],
+        policy: RoutePolicy,
+        chat: bool = True,
     ) -> RoutePlan:
         """Plan a call on what the table knows now: no I/O, never blocks (call
         :meth:`prepare` and :meth:`wait_for_evidence` first). Plans are cached until the
         table changes (a probe, a failure, a breaker transition, a change of in-flight
         counts or of the size table) or a time-dependent fact expires, so the hot path
         usually costs one comparison. A plan that names unmeasured backends starts their
-        calibration (:meth:`calibrate`, a background submit, on a cache miss only)."""
+        calibration (:meth:`calibrate`, a background submit, on a cache miss only), unless
+        ``chat=False``: an embeddings plan, whose model cannot answer a calibration chat."""
         now = self.clock()
         key = self._keys.get(model) or self.key(model)
         with self._lock:
@@ -168,7 +174,7 @@ class Router(BackendTable):
             )
         req = size_request(model, num_ctx, sizes, tags_size, arch, self.answer_tokens.get(key))
         plan = plan_route(req, snaps, policy)
-        if plan.unmeasured and self.calibrate_speeds:  # a cache miss only, never the hot path
+        if plan.unmeasured and chat and self.calibrate_speeds:  # a cache miss only
             self.calibrate(
                 plan.unmeasured, model, num_ctx=num_ctx, answer_tokens=policy.prior.output_tokens
             )

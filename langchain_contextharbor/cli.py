@@ -32,6 +32,7 @@ from langchain_contextharbor import (
     preview_route,
 )
 from langchain_contextharbor.routing import RoutePlan
+from langchain_contextharbor.serve._cli import add_serve_parser, run_serve
 
 __all__ = [
     "EXIT_ALL_DOWN",
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the plan as a table: one row per backend, in the order they are tried",
     )
+    add_serve_parser(sub, parents=[common], epilog=_EPILOG, formatter=fmt)
     return parser
 
 
@@ -510,6 +512,8 @@ def _main(argv: Sequence[str] | None, found: list[int]) -> int:
     if command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if command == "serve":
+        return run_serve(args)
     config = {
         "gpu_url": getattr(args, "gpu_url", None),
         "cpu_url": getattr(args, "cpu_url", None),

@@ -10,8 +10,10 @@ space: the vector store keeps answering, with the wrong documents.
 So this class routes each batch with the same planner, breakers, timeouts and classifier
 as :class:`~langchain_contextharbor.HybridChatOllama` (and can share one router with it),
 and it checks the model's digest on a server (``/api/tags``, read by the router's probes)
-before sending there. The first digest it embeds with (or ``expected_digest``) is the one
-the index uses; a server with another one is refused with
+before sending there, and once more (one ``/api/tags`` read) after a batch returns from a
+server whose last probe predates the batch, so a re-pull between probes is caught before
+the batch's vectors are believed. The first digest it embeds with (or ``expected_digest``)
+is the one the index uses; a server with another one is refused with
 :class:`~langchain_contextharbor.errors.EmbeddingDigestMismatchError`, unless the user opts
 in with ``allow_digest_mismatch=True`` (then the mix is allowed and marked).
 """
@@ -37,8 +39,10 @@ from langchain_contextharbor._digests import (
     BatchRecord,
     DigestBook,
     _Call,
+    evidence_predates,
     stale_probe,
     strip_digest,
+    tags_digests,
 )
 from langchain_contextharbor._facts import ProbeResult
 from langchain_contextharbor._failover import _Try, all_failed, settle_failure
@@ -268,7 +272,10 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
         router.prepare(self.model)
         router.wait_for_evidence()  # returns at once in a loop: async awaited it already
         try:
-            return router.plan(self.model, num_ctx=num_ctx, sizes=self.model_sizes, policy=policy)
+            # chat=False: an embedding model is never sent speed-calibration chats.
+            return router.plan(
+                self.model, num_ctx=num_ctx, sizes=self.model_sizes, policy=policy, chat=False
+            )
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
 
@@ -332,11 +339,12 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
         batch: Sequence[str],
         got: Any,
         seen: int,
+        digest: str,
     ) -> list[list[float]]:
-        """Pin the build and record the batch; ``seen``: the skips and attempts of the
+        """Pin the build (``digest``: the vetted one, re-read after the batch when the
+        evidence was older) and record the batch; ``seen``: the skips and attempts of the
         call when this batch began (more since: another backend was passed over first)."""
         name = lease.name
-        digest: str = lease.vetted
         # ollama-python already parses each vector into a list: copy only what is not one.
         vectors = [v if isinstance(v, list) else list(v) for v in got]
         if len(vectors) != len(batch):
@@ -359,6 +367,41 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
         fallback = len(call.skipped) + len(call.attempts) > seen or bool(call.avoid - {name})
         call.batches.append(BatchRecord(start, start + len(batch), name, digest, fallback))
         return vectors
+
+    def _recheck(
+        self, call: _Call, lease: Lease, read: dict[str, str] | BaseException
+    ) -> str | None:
+        """The build a returned batch is from, by ``/api/tags`` read after it
+        (:meth:`DigestBook.recheck`); None: refused, the next backend is tried."""
+        return self._s.digests.recheck(
+            call,
+            lease.name,
+            lease.vetted,
+            read,
+            router=self._s.router,
+            model=self.model,
+            allow_mismatch=self.allow_digest_mismatch,
+        )
+
+    def _read_tags(self, name: str) -> dict[str, str] | BaseException:
+        """``/api/tags`` of ``name`` by its own client (deadlines, credentials), as
+        name -> digest; the error instead of raising (:meth:`_recheck` refuses then)."""
+        try:
+            client = self._inner(name)._client
+            if client is None:
+                raise RuntimeError("no ollama client")
+            return tags_digests(client.list())
+        except Exception as exc:
+            return exc
+
+    async def _aread_tags(self, name: str) -> dict[str, str] | BaseException:
+        try:
+            client = self._ainner(name)._async_client
+            if client is None:
+                raise RuntimeError("no ollama client")
+            return tags_digests(await client.list())
+        except Exception as exc:
+            return exc
 
     def _all_failed(self, call: _Call) -> Exception:
         s = self._s
@@ -397,6 +440,7 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
                 continue
             with lease:  # released on exit, as abandoned unless an outcome was recorded
                 att = _Try(call, lease, False)
+                sent = router.clock()
                 try:
                     got = self._inner(lease.name).embed_documents(batch)
                     got = checked_embeddings(got, len(batch), self.dimensions, lease.name)
@@ -405,7 +449,13 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
                         raise
                     continue
                 lease.succeeded(time.perf_counter() - att.started, None)
-                return self._succeeded(call, lease, start, batch, got, seen)
+            digest: str = lease.vetted
+            if evidence_predates(router, lease.name, sent):  # a re-pull may have landed
+                rechecked = self._recheck(call, lease, self._read_tags(lease.name))
+                if rechecked is None:
+                    continue
+                digest = rechecked
+            return self._succeeded(call, lease, start, batch, got, seen, digest)
         raise self._all_failed(call)
 
     # ------------------------------------------------------------------ async
@@ -440,6 +490,7 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
                 continue
             with lease:
                 att = _Try(call, lease, False)
+                sent = router.clock()
                 try:
                     got = await self._ainner(lease.name).aembed_documents(batch)
                     got = checked_embeddings(got, len(batch), self.dimensions, lease.name)
@@ -448,5 +499,11 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
                         raise
                     continue
                 lease.succeeded(time.perf_counter() - att.started, None)
-                return self._succeeded(call, lease, start, batch, got, seen)
+            digest: str = lease.vetted
+            if evidence_predates(router, lease.name, sent):
+                rechecked = self._recheck(call, lease, await self._aread_tags(lease.name))
+                if rechecked is None:
+                    continue
+                digest = rechecked
+            return self._succeeded(call, lease, start, batch, got, seen, digest)
         raise self._all_failed(call)

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# System packages the test suite needs: systemd-analyze (unit-file tests) and redis-server
-# (fleet-mode tests start a real one on loopback); and ollama-js, the official JavaScript
-# client that tests/fidelity drives against the stand-in (npm ci, pinned by its lock file).
+# System packages the test suite needs: systemd-analyze (unit-file tests), redis-server
+# (fleet-mode tests start a real one on loopback) and chromium (the status page and the web
+# example are checked in a real headless browser, tests/serve/); and ollama-js, the official
+# JavaScript client that tests/fidelity drives against the stand-in (npm ci, pinned by its lock file).
 # Idempotent and quiet; never fails the run by itself: the tests that need a tool skip
-# with a reason when it is missing locally, but CI sets CONTEXTHARBOR_REQUIRE_SYSTEMD=1 and
-# CONTEXTHARBOR_REQUIRE_REDIS=1 so that they fail there instead.
+# with a reason when it is missing locally, but CI sets CONTEXTHARBOR_REQUIRE_SYSTEMD=1,
+# CONTEXTHARBOR_REQUIRE_REDIS=1 and CONTEXTHARBOR_REQUIRE_CHROMIUM=1 (or CI=true) so that
+# they fail there instead.
 set -u
 missing=()
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \

@@ -2,14 +2,18 @@
 # Sets up two Ollama servers as systemd USER services for langchain-contextharbor:
 #   ollama-gpu@11434  the GPU server (only when a GPU is found)
 #   ollama-cpu@11435  a CPU-only server (every GPU hidden)
+#   contextharbor-serve  with --with-proxy: the router as a local endpoint (docs/serve-status.md)
 # The unit templates live in ../systemd/ next to this script; see docs/operations.md.
 # Run it as your own user, not with sudo. Run with --help for the flags and exit codes.
 set -euo pipefail
 
 readonly EXIT_ERROR=1 EXIT_USAGE=2 EXIT_NO_OLLAMA=3 EXIT_NO_SYSTEMD=4
-readonly EXIT_SYSTEMCTL=5 EXIT_NO_ANSWER=6 EXIT_PORT_TAKEN=7
+readonly EXIT_SYSTEMCTL=5 EXIT_NO_ANSWER=6 EXIT_PORT_TAKEN=7 EXIT_NO_CONTEXTHARBOR=8
 
 readonly TEMPLATE_EXEC_LINE='ExecStart=/usr/local/bin/ollama serve'
+readonly PROXY_EXEC_LINE='ExecStart=/usr/local/bin/contextharbor serve --host 127.0.0.1'
+readonly PROXY_UNIT=contextharbor-serve.service
+readonly DEFAULT_PROXY_PORT=11400 # contextharbor serve's own default
 readonly DEFAULT_PATH='/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -45,6 +49,14 @@ Options:
                        writes the files)
   --wait-timeout SECS  how long to wait for the servers to answer (default: 30;
                        0 skips the wait)
+  --with-proxy         also install contextharbor-serve.service: contextharbor serve
+                       on 127.0.0.1 (Ollama's and OpenAI's APIs over the router, the
+                       status page at /), started after the two servers
+  --contextharbor-bin PATH
+                       the contextharbor executable for --with-proxy (default:
+                       command -v contextharbor, else the checkout's
+                       .venv/bin/contextharbor)
+  --proxy-port PORT    port of the proxy (default: 11400, contextharbor serve's own)
   -h, --help           show this help
 
 Exit codes:
@@ -57,6 +69,7 @@ Exit codes:
   6  a server did not answer GET /api/version within --wait-timeout
   7  a port is already taken by something other than our unit (for example the
      system-wide ollama.service that Ollama's installer creates on 11434)
+  8  --with-proxy: contextharbor not found or not executable
 EOF
 }
 
@@ -78,6 +91,9 @@ GPU_PORT=11434
 CPU_PORT=11435
 GPU_MODE=auto
 WAIT_TIMEOUT=30
+WITH_PROXY=0
+CH_BIN_ARG=""
+PROXY_PORT=$DEFAULT_PROXY_PORT
 
 need_value() {
   [[ $# -ge 2 && -n $2 ]] || die "$EXIT_USAGE" "$1 needs a value (see --help)"
@@ -98,6 +114,9 @@ while [[ $# -gt 0 ]]; do
     --cpu-port) need_value "$@"; CPU_PORT=$2; shift 2 ;;
     --gpu) need_value "$@"; GPU_MODE=$2; shift 2 ;;
     --wait-timeout) need_value "$@"; WAIT_TIMEOUT=$2; shift 2 ;;
+    --with-proxy) WITH_PROXY=1; shift ;;
+    --contextharbor-bin) need_value "$@"; CH_BIN_ARG=$2; shift 2 ;;
+    --proxy-port) need_value "$@"; PROXY_PORT=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) die "$EXIT_USAGE" "unknown argument: $arg (see --help)" ;;
   esac
@@ -109,6 +128,13 @@ valid_port "$CPU_PORT" || die "$EXIT_USAGE" "--cpu-port must be a port number 1-
 GPU_PORT=$((10#$GPU_PORT))
 CPU_PORT=$((10#$CPU_PORT))
 [[ $GPU_PORT != "$CPU_PORT" ]] || die "$EXIT_USAGE" "--gpu-port and --cpu-port must differ"
+valid_port "$PROXY_PORT" || die "$EXIT_USAGE" "--proxy-port must be a port number 1-65535, got '$PROXY_PORT'"
+PROXY_PORT=$((10#$PROXY_PORT))
+[[ $PROXY_PORT != "$GPU_PORT" && $PROXY_PORT != "$CPU_PORT" ]] \
+  || die "$EXIT_USAGE" "--proxy-port must differ from the Ollama servers' ports"
+if [[ $WITH_PROXY == 0 && ( -n $CH_BIN_ARG || $PROXY_PORT != "$DEFAULT_PROXY_PORT" ) ]]; then
+  die "$EXIT_USAGE" "--contextharbor-bin and --proxy-port go with --with-proxy"
+fi
 [[ $WAIT_TIMEOUT =~ ^[0-9]+$ ]] || die "$EXIT_USAGE" "--wait-timeout must be whole seconds, got '$WAIT_TIMEOUT'"
 case $GPU_MODE in auto | yes | no) ;; *) die "$EXIT_USAGE" "--gpu must be auto, yes or no, got '$GPU_MODE'" ;; esac
 
@@ -132,6 +158,10 @@ for kind in gpu cpu; do
   [[ -r "$TEMPLATE_DIR/ollama-$kind@.service" ]] \
     || die "$EXIT_ERROR" "unit template $TEMPLATE_DIR/ollama-$kind@.service not found (run the script from a checkout of the repository)"
 done
+if [[ $WITH_PROXY == 1 ]]; then
+  [[ -r "$TEMPLATE_DIR/$PROXY_UNIT" ]] \
+    || die "$EXIT_ERROR" "unit template $TEMPLATE_DIR/$PROXY_UNIT not found (run the script from a checkout of the repository)"
+fi
 
 # ---------------------------------------------------------------- GPU detection
 # Probes run the vendor tools found on PATH (tests put fake ones first on PATH).
@@ -222,6 +252,41 @@ fi
   || die "$EXIT_USAGE" "the ollama path '$OLLAMA_BIN' contains characters that are unsafe in a unit file; use a path (or symlink) made of letters, digits and . _ + @ / -"
 say "ollama: $OLLAMA_BIN"
 
+# ---------------------------------------------------------------- contextharbor (--with-proxy)
+if [[ $WITH_PROXY == 1 ]]; then
+  no_contextharbor() {
+    if [[ $DRY_RUN == 1 ]]; then
+      warn "$1
+A real run would stop here with exit code $EXIT_NO_CONTEXTHARBOR. Previewing with $CH_BIN."
+    else
+      die "$EXIT_NO_CONTEXTHARBOR" "$1"
+    fi
+  }
+  if [[ -n $CH_BIN_ARG ]]; then
+    CH_BIN=$CH_BIN_ARG
+    [[ $CH_BIN == /* ]] || CH_BIN="$PWD/$CH_BIN"
+    [[ -f $CH_BIN && -x $CH_BIN ]] \
+      || no_contextharbor "--contextharbor-bin $CH_BIN_ARG is not an executable file"
+  else
+    CH_BIN=$(command -v contextharbor 2>/dev/null) || CH_BIN=""
+    if [[ $CH_BIN != /* && -x "$REPO_DIR/.venv/bin/contextharbor" ]]; then
+      CH_BIN="$REPO_DIR/.venv/bin/contextharbor" # made by `make demo` / `make test`
+    fi
+    if [[ $CH_BIN != /* ]]; then
+      CH_BIN=/usr/local/bin/contextharbor
+      no_contextharbor "contextharbor is not installed (not on PATH, no $REPO_DIR/.venv).
+Install it with its serve extra:  python3 -m pip install '$REPO_DIR[serve]'
+or pass its location with --contextharbor-bin PATH."
+    fi
+  fi
+  [[ $CH_BIN =~ ^/[A-Za-z0-9._+@/-]+$ ]] \
+    || die "$EXIT_USAGE" "the contextharbor path '$CH_BIN' contains characters that are unsafe in a unit file; use a path (or symlink) made of letters, digits and . _ + @ / -"
+  if [[ -x $CH_BIN ]] && ! "$CH_BIN" serve --help >/dev/null 2>&1; then
+    warn "'$CH_BIN serve --help' failed: is the serve extra installed? python3 -m pip install 'langchain-contextharbor[serve]'"
+  fi
+  say "contextharbor: $CH_BIN"
+fi
+
 # ---------------------------------------------------------------- systemd
 SYSTEMCTL_OK=0
 SYSTEMCTL_ERR=""
@@ -306,21 +371,21 @@ render() {
 }
 
 if [[ $WANT_GPU == 1 ]]; then KINDS=(gpu cpu); else KINDS=(cpu); fi
-declare -A PORT=([gpu]=$GPU_PORT [cpu]=$CPU_PORT)
+declare -A PORT=([gpu]=$GPU_PORT [cpu]=$CPU_PORT [proxy]=$PROXY_PORT)
+declare -A UNIT_NAME=([gpu]="ollama-gpu@$GPU_PORT" [cpu]="ollama-cpu@$CPU_PORT" [proxy]="${PROXY_UNIT%.service}")
 declare -A CHANGED=()
 
-for kind in "${KINDS[@]}"; do
-  name="ollama-$kind@.service"
-  target="$UNIT_DIR/$name"
-  rendered="$WORK/$name"
-  render "$kind" "$rendered"
+# install_unit KEY NAME: write $WORK/NAME to UNIT_DIR/NAME unless it is there already;
+# CHANGED[KEY] says what happened (no, create, update).
+install_unit() {
+  local key=$1 name=$2 target="$UNIT_DIR/$2" rendered="$WORK/$2" verb tmp
   if [[ -f $target ]] && cmp -s "$rendered" "$target"; then
-    CHANGED[$kind]=no
+    CHANGED[$key]=no
     say "$target: unchanged"
-    continue
+    return 0
   fi
   if [[ -e $target ]]; then verb=update; else verb=create; fi
-  CHANGED[$kind]=$verb
+  CHANGED[$key]=$verb
   if [[ $DRY_RUN == 1 ]]; then
     say "[dry-run] would $verb $target with:"
     say "----- $target -----"
@@ -333,7 +398,47 @@ for kind in "${KINDS[@]}"; do
       || { rm -f "$tmp"; die "$EXIT_ERROR" "cannot write $target"; }
     say "$target: ${verb}d"
   fi
+}
+
+for kind in "${KINDS[@]}"; do
+  render "$kind" "$WORK/ollama-$kind@.service"
+  install_unit "$kind" "ollama-$kind@.service"
 done
+
+# render_proxy OUTFILE: the proxy's template with ExecStart=, PATH=, the Ollama units'
+# ports (After=, Wants=) and the backend URLs filled in; without a GPU server, only the
+# CPU one is named and OLLAMA_GPU_URL is empty (the library then uses the CPU server alone).
+render_proxy() {
+  local out=$1 bin_dir path_value exec_line
+  bin_dir=$(dirname "$CH_BIN")
+  path_value=$DEFAULT_PATH
+  case ":$DEFAULT_PATH:" in *":$bin_dir:"*) ;; *) path_value="$bin_dir:$DEFAULT_PATH" ;; esac
+  exec_line="ExecStart=$CH_BIN serve --host 127.0.0.1"
+  [[ $PROXY_PORT == "$DEFAULT_PROXY_PORT" ]] || exec_line+=" --port $PROXY_PORT"
+  awk -v exec_line="$exec_line" -v path_line="Environment=\"PATH=$path_value\"" \
+    -v template_exec="$PROXY_EXEC_LINE" -v gpu="ollama-gpu@$GPU_PORT.service" \
+    -v cpu="ollama-cpu@$CPU_PORT.service" -v want_gpu="$WANT_GPU" \
+    -v gpu_url="http://127.0.0.1:$GPU_PORT" -v cpu_url="http://127.0.0.1:$CPU_PORT" '
+    $0 == template_exec { print exec_line; n_exec++; next }
+    /^Environment="PATH=/ { print path_line; n_path++; next }
+    /^(After|Wants)=/ {
+      key = substr($0, 1, index($0, "="))
+      print key (want_gpu == 1 ? gpu " " : "") cpu; n_dep++; next
+    }
+    /^Environment="OLLAMA_GPU_URL=/ {
+      print "Environment=\"OLLAMA_GPU_URL=" (want_gpu == 1 ? gpu_url : "") "\""; n_url++; next
+    }
+    /^Environment="OLLAMA_CPU_URL=/ { print "Environment=\"OLLAMA_CPU_URL=" cpu_url "\""; n_url++; next }
+    { print }
+    END { exit (n_exec == 1 && n_path == 1 && n_dep == 2 && n_url == 2) ? 0 : 1 }
+  ' "$TEMPLATE_DIR/$PROXY_UNIT" >"$out" \
+    || die "$EXIT_ERROR" "template $PROXY_UNIT must contain exactly one '$PROXY_EXEC_LINE' line, one Environment=\"PATH=...\", one After=, one Wants= and the OLLAMA_GPU_URL / OLLAMA_CPU_URL lines"
+}
+
+if [[ $WITH_PROXY == 1 ]]; then
+  render_proxy "$WORK/$PROXY_UNIT"
+  install_unit proxy "$PROXY_UNIT"
+fi
 
 # ---------------------------------------------------------------- services
 sc() {
@@ -381,9 +486,11 @@ if [[ $USE_SYSTEMCTL == 1 ]]; then
   for kind in "${KINDS[@]}"; do
     sc enable "ollama-$kind@${PORT[$kind]}.service"
   done
+  [[ $WITH_PROXY == 0 ]] || sc enable "$PROXY_UNIT"
   if [[ $NO_START == 1 ]]; then
     say "--no-start: enabled, not started. Start them with: systemctl --user start$(
-      for kind in "${KINDS[@]}"; do printf ' ollama-%s@%s' "$kind" "${PORT[$kind]}"; done)"
+      for kind in "${KINDS[@]}"; do printf ' ollama-%s@%s' "$kind" "${PORT[$kind]}"; done
+      [[ $WITH_PROXY == 0 ]] || printf ' %s' "${PROXY_UNIT%.service}")"
   else
     for kind in "${KINDS[@]}"; do
       unit="ollama-$kind@${PORT[$kind]}.service"
@@ -425,6 +532,12 @@ A real run would stop here with exit code $EXIT_PORT_TAKEN."
       fi
       STARTED+=("$kind")
     done
+    if [[ $WITH_PROXY == 1 ]]; then
+      # After the servers (its unit orders itself after them too); no port check: an
+      # Ollama-compatible answer on the port is what the wait below looks for.
+      if [[ ${CHANGED[proxy]} == update ]]; then sc restart "$PROXY_UNIT"; else sc start "$PROXY_UNIT"; fi
+      STARTED+=(proxy)
+    fi
   fi
 fi
 
@@ -442,7 +555,7 @@ if [[ ${#STARTED[@]} -gt 0 && $WAIT_TIMEOUT -gt 0 ]]; then
       still=()
       for kind in "${pending[@]}"; do
         if version=$(port_answers "${PORT[$kind]}"); then
-          say "127.0.0.1:${PORT[$kind]} (ollama-$kind@${PORT[$kind]}) answers: $version"
+          say "127.0.0.1:${PORT[$kind]} (${UNIT_NAME[$kind]}) answers: $version"
         else
           still+=("$kind")
         fi
@@ -452,7 +565,7 @@ if [[ ${#STARTED[@]} -gt 0 && $WAIT_TIMEOUT -gt 0 ]]; then
       if (($(now_us) >= deadline)); then
         msg="no answer from GET /api/version within ${WAIT_TIMEOUT}s:"
         for kind in "${pending[@]}"; do
-          unit="ollama-$kind@${PORT[$kind]}"
+          unit=${UNIT_NAME[$kind]}
           msg+="
   127.0.0.1:${PORT[$kind]}: see systemctl --user status $unit; journalctl --user -u $unit -n 50"
         done
@@ -471,6 +584,9 @@ if [[ $WANT_GPU == 1 ]]; then
 else
   say "No GPU server was set up: only the CPU-only server (http://127.0.0.1:$CPU_PORT)."
   say "Leave the GPU URL empty for contextharbor: OLLAMA_GPU_URL= OLLAMA_CPU_URL=http://127.0.0.1:$CPU_PORT"
+fi
+if [[ $WITH_PROXY == 1 ]]; then
+  say "Proxy: http://127.0.0.1:$PROXY_PORT (status page at /; point Ollama clients at it with OLLAMA_HOST=127.0.0.1:$PROXY_PORT, OpenAI clients at http://127.0.0.1:$PROXY_PORT/v1)"
 fi
 if command -v loginctl >/dev/null 2>&1 \
   && [[ $(loginctl show-user "$(id -un)" -p Linger --value 2>/dev/null || true) == yes ]]; then

@@ -20,8 +20,9 @@ from langchain_contextharbor.testing import StandInModel
 from langchain_contextharbor.testing.pytest_plugin import StandInFactory
 
 ROOT = Path(__file__).resolve().parents[2]
-# rag_chain.py runs in tests/rag/test_rag_example.py (its own checks; ~20 s with llama.cpp).
-COVERED_ELSEWHERE = {"rag_chain.py"}
+# rag_chain.py runs in tests/rag/test_rag_example.py (its own checks; ~20 s with llama.cpp);
+# web_app.py is a server (it runs until stopped): tests/serve/test_web_app.py runs it.
+COVERED_ELSEWHERE = {"rag_chain.py", "web_app.py"}
 EXAMPLES = sorted(
     p.name
     for p in (ROOT / "examples").glob("*.py")

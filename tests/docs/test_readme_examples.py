@@ -49,6 +49,7 @@ COVERED_ELSEWHERE = {
     "python3 -m pip install dist/": "tests/ops/test_packaging.py",
     "scripts/setup_hybrid_ollama.sh": "tests/ops/test_setup_script.py",
     "python3 -m pip install '.[agents]'": "test_the_agents_extra_installs_what_create_agent_needs",
+    "python3 -m pip install '.[serve]'": "test_the_serve_extra_installs_starlette_and_uvicorn",
     "contextharbor-standin": "readme_servers: the Python blocks run against exactly these",
 }
 
@@ -301,3 +302,12 @@ def test_the_agents_extra_installs_what_create_agent_needs() -> None:
     agents = TEXT[TEXT.index("### Agents and LangGraph") :].split("```python", 1)[0]
     assert "'.[agents]'" in agents
     assert "python3 -m pip install '.[agents]'" in TEXT  # in the Install block too
+
+
+def test_the_serve_extra_installs_starlette_and_uvicorn() -> None:
+    """The status page, ``contextharbor serve`` and examples/web_app.py import both."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    extra = re.search(r"^serve = \[(.*)\]$", pyproject, re.M)
+    assert extra and '"starlette>=' in extra.group(1) and '"uvicorn>=' in extra.group(1), extra
+    make = re.search(r"pip install -q -e '\.\[([\w,]+)\]'", (ROOT / "Makefile").read_text())
+    assert make and "serve" in make.group(1).split(","), "make test must install the extra"

@@ -736,3 +736,160 @@ def test_closing_hint_works_in_a_fresh_shell_at_the_repository_root(
     # It ran the check (the only server is down: exit code 4), not "command not found".
     assert done.returncode == 4, done.stdout + done.stderr
     assert "0/1 backends healthy" in done.stdout
+
+
+# ---------------------------------------------------------------- --with-proxy
+
+PROXY_TEMPLATE_EXEC = "ExecStart=/usr/local/bin/contextharbor serve --host 127.0.0.1"
+
+
+def rendered_proxy(
+    contextharbor: Path, gpu: int | None, cpu: int, port_flag: str = ""
+) -> str:
+    """What the script should write for the proxy: the template with ExecStart=, PATH=,
+    the Ollama units' ports and the backend URLs filled in."""
+    text = (TEMPLATES / "contextharbor-serve.service").read_text()
+    text = text.replace(
+        PROXY_TEMPLATE_EXEC, f"ExecStart={contextharbor} serve --host 127.0.0.1{port_flag}"
+    )
+    text = re.sub(
+        r'^Environment="PATH=', f'Environment="PATH={contextharbor.parent}:', text, flags=re.M
+    )
+    deps = (f"ollama-gpu@{gpu}.service " if gpu else "") + f"ollama-cpu@{cpu}.service"
+    text = re.sub(r"^(After|Wants)=.*$", rf"\1={deps}", text, flags=re.M)
+    gpu_url = f"http://127.0.0.1:{gpu}" if gpu else ""
+    text = re.sub(
+        r'^Environment="OLLAMA_GPU_URL=.*$', f'Environment="OLLAMA_GPU_URL={gpu_url}"', text,
+        flags=re.M,
+    )
+    return re.sub(
+        r'^Environment="OLLAMA_CPU_URL=.*$',
+        f'Environment="OLLAMA_CPU_URL=http://127.0.0.1:{cpu}"',
+        text,
+        flags=re.M,
+    )
+
+
+@pytest.fixture
+def stub_three() -> Iterator[tuple[int, int, int]]:
+    """Three loopback ports that answer GET /api/version like Ollama (the proxy does too)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUB_SERVER, "serve", "3"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        gpu, cpu, proxy = (int(p) for p in proc.stdout.readline().split())
+        yield gpu, cpu, proxy
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_help_documents_the_proxy_flags(host: Host) -> None:
+    r = host.run("--help")
+    assert r.rc == 0
+    for flag in ("--with-proxy", "--contextharbor-bin", "--proxy-port"):
+        assert flag in r.out
+    assert re.search(r"^  8  --with-proxy: contextharbor not found", r.out, re.M)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--proxy-port", "8080"],  # without --with-proxy
+        ["--contextharbor-bin", "/bin/true"],
+        ["--with-proxy", "--proxy-port", "0"],
+        ["--with-proxy", "--proxy-port", "11435"],  # the CPU server's
+    ],
+)
+def test_proxy_usage_errors_exit_2(host: Host, args: list[str]) -> None:
+    r = host.run("--dry-run", *args)
+    assert r.rc == 2, r.text
+    assert r.calls == [] or all(c.split()[1] == "show-environment" for c in r.calls)
+
+
+def test_with_proxy_writes_enables_and_starts_it_after_the_servers(
+    host: Host, stub_three: tuple[int, int, int]
+) -> None:
+    gpu, cpu, proxy = stub_three
+    host.gpu("nvidia")
+    ch = host.fake("contextharbor", 'test "$1 $2" = "serve --help"')
+    args = (
+        "--unit-dir", str(host.unit_dir), "--gpu-port", str(gpu), "--cpu-port", str(cpu),
+        "--with-proxy", "--proxy-port", str(proxy),
+    )  # fmt: skip
+    r = host.run(*args)
+    assert r.rc == 0, r.text
+    unit = host.unit_dir / "contextharbor-serve.service"
+    assert unit.read_text() == rendered_proxy(ch, gpu, cpu, f" --port {proxy}")
+    assert unit.stat().st_mode & 0o777 == 0o644
+    assert f"contextharbor: {ch}" in r.out and "serve extra" not in r.err
+    assert mutating(r.calls) == [
+        "--user daemon-reload",
+        f"--user enable ollama-gpu@{gpu}.service",
+        f"--user enable ollama-cpu@{cpu}.service",
+        "--user enable contextharbor-serve.service",
+        f"--user start ollama-gpu@{gpu}.service",
+        f"--user start ollama-cpu@{cpu}.service",
+        "--user start contextharbor-serve.service",
+    ]
+    assert f'127.0.0.1:{proxy} (contextharbor-serve) answers: {{"version":"0.14.3"}}' in r.out
+    assert f"Proxy: http://127.0.0.1:{proxy} (status page at /" in r.out
+    assert f"OLLAMA_HOST=127.0.0.1:{proxy}" in r.out
+
+    # Twice: nothing changes. A changed unit: rewritten, and the running proxy restarted.
+    r2 = host.run(*args)
+    assert r2.rc == 0 and f"{unit}: unchanged" in r2.out
+    assert "--user restart contextharbor-serve.service" not in r2.calls
+    unit.write_text(unit.read_text().replace("RestartSec=3", "RestartSec=9"))
+    r3 = host.run(*args)
+    assert r3.rc == 0 and f"{unit}: updated" in r3.out
+    assert "--user restart contextharbor-serve.service" in r3.calls
+
+
+def test_with_proxy_on_a_cpu_only_host_names_the_cpu_server_alone(host: Host) -> None:
+    ch = host.fake("contextharbor", "exit 0")
+    r = host.run("--unit-dir", str(host.unit_dir), "--no-start", "--with-proxy")
+    assert r.rc == 0, r.text
+    text = (host.unit_dir / "contextharbor-serve.service").read_text()
+    assert text == rendered_proxy(ch, None, 11435)
+    assert "After=ollama-cpu@11435.service\n" in text
+    assert "Wants=ollama-cpu@11435.service\n" in text
+    assert 'Environment="OLLAMA_GPU_URL="\n' in text
+    assert f"ExecStart={ch} serve --host 127.0.0.1\n" in text  # the default port: no flag
+    assert "--user enable contextharbor-serve.service" in r.calls
+    assert "start ollama-cpu@11435 contextharbor-serve" in r.out  # the --no-start hint
+
+
+def test_with_proxy_finds_the_checkouts_venv(host: Host) -> None:
+    root = host.checkout(venv_cli=True)
+    r = host.run(
+        "--dry-run", "--with-proxy", "--unit-dir", str(host.unit_dir),
+        script=root / "scripts" / SCRIPT.name,
+    )  # fmt: skip
+    assert r.rc == 0, r.text
+    assert f"ExecStart={root}/.venv/bin/contextharbor serve --host 127.0.0.1\n" in r.out
+
+
+def test_with_proxy_without_contextharbor_exits_8_before_writing(host: Host) -> None:
+    root = host.checkout()  # no .venv there, none on PATH
+    script = root / "scripts" / SCRIPT.name
+    r = host.run("--with-proxy", "--unit-dir", str(host.unit_dir), script=script)
+    assert r.rc == 8, r.text
+    assert "contextharbor is not installed" in r.err and "[serve]" in r.err
+    assert not host.unit_dir.exists() and mutating(r.calls) == []
+    # A dry run previews anyway, with the path a system-wide pip would use.
+    r = host.run("--with-proxy", "--dry-run", script=script)
+    assert r.rc == 0, r.text
+    assert "A real run would stop here with exit code 8" in r.err
+    assert "ExecStart=/usr/local/bin/contextharbor serve --host 127.0.0.1\n" in r.out
+
+
+def test_with_proxy_warns_when_serve_does_not_run(host: Host) -> None:
+    host.fake("contextharbor", "echo 'No module named starlette' >&2; exit 1")
+    r = host.run("--dry-run", "--with-proxy")
+    assert r.rc == 0, r.text
+    assert "is the serve extra installed?" in r.err

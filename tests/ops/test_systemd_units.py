@@ -382,3 +382,117 @@ def test_systemd_resolves_the_port_into_the_environment(
     assert commands[-1] == f"Command Line: {ollama} serve"
     assert not [line for line in gpu if "VISIBLE_DEVICES" in line]
     assert f"Command Line: {ollama} serve" in gpu
+
+
+# ---------------------------------------------------------------- the proxy's unit
+
+PROXY_UNIT = "contextharbor-serve.service"
+PROXY_EXEC_LINE = "ExecStart=/usr/local/bin/contextharbor serve --host 127.0.0.1"
+OLLAMA_UNITS = f"ollama-gpu@{GPU_PORT}.service ollama-cpu@{CPU_PORT}.service"
+
+
+def proxy_template() -> str:
+    return (UNIT_DIR / PROXY_UNIT).read_text()
+
+
+def test_proxy_unit_binds_loopback_after_the_two_servers() -> None:
+    text = proxy_template()
+    (exec_start,) = values(text, "Service", "ExecStart")
+    argv = shlex.split(exec_start)
+    assert argv[1:] == ["serve", "--host", "127.0.0.1"], "loopback, the command's own port"
+    # Ordered after the servers, and pulls them in; Wants=, so one down does not stop it.
+    assert values(text, "Unit", "After") == [OLLAMA_UNITS]
+    assert values(text, "Unit", "Wants") == [OLLAMA_UNITS]
+    assert values(text, "Unit", "Requires") == [] and values(text, "Unit", "BindsTo") == []
+    env = environment(text)
+    assert env["OLLAMA_GPU_URL"] == f"http://127.0.0.1:{GPU_PORT}"
+    assert env["OLLAMA_CPU_URL"] == f"http://127.0.0.1:{CPU_PORT}"
+    assert "PATH" in env and "$" not in env["PATH"]
+    assert values(text, "Service", "Restart") == ["always"]
+    assert values(text, "Service", "NoNewPrivileges") == ["yes"]
+    assert values(text, "Service", "EnvironmentFile") == [
+        "-%h/.config/contextharbor/serve.env"
+    ]
+    assert values(text, "Install", "WantedBy") == ["default.target"]
+    keys = {k for _, k, _ in directives(text)}
+    assert not keys & {"User", "Group"}
+    for number, raw in enumerate(text.splitlines(), 1):  # no inline comments
+        line = raw.strip()
+        if line and line[0] not in "#;":
+            assert "#" not in line and " ;" not in line, f"line {number}: {raw!r}"
+
+
+def fake_contextharbor(tmp_path: Path) -> Path:
+    path = tmp_path / "bin" / "contextharbor"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_repository_proxy_unit_verifies_cleanly(systemd_analyze: str, tmp_path: Path) -> None:
+    ollama, ch = fake_ollama(tmp_path), fake_contextharbor(tmp_path)
+    texts = {
+        k: template(k).replace(TEMPLATE_EXEC_LINE, f"ExecStart={ollama} serve")
+        for k in ("gpu", "cpu")
+    }
+    proxy = proxy_template()
+    assert proxy.count(PROXY_EXEC_LINE) == 1
+    proxy = proxy.replace(PROXY_EXEC_LINE, f"ExecStart={ch} serve --host 127.0.0.1")
+    rc, problems = verify(systemd_analyze, tmp_path, {**instances(texts), PROXY_UNIT: proxy})
+    assert problems == [], "\n".join(problems)
+    assert rc == 0
+
+
+def test_proxy_unit_written_by_the_script_verifies_cleanly(
+    systemd_analyze: str, tmp_path: Path
+) -> None:
+    ollama, ch = fake_ollama(tmp_path), fake_contextharbor(tmp_path)
+    out_dir = tmp_path / "never-written"
+    proc = subprocess.run(
+        [
+            "bash", str(SCRIPT), "--dry-run", "--gpu", "yes", "--ollama-bin", str(ollama),
+            "--with-proxy", "--contextharbor-bin", str(ch), "--unit-dir", str(out_dir),
+        ],
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(tmp_path / "home"),
+            "LC_ALL": "C",
+        },
+        timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    texts = {}
+    for name in ("ollama-gpu@.service", "ollama-cpu@.service", PROXY_UNIT):
+        quoted = re.escape(str(out_dir / name))
+        match = re.search(
+            rf"^----- {quoted} -----\n(.*?)^----- end of {quoted} -----$",
+            proc.stdout,
+            re.S | re.M,
+        )
+        assert match, proc.stdout
+        texts[name] = match.group(1)
+    assert f"ExecStart={ch} serve --host 127.0.0.1\n" in texts[PROXY_UNIT]
+    assert not out_dir.exists()
+    units = {
+        f"ollama-gpu@{GPU_PORT}.service": texts["ollama-gpu@.service"],
+        f"ollama-cpu@{CPU_PORT}.service": texts["ollama-cpu@.service"],
+        PROXY_UNIT: texts[PROXY_UNIT],
+    }
+    rc, problems = verify(systemd_analyze, tmp_path, units)
+    assert problems == [], "\n".join(problems)
+    assert rc == 0
+
+
+def test_proxy_verify_is_not_vacuous(systemd_analyze: str, tmp_path: Path) -> None:
+    """A missing executable or a bad directive in the proxy's unit is caught."""
+    ch = fake_contextharbor(tmp_path)
+    text = proxy_template().replace(PROXY_EXEC_LINE, f"ExecStart={ch} serve --host 127.0.0.1")
+    text = text.replace("NoNewPrivileges=yes", "NoNewPrivileges=perhaps")
+    _, problems = verify(systemd_analyze, tmp_path, {PROXY_UNIT: text})
+    assert any("boolean value" in line and "perhaps" in line for line in problems), problems
+    missing = proxy_template()  # ExecStart= names /usr/local/bin/contextharbor, absent here
+    _, problems = verify(systemd_analyze, tmp_path, {PROXY_UNIT: missing})
+    assert any("contextharbor" in line for line in problems), problems

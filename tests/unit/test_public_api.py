@@ -83,10 +83,12 @@ EXPECTED = {
     "models_on_one_backend",
     "preview_route",
     "resolve_backends",
-    # the smart_chat helper and its documented default instance
+    # the smart_chat helper, its streaming forms and its documented default instance
     "get_default_model",
     "reset_default_model",
     "smart_chat",
+    "smart_chat_stream",
+    "asmart_chat_stream",
     # metadata
     "__version__",
 }
