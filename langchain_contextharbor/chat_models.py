@@ -45,7 +45,7 @@ from langchain_contextharbor._router import Router
 from langchain_contextharbor._structured import Method, structured_output, tools_for_choice
 from langchain_contextharbor._transport import MaskedClientKwargs
 from langchain_contextharbor.backends import BackendConfig
-from langchain_contextharbor.errors import ConfigurationError
+from langchain_contextharbor.errors import ConfigurationError, at_init
 from langchain_contextharbor.fleet import make_shared_state
 from langchain_contextharbor.routing import RoutePlan
 from langchain_contextharbor.sizing import DEFAULT_NUM_CTX
@@ -146,7 +146,8 @@ class HybridChatOllama(RoutedCalls, BaseChatModel):
         plan = self._plan(self.model, num_ctx)
         if not plan.candidates:
             self.close()
-            raise self._all_failed(_Call(self.model, num_ctx, plan))
+            # A ValueError too, as ChatOllama's validate_model raises (errors.at_init).
+            raise at_init(self._all_failed(_Call(self.model, num_ctx, plan)))
 
     @model_validator(mode="after")
     def _setup(self) -> HybridChatOllama:
