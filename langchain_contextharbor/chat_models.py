@@ -40,6 +40,7 @@ from pydantic import BaseModel, model_validator
 
 from langchain_contextharbor._attempt import _Abandoned, _to_result
 from langchain_contextharbor._chat_calls import RoutedCalls, _HotState
+from langchain_contextharbor._config import check_side_kwargs
 from langchain_contextharbor._failover import _Call
 from langchain_contextharbor._router import Router
 from langchain_contextharbor._structured import Method, structured_output, tools_for_choice
@@ -152,6 +153,8 @@ class HybridChatOllama(RoutedCalls, BaseChatModel):
     @model_validator(mode="after")
     def _setup(self) -> HybridChatOllama:
         self._check_fields("llama3.1:8b")
+        check_side_kwargs("sync_client_kwargs", self.sync_client_kwargs)
+        check_side_kwargs("async_client_kwargs", self.async_client_kwargs)
         configs = self._resolve_backends(client_kwargs=self.client_kwargs)
         settings = self._router_settings(
             oom_cooldown=self.oom_cooldown,

@@ -179,6 +179,50 @@ def test_client_kwargs_apply_to_every_backend(
         make_model(client_kwargs={"timeout": 5})
 
 
+def _headers_seen(srv: OllamaStandIn) -> list[dict[str, str]]:
+    """The headers of every request ``srv`` receives from now on, as it read them off the
+    wire (the stand-in's request log keeps no headers: its dispatch is wrapped)."""
+    seen: list[dict[str, str]] = []
+    dispatch = srv._dispatch
+
+    def recording(handler: Any) -> None:
+        seen.append({":path": handler.path, **{k.lower(): v for k, v in handler.headers.items()}})
+        dispatch(handler)
+
+    srv._dispatch = recording  # type: ignore[method-assign]
+    return seen
+
+
+def test_sync_and_async_client_kwargs_reach_the_wire(
+    ollama_standin_factory: StandInFactory,
+) -> None:
+    """ChatOllama merges sync_client_kwargs / async_client_kwargs over client_kwargs for
+    its sync / async client: the headers of each side are sent by that side only."""
+    srv = ollama_standin_factory(name="one", models=[MODEL])
+    seen = _headers_seen(srv)
+    model = HybridChatOllama(
+        model=MODEL,
+        base_url=srv.url,
+        timeouts=FAST,
+        client_kwargs={"headers": {"X-Shared": "s", "X-Side": "shared"}},
+        sync_client_kwargs={"headers": {"X-Side": "sync", "X-Sync": "1"}},
+        async_client_kwargs={"headers": {"X-Side": "async"}},
+    )
+    model.invoke("hi")
+    chat = [h for h in seen if h[":path"] == "/api/chat"]
+    assert chat and chat[-1]["x-side"] == "sync" and chat[-1]["x-sync"] == "1"
+    assert chat[-1]["x-shared"] == "s"
+    seen.clear()
+    asyncio.run(model.ainvoke("hi"))
+    chat = [h for h in seen if h[":path"] == "/api/chat"]
+    assert chat and chat[-1]["x-side"] == "async" and "x-sync" not in chat[-1]
+    assert chat[-1]["x-shared"] == "s"
+    assert "async" not in repr(model) and "async" not in str(vars(model)["async_client_kwargs"])
+    with pytest.raises(ConfigurationError, match="transport"):
+        HybridChatOllama(model=MODEL, base_url=srv.url, sync_client_kwargs={"transport": 1})
+    model.close()
+
+
 def test_validate_model_on_init_and_logprobs(
     pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama]
 ) -> None:
