@@ -12,10 +12,11 @@ here (so the field order, and with it reprs, dumps and the signature, is the one
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 from langchain_core.utils import from_env
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from langchain_contextharbor._config import RoutedFields
 from langchain_contextharbor.classify import FailoverCategory
@@ -59,9 +60,17 @@ class ChatFields(RoutedFields):
     """ChatOllama's argument: httpx client options applied to every backend (a backend's
     own ``client_kwargs``/``headers`` win per key). ``headers`` merge into each backend's
     headers; use ``timeout=``/``timeouts=`` instead of a ``timeout`` here."""
+    sync_client_kwargs: dict[str, Any] | None = Field(default=None, exclude=True, repr=False)
+    """ChatOllama's argument: httpx options of the sync clients only, merged over
+    ``client_kwargs`` (these win per key, ``headers`` per header; a backend's own headers
+    win over both). Not ``timeout``/``transport``/``auth``/TLS: those are per backend."""
+    async_client_kwargs: dict[str, Any] | None = Field(default=None, exclude=True, repr=False)
+    """ChatOllama's argument: as ``sync_client_kwargs``, for the async clients."""
     validate_model_on_init: bool = False
-    """Probe every backend at construction and raise ModelNotAvailableError (or
-    NoBackendAvailableError) when none of them can serve ``model``."""
+    """Probe every backend at construction and raise, when none of them can serve
+    ``model``, ModelNotAvailableError (or NoBackendAvailableError, ...), each also a
+    ``ValueError`` (:class:`~langchain_contextharbor.errors.ModelValidationError`) as
+    ChatOllama's check raises."""
 
     # --- sampling and request parameters (those in _PASSTHROUGH reach every inner model)
     temperature: float | None = None
@@ -112,9 +121,40 @@ class ChatFields(RoutedFields):
     """Return each generated token's log probability (in ``response_metadata``), on servers
     that support it. None: not asked for."""
     top_logprobs: int | None = None
-    """With ``logprobs``: also the N likeliest alternatives of each token."""
+    """With ``logprobs``: also the N likeliest alternatives of each token (a positive
+    number). Set alone, it turns ``logprobs`` on with ChatOllama's warning; with
+    ``logprobs=False`` it is refused, as there."""
     max_retries: int = 0
     """Extra passes over the candidates when every backend failed (breakers permitting)."""
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _positive_top_logprobs(cls, v: int | None) -> int | None:
+        """ChatOllama's check, with its text."""
+        if v is not None and v < 1:
+            raise ValueError("`top_logprobs` must be a positive integer.")
+        return v
+
+    @model_validator(mode="after")
+    def _logprobs_for_top_logprobs(self) -> Any:
+        """ChatOllama's rule: ``top_logprobs`` needs ``logprobs``; left unset, it is turned
+        on (with ChatOllama's warning); set to False, the pair is refused. Written to
+        ``__dict__``: the model's own ``_setup`` has not built the inner pool yet."""
+        if self.top_logprobs is not None and self.logprobs is not True:
+            if self.logprobs is False:
+                raise ValueError(
+                    "`top_logprobs` is set but `logprobs` is explicitly `False`. "
+                    "Either set `logprobs=True` to use `top_logprobs`, or remove "
+                    "`top_logprobs`."
+                )
+            self.__dict__["logprobs"] = True
+            warnings.warn(
+                "`top_logprobs` is set but `logprobs` was not explicitly enabled. "
+                "Setting `logprobs=True` automatically.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return self
 
     # --- routing ---------------------------------------------------------------------
     background_trials: bool = True

@@ -41,6 +41,7 @@ from langchain_contextharbor.backends import (
     DEFAULT_CPU_URL,
     BackendConfig,
     Timeouts,
+    _SecretHeaders,
     backends_from_env,
     coerce_backends,
     default_gpu_url,
@@ -55,7 +56,13 @@ from langchain_contextharbor.errors import ConfigurationError
 from langchain_contextharbor.fleet import SharedState
 from langchain_contextharbor.sizing import DEFAULT_MODEL_SIZES, validate_model_sizes
 
-__all__ = ["RoutedFields", "configuration_errors", "router_settings", "with_client_kwargs"]
+__all__ = [
+    "RoutedFields",
+    "check_side_kwargs",
+    "configuration_errors",
+    "router_settings",
+    "with_client_kwargs",
+]
 
 _SETTING_OF_FIELD = {"breaker": "breaker_policy", "warm_first_token_timeout": "warm_first_token"}
 """A model field whose :class:`RouterSettings` field has another name (all others match)."""
@@ -125,6 +132,57 @@ def with_client_kwargs(cfg: BackendConfig, extra: Mapping[str, Any]) -> BackendC
         # (a third party's text may) is named by its type only.
         msg = str(exc) if isinstance(exc, ConfigurationError) else type(exc).__name__
         raise ConfigurationError(f"client_kwargs do not fit backend {cfg.name!r}: {msg}") from None
+
+
+_SIDE_KWARGS = ("sync_client_kwargs", "async_client_kwargs")
+"""ChatOllama's (and OllamaEmbeddings') client arguments of one side, merged over
+``client_kwargs`` for the sync or the async clients."""
+_SIDE_REFUSED = frozenset(
+    {"timeout", "base_url", "host", "auth", "transport", "async_transport", "verify", "cert"}
+)
+
+
+def check_side_kwargs(name: str, value: Any) -> None:
+    """Refuse, at construction, a ``sync_client_kwargs``/``async_client_kwargs`` the
+    router cannot honour: time limits, transports, TLS and auth are per backend (the
+    phase-timeout transport and TLS context of every client come from there)."""
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{name} must be a dict of httpx client options")
+    bad = sorted(_SIDE_REFUSED & set(value))
+    if bad:
+        raise ConfigurationError(
+            f"{name} may not set {bad}: use timeout=/timeouts= for time limits, headers for "
+            "credentials, and a backend's own client_kwargs for transports and TLS"
+        )
+    refuse_query_params(value, name)
+    if value.get("headers") is not None and not isinstance(value["headers"], Mapping):
+        raise ConfigurationError(f"{name}['headers'] must be a mapping of strings")
+
+
+def _side_kwargs(
+    cfg: BackendConfig, shared: Mapping[str, Any] | None, side: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The user's ``side`` kwargs for backend ``cfg``'s inner clients of that side: merged
+    over ``client_kwargs`` as ChatOllama merges them (the side wins per key, and per header:
+    its headers win over ``client_kwargs``' and lose to the backend's own). The headers
+    travel as the side's ``auth`` (held as secrets, as every configured header is)."""
+    out = {k: v for k, v in side.items() if k != "headers"}
+    headers = side.get("headers") or {}
+    if headers:
+        shared_keys = set((shared or {}).get("headers") or {})
+        own = {k: v for k, v in cfg.headers.items() if k not in shared_keys}
+        merged = {
+            **cfg.headers,
+            **{
+                str(k): v if isinstance(v, SecretStr) else SecretStr(str(v))
+                for k, v in headers.items()
+            },
+            **own,
+        }
+        out["auth"] = _SecretHeaders(merged)
+    return out
 
 
 class RoutedFields(BaseModel):
@@ -232,9 +290,15 @@ class RoutedFields(BaseModel):
 
     def _build_inner(self, cfg: BackendConfig) -> Any:
         """A new inner model for backend ``cfg`` with this model's parameters."""
-        return self._inner_class(
-            model=self.model, **inner_client_kwargs(cfg), **self._inner_params()
-        )
+        kw = inner_client_kwargs(cfg)
+        for side in _SIDE_KWARGS:
+            own = getattr(self, side, None)
+            if own:  # ours (the phase-timeout transport) win: the user's were checked
+                kw[side] = {
+                    **_side_kwargs(cfg, getattr(self, "client_kwargs", None), own),
+                    **kw[side],
+                }
+        return self._inner_class(model=self.model, **kw, **self._inner_params())
 
     @field_validator("num_ctx", mode="before")
     @classmethod
@@ -259,13 +323,14 @@ class RoutedFields(BaseModel):
         for name in _SECRET_URL_FIELDS & d.keys():
             if isinstance(d[name], str):
                 d[name] = hold_secret_url(d[name])
-        kwargs = d.get("client_kwargs")
-        if isinstance(kwargs, Mapping) and isinstance(kwargs.get("headers"), Mapping):
-            held = {
-                k: v if isinstance(v, SecretStr) else SecretStr(str(v))
-                for k, v in kwargs["headers"].items()
-            }
-            d["client_kwargs"] = {**kwargs, "headers": held}
+        for name in ("client_kwargs", *_SIDE_KWARGS):
+            kwargs = d.get(name)
+            if isinstance(kwargs, Mapping) and isinstance(kwargs.get("headers"), Mapping):
+                held = {
+                    k: v if isinstance(v, SecretStr) else SecretStr(str(v))
+                    for k, v in kwargs["headers"].items()
+                }
+                d[name] = {**kwargs, "headers": held}
         return self
 
     @field_serializer("base_url", "gpu_url", "cpu_url")

@@ -40,12 +40,13 @@ from pydantic import BaseModel, model_validator
 
 from langchain_contextharbor._attempt import _Abandoned, _to_result
 from langchain_contextharbor._chat_calls import RoutedCalls, _HotState
+from langchain_contextharbor._config import check_side_kwargs
 from langchain_contextharbor._failover import _Call
 from langchain_contextharbor._router import Router
 from langchain_contextharbor._structured import Method, structured_output, tools_for_choice
 from langchain_contextharbor._transport import MaskedClientKwargs
 from langchain_contextharbor.backends import BackendConfig
-from langchain_contextharbor.errors import ConfigurationError
+from langchain_contextharbor.errors import ConfigurationError, at_init
 from langchain_contextharbor.fleet import make_shared_state
 from langchain_contextharbor.routing import RoutePlan
 from langchain_contextharbor.sizing import DEFAULT_NUM_CTX
@@ -146,11 +147,14 @@ class HybridChatOllama(RoutedCalls, BaseChatModel):
         plan = self._plan(self.model, num_ctx)
         if not plan.candidates:
             self.close()
-            raise self._all_failed(_Call(self.model, num_ctx, plan))
+            # A ValueError too, as ChatOllama's validate_model raises (errors.at_init).
+            raise at_init(self._all_failed(_Call(self.model, num_ctx, plan)))
 
     @model_validator(mode="after")
     def _setup(self) -> HybridChatOllama:
         self._check_fields("llama3.1:8b")
+        check_side_kwargs("sync_client_kwargs", self.sync_client_kwargs)
+        check_side_kwargs("async_client_kwargs", self.async_client_kwargs)
         configs = self._resolve_backends(client_kwargs=self.client_kwargs)
         settings = self._router_settings(
             oom_cooldown=self.oom_cooldown,

@@ -31,10 +31,10 @@ from typing import Any
 
 from langchain_core.embeddings import Embeddings
 from langchain_ollama import OllamaEmbeddings
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from langchain_contextharbor._admission import Lease, admit_vetted
-from langchain_contextharbor._config import RoutedFields
+from langchain_contextharbor._config import RoutedFields, check_side_kwargs, with_client_kwargs
 from langchain_contextharbor._digests import (
     BatchRecord,
     DigestBook,
@@ -45,6 +45,7 @@ from langchain_contextharbor._digests import (
     tags_digests,
 )
 from langchain_contextharbor._facts import ProbeResult
+from langchain_contextharbor._failover import _Call as _PlannedCall
 from langchain_contextharbor._failover import _Try, all_failed, settle_failure
 from langchain_contextharbor._pool import InnerPool
 from langchain_contextharbor._replies import checked_embeddings
@@ -58,6 +59,7 @@ from langchain_contextharbor.errors import (
     AllBackendsFailedError,
     ConfigurationError,
     EmbeddingInputError,
+    at_init,
 )
 from langchain_contextharbor.routing import RoutePlan, RoutePolicy
 from langchain_contextharbor.sizing import DEFAULT_NUM_CTX, GIB
@@ -66,8 +68,25 @@ __all__ = ["BatchRecord", "HybridOllamaEmbeddings"]
 
 logger = logging.getLogger("langchain_contextharbor")
 
-# OllamaEmbeddings parameters passed to every inner client unchanged.
-_PASSTHROUGH = ("dimensions", "keep_alive", "num_ctx", "num_gpu", "num_thread")
+# OllamaEmbeddings parameters passed to every inner client unchanged (the options among
+# them reach /api/embed's ``options`` through OllamaEmbeddings' own ``_default_params``).
+_PASSTHROUGH = (
+    "dimensions",
+    "keep_alive",
+    "num_ctx",
+    "num_gpu",
+    "num_thread",
+    "mirostat",
+    "mirostat_eta",
+    "mirostat_tau",
+    "repeat_last_n",
+    "repeat_penalty",
+    "temperature",
+    "stop",
+    "tfs_z",
+    "top_k",
+    "top_p",
+)
 
 
 class _State:
@@ -126,6 +145,9 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
     _inner_class = _InnerOllamaEmbeddings
     _passthrough = _PASSTHROUGH
 
+    # OllamaEmbeddings forbids unknown arguments: a typo is a ConfigurationError naming it.
+    model_config = ConfigDict(**RoutedFields.model_config, extra="forbid")
+
     # Shared with HybridChatOllama and documented there (RoutedFields): model, backends,
     # gpu_url, cpu_url, base_url, num_ctx, num_gpu, num_thread, timeout, timeouts,
     # size_threshold_gb, model_sizes, prefer_warm, spillover, breaker, probe_ttl,
@@ -150,6 +172,44 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
     """Seconds the server keeps the model loaded after a batch (``0`` unloads at once,
     ``-1`` keeps it). None: the server's default (5 minutes)."""
 
+    # --- OllamaEmbeddings' client and validation arguments
+    client_kwargs: dict[str, Any] | None = Field(default=None, exclude=True, repr=False)
+    """OllamaEmbeddings' argument: httpx client options applied to every backend (a
+    backend's own ``client_kwargs``/``headers`` win per key); ``headers`` are sent on every
+    request, held as secrets. Use ``timeout=``/``timeouts=`` instead of a ``timeout``."""
+    sync_client_kwargs: dict[str, Any] | None = Field(default=None, exclude=True, repr=False)
+    """httpx options of the sync clients only, merged over ``client_kwargs`` (as
+    OllamaEmbeddings merges them; ``headers`` per header)."""
+    async_client_kwargs: dict[str, Any] | None = Field(default=None, exclude=True, repr=False)
+    """As ``sync_client_kwargs``, for the async clients."""
+    validate_model_on_init: bool = False
+    """Probe every backend at construction and raise, when none can serve ``model``, the
+    typed error a call would raise, also a ``ValueError`` as OllamaEmbeddings raises
+    (:class:`~langchain_contextharbor.errors.ModelValidationError`)."""
+
+    # --- OllamaEmbeddings' options, sent in /api/embed's ``options`` as it sends them
+    # (most do not change an embedding; they are accepted, and sent, for drop-in use)
+    mirostat: int | None = None
+    """Mirostat sampling (0 off, 1, 2)."""
+    mirostat_eta: float | None = None
+    """Mirostat's learning rate."""
+    mirostat_tau: float | None = None
+    """Mirostat's target perplexity."""
+    repeat_last_n: int | None = None
+    """Tokens the repeat penalty looks back over."""
+    repeat_penalty: float | None = None
+    """Strength of the repeat penalty."""
+    temperature: float | None = None
+    """Sampling temperature."""
+    stop: list[str] | None = None
+    """Stop sequences."""
+    tfs_z: float | None = None
+    """Tail-free sampling."""
+    top_k: int | None = None
+    """Sample from the k likeliest tokens."""
+    top_p: float | None = None
+    """Nucleus sampling threshold."""
+
     _s: _State = PrivateAttr()
 
     @classmethod
@@ -160,9 +220,35 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
             kwargs.setdefault(knob, getattr(llm, knob))
         return cls(model=model, router=llm.router, **kwargs)
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # RoutedFields: one ConfigurationError, inputs hidden
+        if self.validate_model_on_init:
+            self._validate_model()
+
+    def _validate_model(self) -> None:
+        """OllamaEmbeddings' ``validate_model_on_init``, over every backend: probe them all
+        now and raise the typed error a call would raise when none can serve the model."""
+        s = self._s
+        s.router.refresh(self.model)
+        num_ctx = self.num_ctx or DEFAULT_NUM_CTX
+        plan = self._plan(num_ctx)
+        if not plan.candidates:
+            self.close()
+            raise at_init(all_failed(_PlannedCall(self.model, num_ctx, plan), s.configs))
+
+    @field_validator("dimensions")
+    @classmethod
+    def _positive_dimensions(cls, v: int | None) -> int | None:
+        """Checked here, not by the first call (whose error named an internal class)."""
+        if v is not None and (isinstance(v, bool) or v < 1):
+            raise ValueError("must be a whole number > 0 or None")
+        return v
+
     @model_validator(mode="after")
     def _setup(self) -> HybridOllamaEmbeddings:
         self._check_fields("nomic-embed-text")
+        check_side_kwargs("sync_client_kwargs", self.sync_client_kwargs)
+        check_side_kwargs("async_client_kwargs", self.async_client_kwargs)
         if self.batch_size < 1:
             raise ConfigurationError(f"batch_size must be >= 1, got {self.batch_size!r}")
         if self.expected_digest is not None:
@@ -182,9 +268,13 @@ class HybridOllamaEmbeddings(RoutedFields, Embeddings):
             check_seconds("timeout", self.timeout, positive=True, optional=True)
             router = self.router
             configs = [b.config for b in router.backends]
+            if self.client_kwargs:  # for this model's own clients; the probes are the router's
+                configs = [with_client_kwargs(c, self.client_kwargs) for c in configs]
             owns = False
         else:  # base_url with router= is refused here, by name
-            configs = self._resolve_backends(exclusive=("router",))
+            configs = self._resolve_backends(
+                client_kwargs=self.client_kwargs, exclusive=("router",)
+            )
             router = self._new_router(configs, settings)
             owns = True
         self._s = _State(configs, router, owns, DigestBook(self.expected_digest))

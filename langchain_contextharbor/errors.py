@@ -20,6 +20,9 @@ was delivered) so nobody has to parse messages, and chains the original exceptio
     │   └── RequestRejectedError                  two servers gave the same error to the same
     │                                             request: the request's fault (also an
     │                                             InvalidRequestError and ResponseError)
+    ├── ModelValidationError (also ValueError)    validate_model_on_init found no server for
+    │                                             the model; each one raised is also the
+    │                                             typed error above a call would raise
     ├── EmbeddingInputError (also TypeError)      embed_documents got something not a str
     └── EmbeddingDigestMismatchError              a server holds another build of the
                                                   embedding model than the index was made with
@@ -60,6 +63,7 @@ __all__ = [
     "EmptyResponseError",
     "InvalidRequestError",
     "ModelNotAvailableError",
+    "ModelValidationError",
     "NoBackendAvailableError",
     "RequestRejectedError",
     "SkipRecord",
@@ -182,14 +186,14 @@ class TruncatedStreamError(ContextHarborError):
 
 class EmptyResponseError(ContextHarborError, ValueError):
     """A backend completed its answer without a single chunk of it (ChatOllama raises
-    ``ValueError("No data received from Ollama stream.")`` there; this is one too). The
+    ``ValueError("No data received from Ollama stream.")`` there; this is one too, with
+    the same text). The
     model's answer, not the server's fault: no failover."""
 
     def __init__(self, backend: str) -> None:
-        super().__init__(
-            f"backend {backend!r} completed the answer without any chunk "
-            "(no data received from Ollama stream)"
-        )
+        # ChatOllama's text word for word (code matching it keeps working); the backend
+        # is in ``.backend``.
+        super().__init__("No data received from Ollama stream.")
         self.backend = backend
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -435,6 +439,49 @@ def _rebuild_rejected(
     return RequestRejectedError(
         model, attempts, skipped, exceptions, hint, status_code=status_code, error=error
     )
+
+
+class ModelValidationError(ContextHarborError, ValueError):
+    """``validate_model_on_init=True`` found no backend that can serve the model.
+
+    A ``ValueError``, as langchain-ollama's ``validate_model`` raises (for a model not
+    pulled and for a server that is down alike), so ``except ValueError`` written for
+    ChatOllama catches it. What is raised is always one of the subclasses below, which are
+    also the typed error a call would raise then (:class:`ModelNotAvailableError`,
+    :class:`AllBackendsUnreachableError`, ...), so code catching those keeps working."""
+
+
+class _ModelNotAvailableAtInit(ModelNotAvailableError, ModelValidationError):
+    """:class:`ModelNotAvailableError` raised by ``validate_model_on_init``."""
+
+
+class _UnreachableAtInit(AllBackendsUnreachableError, ModelValidationError):
+    """:class:`AllBackendsUnreachableError` raised by ``validate_model_on_init``."""
+
+
+class _NoBackendAtInit(NoBackendAvailableError, ModelValidationError):
+    """:class:`NoBackendAvailableError` raised by ``validate_model_on_init``."""
+
+
+class _AllFailedAtInit(AllBackendsFailedError, ModelValidationError):
+    """:class:`AllBackendsFailedError` raised by ``validate_model_on_init``."""
+
+
+_AT_INIT: dict[type[AllBackendsFailedError], type[AllBackendsFailedError]] = {
+    ModelNotAvailableError: _ModelNotAvailableAtInit,
+    AllBackendsUnreachableError: _UnreachableAtInit,
+    NoBackendAvailableError: _NoBackendAtInit,
+    AllBackendsFailedError: _AllFailedAtInit,
+}
+
+
+def at_init(exc: AllBackendsFailedError) -> AllBackendsFailedError:
+    """``exc`` as ``validate_model_on_init`` raises it: the same facts, in the subclass of
+    its type that is also a :class:`ModelValidationError` (a ``ValueError``)."""
+    cls = next((v for k, v in _AT_INIT.items() if type(exc) is k), None)
+    if cls is None:
+        return exc
+    return cls(exc.model, exc.attempts, exc.skipped, exc.exceptions, exc.hint)
 
 
 class EmbeddingInputError(ContextHarborError, TypeError):

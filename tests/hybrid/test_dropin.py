@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import pickle
+import socket
 import threading
 import time
 import warnings
@@ -33,6 +35,7 @@ from langchain_contextharbor import (
     NoBackendAvailableError,
     Timeouts,
 )
+from langchain_contextharbor.errors import ModelValidationError
 from langchain_contextharbor.testing import Fault, OllamaStandIn
 from langchain_contextharbor.testing.engines import DoneEvent, EngineEvent, TextToken
 from langchain_contextharbor.testing.pytest_plugin import StandInFactory
@@ -56,6 +59,13 @@ class Tokens(BaseCallbackHandler):
 
     def on_llm_error(self, *args: Any, **kwargs: Any) -> None:
         self.errors += 1
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _meta(msg: Any) -> dict[str, Any]:
@@ -169,6 +179,50 @@ def test_client_kwargs_apply_to_every_backend(
         make_model(client_kwargs={"timeout": 5})
 
 
+def _headers_seen(srv: OllamaStandIn) -> list[dict[str, str]]:
+    """The headers of every request ``srv`` receives from now on, as it read them off the
+    wire (the stand-in's request log keeps no headers: its dispatch is wrapped)."""
+    seen: list[dict[str, str]] = []
+    dispatch = srv._dispatch
+
+    def recording(handler: Any) -> None:
+        seen.append({":path": handler.path, **{k.lower(): v for k, v in handler.headers.items()}})
+        dispatch(handler)
+
+    srv._dispatch = recording  # type: ignore[method-assign]
+    return seen
+
+
+def test_sync_and_async_client_kwargs_reach_the_wire(
+    ollama_standin_factory: StandInFactory,
+) -> None:
+    """ChatOllama merges sync_client_kwargs / async_client_kwargs over client_kwargs for
+    its sync / async client: the headers of each side are sent by that side only."""
+    srv = ollama_standin_factory(name="one", models=[MODEL])
+    seen = _headers_seen(srv)
+    model = HybridChatOllama(
+        model=MODEL,
+        base_url=srv.url,
+        timeouts=FAST,
+        client_kwargs={"headers": {"X-Shared": "s", "X-Side": "shared"}},
+        sync_client_kwargs={"headers": {"X-Side": "sync", "X-Sync": "1"}},
+        async_client_kwargs={"headers": {"X-Side": "async"}},
+    )
+    model.invoke("hi")
+    chat = [h for h in seen if h[":path"] == "/api/chat"]
+    assert chat and chat[-1]["x-side"] == "sync" and chat[-1]["x-sync"] == "1"
+    assert chat[-1]["x-shared"] == "s"
+    seen.clear()
+    asyncio.run(model.ainvoke("hi"))
+    chat = [h for h in seen if h[":path"] == "/api/chat"]
+    assert chat and chat[-1]["x-side"] == "async" and "x-sync" not in chat[-1]
+    assert chat[-1]["x-shared"] == "s"
+    assert "async" not in repr(model) and "async" not in str(vars(model)["async_client_kwargs"])
+    with pytest.raises(ConfigurationError, match="transport"):
+        HybridChatOllama(model=MODEL, base_url=srv.url, sync_client_kwargs={"transport": 1})
+    model.close()
+
+
 def test_validate_model_on_init_and_logprobs(
     pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama]
 ) -> None:
@@ -183,6 +237,39 @@ def test_validate_model_on_init_and_logprobs(
     model.invoke("hi")
     body = (gpu.requests_to("/api/chat") or cpu.requests_to("/api/chat"))[-1].body
     assert body["logprobs"] is True and body["top_logprobs"] == 2
+
+
+def test_validate_model_on_init_raises_value_errors(
+    pair: tuple[OllamaStandIn, OllamaStandIn], make_model: Callable[..., HybridChatOllama]
+) -> None:
+    """ChatOllama's validate_model raises ValueError for a model not pulled and for a
+    server that is down: `except ValueError` catches ours too, still the typed errors."""
+    with pytest.raises(ValueError, match="ollama pull") as info:
+        make_model(model="not-pulled:1b", validate_model_on_init=True)
+    assert isinstance(info.value, ModelNotAvailableError)
+    assert isinstance(info.value, ModelValidationError)
+    assert info.value.status_code == 404 and info.value.attempts == []
+    dead = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(ValueError) as down:
+        HybridChatOllama(model=MODEL, base_url=dead, validate_model_on_init=True)
+    assert isinstance(down.value, (AllBackendsUnreachableError, NoBackendAvailableError))
+    assert isinstance(down.value, ModelValidationError)
+    assert isinstance(down.value, httpx.ConnectError)
+    again = pickle.loads(pickle.dumps(info.value))
+    assert type(again) is type(info.value) and str(again) == str(info.value)
+
+
+def test_top_logprobs_as_in_chatollama(make_model: Callable[..., HybridChatOllama]) -> None:
+    with pytest.warns(UserWarning, match="Setting `logprobs=True` automatically"):
+        model = make_model(top_logprobs=5)
+    assert model.logprobs is True
+    with pytest.raises(ValueError, match="`logprobs` is explicitly `False`"):
+        make_model(top_logprobs=5, logprobs=False)
+    with pytest.raises(ValueError, match="top_logprobs"):
+        make_model(top_logprobs=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert make_model(logprobs=True, top_logprobs=3).logprobs is True
 
 
 def test_typeddict_json_schema_sends_required(
@@ -218,7 +305,7 @@ def test_empty_answer_is_the_models_no_failover(
     gpu = ollama_standin_factory(name="gpu", models=[MODEL], engine=empty)
     cpu = ollama_standin_factory(name="cpu", models=[MODEL], engine=empty)
     model = HybridChatOllama(model=MODEL, gpu_url=gpu.url, cpu_url=cpu.url, timeout=2.0)
-    with pytest.raises(ValueError, match="no data received") as info:
+    with pytest.raises(ValueError, match=r"^No data received from Ollama stream\.$") as info:
         model.invoke("hi")
     assert isinstance(info.value, EmptyResponseError)
     assert len(gpu.requests_to("/api/chat")) == 1 and not cpu.requests_to("/api/chat")
