@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	@echo "==> Installing the package with its test, llama, prometheus and fleet extras into $(VENV)."
+	@echo "==> Installing the package with its test, llama, prometheus, fleet and serve extras into $(VENV)."
 	@echo "==> The first time, pip compiles llama-cpp-python (llama.cpp) from source: about"
 	@echo "==> 8-10 minutes on 2 cores, printing nothing meanwhile. Later runs reuse pip's cache."
 	$(PY) -m pip install -q -e '.[test,llama,prometheus,fleet,serve]'
