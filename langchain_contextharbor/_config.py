@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from langchain_contextharbor._router import Router
+from langchain_contextharbor._secrets import _SecretHeaders, refuse_query_params
 from langchain_contextharbor._settings import RouterSettings, check_seconds
 from langchain_contextharbor._transport import inner_client_kwargs
 from langchain_contextharbor.backends import (
@@ -41,14 +42,12 @@ from langchain_contextharbor.backends import (
     DEFAULT_CPU_URL,
     BackendConfig,
     Timeouts,
-    _SecretHeaders,
     backends_from_env,
     coerce_backends,
     default_gpu_url,
     hold_secret_url,
     ollama_host_url,
     redact_url,
-    refuse_query_params,
     validation_problems,
 )
 from langchain_contextharbor.breaker import BreakerPolicy

@@ -11,7 +11,6 @@ import base64
 import functools
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -27,6 +26,14 @@ from pydantic import (
     model_validator,
 )
 
+from langchain_contextharbor._secrets import (
+    SecretUrl,
+    _SecretHeaders,
+    hold_secret_url,
+    refuse_query_params,
+    reveal,
+)
+from langchain_contextharbor._urls import redact_url, validate_base_url
 from langchain_contextharbor.errors import ConfigurationError
 
 __all__ = [
@@ -50,207 +57,6 @@ CPU_URL_ENV = "OLLAMA_CPU_URL"
 OLLAMA_HOST_ENV = "OLLAMA_HOST"
 
 BackendKind = Literal["gpu", "cpu"]
-
-
-def validate_base_url(url: str, *, what: str = "base URL") -> str:
-    """Return the URL without a trailing slash, or raise ConfigurationError saying why.
-
-    Accepts ``http``/``https`` URLs with a host and optional port and path prefix. No
-    message quotes the URL's credentials or query values, nor httpx's own error text
-    about them (httpx's "Invalid port: 's3cr3t'" is a password after a ``#``).
-    """
-    if not isinstance(url, str) or not url.strip():
-        shown_bad = "<non-string>" if not isinstance(url, str) else repr(url)
-        raise ConfigurationError(f"{what} must be a non-empty string, got {shown_bad}")
-    text = url.strip()
-    shown = redact_url(text)
-    if "://" not in text:
-        raise ConfigurationError(
-            f"{what} {shown!r} has no scheme; expected e.g. 'http://127.0.0.1:11434'"
-        )
-    try:
-        parsed = httpx.URL(text)
-    except Exception:  # httpx.InvalidURL and friends: its text may quote the password
-        raise ConfigurationError(
-            f"{what} {shown!r} is not a valid URL: {_why_invalid(text)}"
-        ) from None
-    if parsed.scheme not in ("http", "https"):
-        raise ConfigurationError(f"{what} {shown!r}: scheme must be http or https")
-    if not parsed.host:
-        raise ConfigurationError(f"{what} {shown!r} has no host")
-    if any(ch.isspace() for ch in text):
-        raise ConfigurationError(f"{what} {shown!r} must not contain whitespace")
-    try:
-        port = parsed.port
-    except Exception:
-        raise ConfigurationError(f"{what} {shown!r} has an invalid port") from None
-    if port is not None and not 1 <= port <= 65535:
-        raise ConfigurationError(f"{what} {shown!r}: port must be 1..65535")
-    if parsed.query or parsed.fragment:
-        raise ConfigurationError(f"{what} {shown!r} must not have a query or fragment")
-    if "@" in text and not parsed.userinfo:
-        # An '@' that httpx did not take as the end of credentials: a password with a '/'
-        # in it, which would otherwise travel (and be logged) as part of the path.
-        raise ConfigurationError(
-            f"{what} {shown!r} is not a valid URL: {_why_invalid('http://x:y/@')}"
-        )
-    return text.rstrip("/")
-
-
-def _why_invalid(text: str) -> str:
-    """httpx's reason a URL is invalid, computed on the redacted URL so it cannot quote a
-    secret; when only the original fails, the credentials part is what is malformed."""
-    try:
-        httpx.URL(redact_url(text))
-    except Exception as exc:
-        reason = redact_url(str(exc)) if "@" in str(exc) else str(exc)
-        return reason.replace(text, redact_url(text))
-    return (
-        "the credentials part (user:password@) is malformed; percent-encode reserved "
-        "characters such as '#', '/', '?' or '@' in the password"
-    )
-
-
-def redact_url(url: str) -> str:
-    """Remove credentials from a URL; safe on malformed input.
-
-    ``user:password@`` becomes ``***@`` and every query value and fragment ``***``.
-    Everything before the last ``@`` is treated as userinfo, even when a ``/``, ``?`` or
-    ``#`` appears in it (a password may contain them): over-redacting a URL whose path or
-    query has an ``@`` in it is the safe mistake.
-    """
-    if not isinstance(url, str):
-        return "<invalid url>"
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        # No "://": keep a scheme-like prefix such as "http:/" (a typo) as it is.
-        m = re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/+(?=[^/])", url)
-        scheme, rest = (m.group(0), url[m.end() :]) if m and "@" in url[m.end() :] else ("", url)
-        sep = ""
-    head = rest
-    if "@" in head:
-        after = head.rsplit("@", 1)[1]
-        lead = "//" if head.startswith("//") else ""
-        head = f"{lead}***@{after}"
-    if "?" in head or "#" in head:
-        head = _redact_query(head)
-    return f"{scheme}://{head}" if sep else scheme + head
-
-
-def _redact_query(rest: str) -> str:
-    """``host/path?a=1&b#frag`` -> ``host/path?a=***&b=***#***`` (tokens ride in queries)."""
-    base, hsep, frag = rest.partition("#")
-    path, qsep, query = base.partition("?")
-    if qsep:
-        parts = [p.split("=", 1)[0] + "=***" if p else p for p in query.split("&")]
-        path = f"{path}?{'&'.join(parts)}"
-    return f"{path}#***" if hsep and frag else (path + hsep)
-
-
-class SecretUrl(str):
-    """A URL that carries a secret (``user:password@``, a query or a fragment), held so
-    that no view of an object shows it: ``repr``, ``str``, ``format`` (f-strings, logging's
-    ``%s``/``%r``) and therefore ``vars()``/``pprint`` show :func:`redact_url`'s form.
-
-    Why a ``str`` and not a wrapper like pydantic's ``SecretStr``: the fields holding it
-    (``BackendConfig.base_url``, the models' ``base_url``/``gpu_url``/``cpu_url``,
-    ``shared_state``) keep their ``str`` type, so comparing, parsing (``httpx.URL``,
-    ``redis.Redis.from_url``) and handing one to ``ChatOllama(base_url=...)`` work as
-    before; only the ways an object is *shown* are masked. ``get_secret_value()`` returns
-    the plain ``str`` (as ``SecretStr`` does).
-
-    Pickling is refused (``TypeError``): a pickle is written to disk or a socket in the
-    clear, and one with the secret masked would unpickle into a URL that fails to
-    authenticate, far from the cause. Build the configuration in the other process (from
-    the environment) instead. A URL without a secret is never a ``SecretUrl``
-    (:func:`hold_secret_url` returns it as it is), so it pickles as before. Copies
-    (``copy``/``deepcopy``, ``model_copy``) return the same immutable object.
-    """
-
-    __slots__ = ()
-
-    def get_secret_value(self) -> str:
-        return str.__str__(self)
-
-    def __repr__(self) -> str:
-        return repr(redact_url(self.get_secret_value()))
-
-    def __str__(self) -> str:
-        return redact_url(self.get_secret_value())
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        raise TypeError(
-            f"a URL with credentials ({self}) is not pickled: a pickle would hold them in "
-            "the clear. Build the configuration where it is used (e.g. from the environment)"
-        )
-
-    def __reduce__(self) -> Any:
-        return self.__reduce_ex__(None)
-
-    def __copy__(self) -> SecretUrl:
-        return self
-
-    def __deepcopy__(self, memo: Any) -> SecretUrl:
-        return self
-
-
-def hold_secret_url(url: str) -> str:
-    """``url`` as a :class:`SecretUrl` when it carries a secret (credentials, a query, a
-    fragment), else as it is: what every URL field stores."""
-    if type(url) is str and redact_url(url) != url:
-        return SecretUrl(url)
-    return url
-
-
-def reveal(url: str) -> str:
-    """The plain ``str`` of a URL field, secret or not (for the few places that build a
-    connection from it)."""
-    return url.get_secret_value() if isinstance(url, SecretUrl) else url
-
-
-class _SecretHeaders(httpx.Auth):
-    """Adds a backend's secret headers to each request as it is sent.
-
-    Why an ``httpx.Auth`` and not the clients' ``headers=``: a client keeps its default
-    headers as plain strings (``vars(client)``, and the ``client_kwargs`` of the inner
-    ChatOllama that builds it, would show an ``Authorization`` value); an auth flow keeps
-    them as ``SecretStr`` until the request leaves. Requests themselves carry the real
-    values (the server needs them); errors that reach the caller carry masked copies (see
-    :func:`langchain_contextharbor.errors.scrub_exception`)."""
-
-    def __init__(self, headers: Mapping[str, SecretStr]) -> None:
-        self._headers = dict(headers)
-
-    def auth_flow(self, request: httpx.Request) -> Any:
-        for name, value in self._headers.items():
-            request.headers[name] = value.get_secret_value()
-        yield request
-
-    def __repr__(self) -> str:
-        return f"_SecretHeaders({sorted(self._headers)})"
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        raise TypeError("a backend's secret headers are not pickled")
-
-
-def refuse_query_params(kwargs: Mapping[str, Any], what: str) -> None:
-    """Refuse ``params`` in httpx ``client_kwargs``, as :func:`validate_base_url` refuses a
-    query in a URL: httpx logs every request URL, its query included (``INFO``), and its
-    errors quote it. Neither the message nor the log shows a value."""
-    params = kwargs.get("params")
-    if not params:
-        return
-    try:
-        shown = "&".join(f"{k}=***" for k, _ in httpx.QueryParams(params).multi_items())
-    except Exception:
-        shown = "***"
-    raise ConfigurationError(
-        f"{what} must not set params (query parameters {shown or 'none'!r}): like a query "
-        "in base_url, httpx logs them with every request URL; send a token as a header"
-    )
 
 
 def _finite_positive(v: float | None, name: str) -> float | None:
