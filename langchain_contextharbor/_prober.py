@@ -51,7 +51,7 @@ from langchain_contextharbor._facts import (
     parse_tags,
     read_version,
 )
-from langchain_contextharbor._table import BackendRuntime, BackendTable
+from langchain_contextharbor._table import BackendRuntime, BackendTable, Clock
 from langchain_contextharbor._transport import content_type, probe_client
 from langchain_contextharbor.backends import BackendConfig
 from langchain_contextharbor.fleet import SharedBreaker
@@ -115,6 +115,67 @@ def _set_verdict(b: BackendRuntime, verdict: str | None) -> None:
 
 class _NotOllama(Exception):
     """The server's health answer is not Ollama's (the message says what it was)."""
+
+
+def _optional(b: BackendRuntime, c: httpx.Client, path: str) -> list[Mapping[str, Any]] | None:
+    """The ``models`` list of an optional probe endpoint, or None when it fails."""
+    try:
+        return _json_list(c, path, "models")
+    except Exception as exc:
+        logger.debug(
+            "optional probe %s on %s failed (left unknown): %s",
+            path,
+            b.config.name,
+            b.config.scrub(f"{type(exc).__name__}: {exc}")[:200],
+        )
+        return None
+
+
+def _ask(b: BackendRuntime, c: httpx.Client, clock: Clock, t0: float) -> ProbeResult:
+    """The requests of one probe of ``b`` and their reading (capacity is the prober's:
+    it holds the NVML reader); raises when the server is down or not Ollama."""
+    status, ctype, body = _get(c, "GET", "/api/version", VERSION_LIMIT)
+    root = None
+    if status == 404:  # a gateway without /api/version: Ollama's "/" works
+        rs, _, rbody = _get(c, "GET", "/", VERSION_LIMIT)
+        root = (rs, rbody)
+    version, bad = read_version(status, ctype, body, root)
+    if bad is not None:
+        raise _NotOllama(bad)
+    _set_verdict(b, None)  # up: a call waiting on this evidence may go now
+    # Only the health answer above decides "down". /api/tags and /api/ps are
+    # optional (older servers, gateways exposing part of the API): failing, they
+    # leave the model list or the loaded set unknown, not the server unusable.
+    tags = _optional(b, c, "/api/tags")
+    ps = _optional(b, c, "/api/ps")
+    return ProbeResult(
+        True,
+        clock(),
+        (time.perf_counter() - t0) * 1000,
+        version=version,
+        models=parse_tags(tags) if tags is not None else None,
+        loaded=parse_loaded(ps) if ps is not None else None,
+        digests=parse_digests(tags) if tags is not None else None,
+    )
+
+
+def _failed(b: BackendRuntime, exc: Exception, clock: Clock, t0: float) -> ProbeResult:
+    """The failed probe of ``b``, its reason saying what went wrong (credentials scrubbed)."""
+    if isinstance(exc, _NotOllama):
+        why = str(exc)
+    elif isinstance(exc, httpx.TimeoutException):
+        why = (
+            f"{type(exc).__name__}: no answer within the probe deadline "
+            f"{b.config.timeouts.probe:g}s (Timeouts.probe)"
+        )
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+    return ProbeResult(
+        False,
+        clock(),
+        (time.perf_counter() - t0) * 1000,
+        reason=b.config.scrub(why)[:300],
+    )
 
 
 class Prober:
@@ -308,66 +369,15 @@ class Prober:
             for key in [k for k in b.missing if k in res.models]:
                 del b.missing[key]
 
-    @staticmethod
-    def _optional(b: BackendRuntime, c: httpx.Client, path: str) -> list[Mapping[str, Any]] | None:
-        """The ``models`` list of an optional probe endpoint, or None when it fails."""
-        try:
-            return _json_list(c, path, "models")
-        except Exception as exc:
-            logger.debug(
-                "optional probe %s on %s failed (left unknown): %s",
-                path,
-                b.config.name,
-                b.config.scrub(f"{type(exc).__name__}: {exc}")[:200],
-            )
-            return None
-
     def _probe_http(self, b: BackendRuntime) -> ProbeResult:
         clock = self._t.clock
         t0 = time.perf_counter()
         res: ProbeResult
         try:
-            c = self.http(b)
-            status, ctype, body = _get(c, "GET", "/api/version", VERSION_LIMIT)
-            root = None
-            if status == 404:  # a gateway without /api/version: Ollama's "/" works
-                rs, _, rbody = _get(c, "GET", "/", VERSION_LIMIT)
-                root = (rs, rbody)
-            version, bad = read_version(status, ctype, body, root)
-            if bad is not None:
-                raise _NotOllama(bad)
-            _set_verdict(b, None)  # up: a call waiting on this evidence may go now
-            # Only the health answer above decides "down". /api/tags and /api/ps are
-            # optional (older servers, gateways exposing part of the API): failing, they
-            # leave the model list or the loaded set unknown, not the server unusable.
-            tags = self._optional(b, c, "/api/tags")
-            ps = self._optional(b, c, "/api/ps")
-            res = ProbeResult(
-                True,
-                clock(),
-                (time.perf_counter() - t0) * 1000,
-                version=version,
-                models=parse_tags(tags) if tags is not None else None,
-                loaded=parse_loaded(ps) if ps is not None else None,
-                digests=parse_digests(tags) if tags is not None else None,
-            )
+            res = _ask(b, self.http(b), clock, t0)
             self._read_capacity(b.config, res)
         except Exception as exc:  # a probe never raises into callers
-            if isinstance(exc, _NotOllama):
-                why = str(exc)
-            elif isinstance(exc, httpx.TimeoutException):
-                why = (
-                    f"{type(exc).__name__}: no answer within the probe deadline "
-                    f"{b.config.timeouts.probe:g}s (Timeouts.probe)"
-                )
-            else:
-                why = f"{type(exc).__name__}: {exc}"
-            res = ProbeResult(
-                False,
-                clock(),
-                (time.perf_counter() - t0) * 1000,
-                reason=b.config.scrub(why)[:300],
-            )
+            res = _failed(b, exc, clock, t0)
         self._store_probe(b, res)
         if res.ok:
             logger.debug(

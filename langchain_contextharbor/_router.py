@@ -10,7 +10,8 @@ with embeddings built with ``router=``). It is made of four parts, one job each:
   and host memory, and the explicit waits for evidence;
 - :mod:`~langchain_contextharbor._background` -- trial calls and speed calibration;
 - this module -- plans (cached) and the call lifecycle: admission (``acquire``), outcomes
-  (``record_success`` / ``record_failure``), ``release``, deadlines and stats.
+  (``record_success`` / ``record_failure``), ``release``, deadlines and ``stats()``
+  (built by :mod:`~langchain_contextharbor._router_stats`).
 
 Pure code (probe parsing, speed learning, snapshot building, request sizing) lives in
 :mod:`~langchain_contextharbor._facts` and the decision itself in
@@ -39,6 +40,7 @@ from langchain_contextharbor._facts import (
     size_request,
 )
 from langchain_contextharbor._prober import Prober
+from langchain_contextharbor._router_stats import router_stats
 from langchain_contextharbor._settings import RouterSettings
 from langchain_contextharbor._table import BackendRuntime, BackendTable, Clock
 from langchain_contextharbor.backends import BackendConfig
@@ -443,34 +445,5 @@ class Router(BackendTable):
             self._shared.close()  # fleet mode: queued lease releases are sent first
 
     def stats(self) -> dict[str, Any]:
-        now = self.clock()
-        out: dict[str, Any] = {}
-        with self._lock:
-            for b in self._backends:
-                d = b.stats.as_dict()
-                d["circuit"] = b.breaker.state
-                d["consecutive_failures"] = b.breaker.failures
-                ra = b.breaker.retry_at()
-                d["retry_in_s"] = round(ra - now, 3) if ra is not None else None
-                d["in_flight"] = b.in_flight
-                if self._shared is not None:
-                    d["fleet_in_flight"] = b.fleet.in_flight if b.fleet is not None else None
-                d["url"] = b.config.safe_url
-                d["speeds"] = {
-                    m: {
-                        "tokens_per_s": round(sp.tokens_per_s, 2),
-                        "first_token_s": round(sp.first_token_s, 4),
-                        "answer_tokens": round(sp.output_tokens, 1),
-                        "load_s": None if sp.load_s is None else round(sp.load_s, 3),
-                        "samples": sp.samples,
-                    }
-                    for (n, m), sp in self.speeds.items()
-                    if n == b.config.name
-                }
-                d["calibrations"] = {
-                    "sent": b.calibrations,
-                    "failed": b.calibration_failures,
-                }
-                d["kind"] = b.config.kind
-                out[b.config.name] = d
-        return out
+        """Per backend: counters, circuit, load, speeds (see :mod:`~._router_stats`)."""
+        return router_stats(self)
