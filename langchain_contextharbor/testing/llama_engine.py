@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from langchain_contextharbor.testing._json_grammar import MAX_ITEMS, MAX_STRING_CHARS, json_gbnf
+from langchain_contextharbor.testing._thinking import ThinkingParser
 from langchain_contextharbor.testing._wire import _RequestError
 from langchain_contextharbor.testing.engines import (
     ChatTurn,
@@ -125,132 +125,6 @@ def smollm2_model(
         template=template or "{{ .System }}<|im_start|>user\n{{ .Prompt }}<|im_end|>",
         parameters='stop                           "<|im_end|>"',
     )
-
-
-class ThinkingParser:
-    """Ollama's generic thinking parser (``thinking/parser.go``), ported as is.
-
-    Fed the raw generated text piece by piece, :meth:`add` returns ``(thinking, content)``
-    that can be sent now: leading whitespace before the opening tag, and between each tag and
-    what follows it, is eaten; text that may be the start of a tag is held back until it is
-    decided. Output that does not open with the tag is all content (the model skipped
-    thinking). A prompt that already ends in the opening tag (a template that pre-fills it)
-    starts the parser with ``add(opening)``, as Ollama does.
-    """
-
-    _LOOKING, _STARTED, _THINKING, _DONE_EATING, _DONE = range(5)
-
-    def __init__(self, opening: str = "<think>", closing: str = "</think>") -> None:
-        self.opening = opening
-        self.closing = closing
-        self.state = self._LOOKING
-        self._acc = ""
-
-    @property
-    def thinking_done(self) -> bool:
-        """Whether the closing tag (or content without any thinking) has been seen."""
-        return self.state in (self._DONE_EATING, self._DONE)
-
-    def add(self, text: str) -> tuple[str, str]:
-        """Take ``text``; return the thinking and the content now decided."""
-        self._acc += text
-        thinking: list[str] = []
-        content: list[str] = []
-        more = True
-        while more:
-            t, c, more = self._eat()
-            thinking.append(t)
-            content.append(c)
-        return "".join(thinking), "".join(content)
-
-    def flush(self) -> tuple[str, str]:
-        """At the end of generation: whatever is still held back, as what it was heading for."""
-        rest, self._acc = self._acc, ""
-        if self.state in (self._STARTED, self._THINKING):
-            return rest, ""
-        if self.state == self._LOOKING:
-            return "", rest
-        return "", rest.lstrip() if self.state == self._DONE_EATING else rest
-
-    def _eat(self) -> tuple[str, str, bool]:
-        acc = self._acc
-        if self.state == self._LOOKING:
-            trimmed = acc.lstrip()
-            if trimmed.startswith(self.opening):
-                after = trimmed[len(self.opening) :].lstrip()
-                self._acc = after
-                self.state = self._THINKING if after else self._STARTED
-                return "", "", True
-            if self.opening.startswith(trimmed):  # a partial tag, or only whitespace
-                return "", "", False
-            self.state, self._acc = self._DONE, ""
-            return "", acc, False
-        if self.state == self._STARTED:
-            trimmed = acc.lstrip()
-            self._acc = trimmed
-            if not trimmed:
-                return "", "", False
-            self.state = self._THINKING
-            return "", "", True
-        if self.state == self._THINKING:
-            if self.closing in acc:
-                thinking, _, remaining = acc.partition(self.closing)
-                remaining = remaining.lstrip()
-                self._acc = ""
-                self.state = self._DONE if remaining else self._DONE_EATING
-                return thinking, remaining, False
-            hold = _overlap(acc, self.closing)
-            self._acc = acc[len(acc) - hold :] if hold else ""
-            return acc[: len(acc) - hold], "", False
-        if self.state == self._DONE_EATING:
-            trimmed = acc.lstrip()
-            self._acc = ""
-            if trimmed:
-                self.state = self._DONE
-            return "", trimmed, False
-        self._acc = ""
-        return "", acc, False
-
-
-def _overlap(text: str, delim: str) -> int:
-    """Length of the longest suffix of ``text`` that is a prefix of ``delim``."""
-    for i in range(min(len(delim), len(text)), 0, -1):
-        if text.endswith(delim[:i]):
-            return i
-    return 0
-
-
-#: Longest JSON string a ``format`` grammar lets the model write (see :func:`json_gbnf`).
-MAX_STRING_CHARS = 200
-#: Most members of one object / items of one array a ``format`` grammar lets it write.
-MAX_ITEMS = 16
-
-_MORE_ITEMS = re.compile(r'\(\s*"," (space|ws) ([^()"]+?)\s*\)\*')
-
-
-def json_gbnf(fmt: str | dict[str, Any]) -> str:
-    """GBNF for an Ollama ``format``: ``"json"`` (any object) or a JSON schema.
-
-    llama-cpp-python's schema translation lets raw newlines and other control characters
-    into strings (``json.loads`` refuses them), and neither grammar bounds anything, so a
-    small model that starts a long string (or list) runs on to the end of the context and
-    the output is cut mid-value. Both are repaired here: string characters are those JSON
-    allows (as in llama.cpp's own translation), at most ``MAX_STRING_CHARS`` of them, and an
-    object or array holds at most ``MAX_ITEMS`` entries (where the schema does not bound it).
-    """
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
-
-    cap = f"{{0,{MAX_STRING_CHARS}}}"
-    more = f"{{0,{MAX_ITEMS - 1}}}"
-    if isinstance(fmt, dict):
-        text = json_schema_to_gbnf(json.dumps(fmt))
-        text = text.replace('char ::= [^"\\\\] |', 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
-        text = text.replace('"\\"" char* "\\""', '"\\"" char' + cap + ' "\\""')
-    else:
-        text = JSON_GBNF.replace(')* "\\"" ws', ")" + cap + ' "\\"" ws')
-        text = text.replace('("," ws string ":" ws value)*', '("," ws string ":" ws value)' + more)
-        text = text.replace('("," ws value)*', '("," ws value)' + more)
-    return _MORE_ITEMS.sub(lambda m: f'("," {m.group(1)} {m.group(2)}){more}', text)
 
 
 def fit_messages(

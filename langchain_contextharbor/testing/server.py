@@ -9,8 +9,9 @@ one process, on fixed or ephemeral ports, stoppable and restartable on the same 
 Built on the standard library only (``http.server.ThreadingHTTPServer``, HTTP/1.1 with
 hand-written chunked transfer encoding), so it adds no dependency to the project.
 
-This module holds the public :class:`OllamaStandIn` (lifecycle, faults, request log, models,
-dispatch); the rest is split along its seams: ``_wire`` (HTTP plumbing, Go-style JSON),
+This module holds the public :class:`OllamaStandIn` (lifecycle, models, dispatch; its fault
+injection and request log come from the ``_faults_log`` mixin); the rest is split along its
+seams: ``_wire`` (HTTP plumbing, Go-style JSON),
 ``_exchange`` (one request's framing and when an injected fault acts), ``_requests``
 (options, ``keep_alive``, routes, stop sequences), ``_endpoints`` (what each route answers),
 and the state the endpoints share, each owned by one object: ``_residency`` (loaded models,
@@ -35,9 +36,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import replace
-from types import EllipsisType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,8 +48,8 @@ from langchain_contextharbor.testing._endpoints import (
     blob_endpoint,
 )
 from langchain_contextharbor.testing._exchange import _Exchange
+from langchain_contextharbor.testing._faults_log import _FaultsAndLog
 from langchain_contextharbor.testing._requests import (
-    _GIB,
     _REQUEST_TYPES,
     _ROUTES,
     host_allowed,
@@ -71,13 +70,8 @@ from langchain_contextharbor.testing._wire import (
 )
 from langchain_contextharbor.testing.engines import Engine, ScriptedEngine
 from langchain_contextharbor.testing.faults import (
-    BUSY_MESSAGE,
-    MODEL_RUNNER_CRASH_MESSAGE,
     Fault,
-    FaultRule,
     FaultTable,
-    normalize_paths,
-    oom_message,
 )
 from langchain_contextharbor.testing.models import (
     LoadedModel,
@@ -89,7 +83,7 @@ __all__ = ["OllamaStandIn", "RequestRecord", "StandInConfig", "parse_keep_alive"
 
 
 # ---------------------------------------------------------------------------- the stand-in
-class OllamaStandIn:
+class OllamaStandIn(_FaultsAndLog):
     """An Ollama-compatible HTTP server on loopback, with fault injection and a request log.
 
     ``OllamaStandIn(config)`` or ``OllamaStandIn(name="gpu", models=["llama3.2:1b"], ...)``
@@ -234,79 +228,7 @@ class OllamaStandIn:
             else:
                 self._conns.pop(sock, None)
 
-    # ------------------------------------------------------------------ faults & log
-    def inject(
-        self,
-        fault: Fault | str,
-        *,
-        count: int | None = None,
-        after_chunks: int = 0,
-        delay: float | None = None,
-        paths: Sequence[str] | str | EllipsisType | None = ...,
-        status: int | None = None,
-        message: str | None = None,
-    ) -> FaultRule:
-        """Make the next ``count`` matching requests (all, if ``None``) fail with ``fault``.
-
-        ``after_chunks``: K for mid-stream faults. ``delay``: stall of ``SLOW_FIRST_TOKEN``
-        (default 1 s), wait before an error response or a mid-stream fault, or a finite hang
-        length (hangs then resume). ``paths``: which paths match (default ``("/api/chat",)``,
-        everything for ``REFUSE``/``ACCEPT_HANG``; ``None`` = every path). ``status`` /
-        ``message`` override the HTTP status (``HTTP_ERROR``) and the error text.
-        ``REFUSE`` closes the listener until ``clear_faults()`` and ignores the other options.
-        """
-        f = Fault(fault)
-        if f is Fault.REFUSE:
-            if count is not None:
-                raise ValueError("Fault.REFUSE cannot be counted: it closes the port")
-            rule = FaultRule(f, None, paths=None)
-            self.stop()
-            self._refusing = True
-            return rule
-        rule = FaultRule(
-            fault=f,
-            remaining=count,
-            after_chunks=max(0, after_chunks),
-            delay=delay,
-            paths=normalize_paths(
-                f,
-                None if isinstance(paths, EllipsisType) else paths,
-                given=not isinstance(paths, EllipsisType),
-            ),
-            status=status,
-            message=message,
-        )
-        return self._faults.add(rule)
-
-    def clear_faults(self) -> None:
-        """Drop every rule, release hung handlers (they resume) and undo ``REFUSE``."""
-        self._faults.clear()
-        with self._lock:
-            old, self._release = self._release, threading.Event()
-        old.set()
-        if self._refusing:
-            self.start()
-
-    @property
-    def faults(self) -> list[FaultRule]:
-        """Rules that can still match."""
-        return self._faults.active()
-
-    @property
-    def requests(self) -> list[RequestRecord]:
-        """Snapshot of the request log (oldest first)."""
-        with self._log_lock:
-            return list(self._log)
-
-    def requests_to(self, path: str) -> list[RequestRecord]:
-        """The logged requests for one path, e.g. ``srv.requests_to("/api/chat")``."""
-        return [r for r in self.requests if r.path == path]
-
-    def clear_log(self) -> None:
-        """Forget the request log."""
-        with self._log_lock:
-            self._log.clear()
-
+    # ------------------------------------------------------------------ slots
     @property
     def in_flight(self) -> int:
         """Requests generating right now (holding a ``num_parallel`` slot)."""
@@ -386,12 +308,6 @@ class OllamaStandIn:
         self.residency.unload(None if name is None else normalize_model_name(name))
 
     # ------------------------------------------------------------------ request plumbing
-    def _record(self, method: str, path: str, body: Any) -> RequestRecord:
-        rec = RequestRecord(method, path, body, time.time(), self.name)
-        with self._log_lock:
-            self._log.append(rec)
-        return rec
-
     def _dispatch(self, handler: _Handler) -> None:
         method = handler.command
         path = urlsplit(handler.path).path or "/"
@@ -504,23 +420,3 @@ class OllamaStandIn:
                     ex.end_stream()
                 return
             ex.send_error(err.status, err.message)
-
-    def _fault_error(self, rule: FaultRule, path: str, body: Any) -> tuple[int, str]:
-        model = ""
-        if isinstance(body, dict):
-            model = str(body.get("model") or body.get("name") or "")
-        f = rule.fault
-        if f is Fault.BUSY:
-            return rule.status or 503, rule.message or BUSY_MESSAGE
-        if f is Fault.MODEL_NOT_FOUND:
-            if rule.message:
-                return rule.status or 404, rule.message
-            if path in ("/api/embed", "/api/embeddings"):
-                return rule.status or 404, f'model "{model}" not found, try pulling it first'
-            return rule.status or 404, f"model '{model}' not found"
-        if f is Fault.OOM:
-            spec = self.get_model(model) if model else None
-            need = spec.loaded_size(self.config.num_ctx) if spec else 8 * _GIB
-            have = self.config.available_memory or need // 3
-            return rule.status or 500, rule.message or oom_message(need, have)
-        return rule.status or 500, rule.message or MODEL_RUNNER_CRASH_MESSAGE
