@@ -170,6 +170,23 @@ async def _body(request: Request, limit: int) -> bytes | Response:
         )
 
 
+async def _model_request(
+    request: Request, limit: int, *, aliases: tuple[str, ...] = ("model",)
+) -> tuple[bytes, dict[str, Any], str] | Response:
+    """An Ollama request naming a model: its raw body, its JSON object and the model (the
+    first of ``aliases`` given), or the answer Ollama gives when one is missing (413, 400)."""
+    raw = await _body(request, limit)
+    if isinstance(raw, Response):
+        return raw
+    data, problem = _parse(raw)
+    if data is None:
+        return _json_response(400, {"error": problem})
+    model = next((data.get(k) for k in aliases if data.get(k)), None)
+    if not isinstance(model, str) or not model:
+        return _json_response(400, {"error": "model is required"})
+    return raw, data, model
+
+
 def _parse(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """The JSON object of a body, or Ollama's 400 text for why not."""
     if not raw.strip():
@@ -259,15 +276,10 @@ def create_app(
     async def _native(
         request: Request, path: str, substantive: Callable[[dict[str, Any]], bool]
     ) -> Response:
-        raw = await _body(request, limit)
-        if isinstance(raw, Response):
-            return raw
-        data, problem = _parse(raw)
-        if data is None:
-            return _json_response(400, {"error": problem})
-        model = data.get("model")
-        if not isinstance(model, str) or not model:
-            return _json_response(400, {"error": "model is required"})
+        got = await _model_request(request, limit)
+        if isinstance(got, Response):
+            return got
+        raw, data, model = got
         stream = data.get("stream") is not False
         out = await routed(
             state,
@@ -284,28 +296,18 @@ def create_app(
         return _Streamed(_ollama_lines(out), NDJSON)
 
     async def embed_route(request: Request) -> Response:
-        raw = await _body(request, limit)
-        if isinstance(raw, Response):
-            return raw
-        data, problem = _parse(raw)
-        if data is None:
-            return _json_response(400, {"error": problem})
-        model = data.get("model")
-        if not isinstance(model, str) or not model:
-            return _json_response(400, {"error": "model is required"})
+        got = await _model_request(request, limit)
+        if isinstance(got, Response):
+            return got
+        raw, _, model = got
         path = request.url.path
         return _whole(await embed(state, endpoint=path, path=path, model=model, payload=raw))
 
     async def show(request: Request) -> Response:
-        raw = await _body(request, limit)
-        if isinstance(raw, Response):
-            return raw
-        data, problem = _parse(raw)
-        if data is None:
-            return _json_response(400, {"error": problem})
-        model = data.get("model") or data.get("name")
-        if not isinstance(model, str) or not model:
-            return _json_response(400, {"error": "model is required"})
+        got = await _model_request(request, limit, aliases=("model", "name"))
+        if isinstance(got, Response):
+            return got
+        raw, _, model = got
         _, status, body = await first_answer(state, "/api/show", raw, _order(state, model))
         return Response(body, status_code=status, media_type=JSON)
 
